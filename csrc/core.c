@@ -1,0 +1,682 @@
+/*
+ * The pool, the sampling gate, start-up and the public interface.
+ *
+ * Pool layout, in one reservation of 2 * num_slots + 1 pages:
+ *
+ *   [guard 0][data 0][guard 1][data 1] ... [data N-1][guard N]
+ *
+ * Slot i owns data page 2i+1; guard pages are shared between neighbours.
+ * Every page is PROT_NONE except the data pages of allocated objects, so an
+ * access past either end of an object, or to a freed object, faults.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <execinfo.h>
+#include <link.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "kf_internal.h"
+
+#define KF_VERSION "0.1.0"
+#define KF_STATE_VERSION 1
+
+_Static_assert(sizeof(struct kfence_stack) == 8 + 8 * KF_STACK_MAX, "stack layout");
+_Static_assert(sizeof(struct kfence_slot) == 56 + 2 * sizeof(struct kfence_stack), "slot layout");
+_Static_assert(sizeof(struct kfence_state) == 248, "state header layout");
+_Static_assert(KFENCE_COUNTER_COUNT <= 16, "counters[] too small");
+_Static_assert(sizeof(((struct kfence_report *)0)->corrupted) == 16, "corruption window");
+
+/* === Names, tied to the enums === */
+
+static const char *const kf_counter_names[] = {
+	[KFENCE_COUNTER_ALLOCATED] = "currently allocated",
+	[KFENCE_COUNTER_ALLOCS] = "total allocations",
+	[KFENCE_COUNTER_FREES] = "total frees",
+	[KFENCE_COUNTER_BUGS] = "total bugs",
+	[KFENCE_COUNTER_SKIP_CAPACITY] = "skipped allocations (capacity)",
+	[KFENCE_COUNTER_SKIP_TOO_LARGE] = "skipped allocations (too large)",
+	[KFENCE_COUNTER_SKIP_ALIGNMENT] = "skipped allocations (alignment)",
+	[KFENCE_COUNTER_SKIP_MAP_FAILED] = "skipped allocations (map failed)",
+	[KFENCE_COUNTER_LEAK_REFERENCED] = "referenced at exit",
+};
+_Static_assert(sizeof(kf_counter_names) / sizeof(kf_counter_names[0]) == KFENCE_COUNTER_COUNT,
+	       "a counter without a name");
+
+static const char *const kf_bug_names[] = {
+	[KFENCE_BUG_OOB] = "out-of-bounds",
+	[KFENCE_BUG_UAF] = "use-after-free",
+	[KFENCE_BUG_CORRUPTION] = "memory corruption",
+	[KFENCE_BUG_INVALID] = "invalid",
+	[KFENCE_BUG_INVALID_FREE] = "invalid free",
+	[KFENCE_BUG_LEAK] = "memory leak",
+};
+_Static_assert(sizeof(kf_bug_names) / sizeof(kf_bug_names[0]) == KFENCE_BUG_KINDS,
+	       "a bug kind without a name");
+
+static const char *const kf_cache_names[] = {
+	[KFENCE_CACHE_MALLOC] = "malloc",
+	[KFENCE_CACHE_CALLOC] = "calloc",
+	[KFENCE_CACHE_REALLOC] = "realloc",
+	[KFENCE_CACHE_MEMALIGN] = "memalign",
+	[KFENCE_CACHE_API] = "kfence_alloc",
+	[KFENCE_CACHE_PYMEM] = "pymem",
+};
+_Static_assert(sizeof(kf_cache_names) / sizeof(kf_cache_names[0]) == KFENCE_CACHE_KINDS,
+	       "a cache without a name");
+
+const char *kfence_counter_name(int i)
+{
+	return i >= 0 && i < KFENCE_COUNTER_COUNT ? kf_counter_names[i] : NULL;
+}
+
+const char *kfence_bug_name(int i)
+{
+	return i >= 0 && i < KFENCE_BUG_KINDS ? kf_bug_names[i] : NULL;
+}
+
+const char *kfence_cache_name(int i)
+{
+	return i >= 0 && i < KFENCE_CACHE_KINDS ? kf_cache_names[i] : NULL;
+}
+
+const char *kfence_version(void)
+{
+	return KF_VERSION;
+}
+
+/* === Global state === */
+
+struct kf_pool_range kf_pool;
+KF_TLS struct kf_thread kf_self;
+struct kfence_state *kf_state;
+struct kfence_slot *kf_slots;
+size_t kf_page;
+_Atomic int kf_init_state;
+uintptr_t kf_self_lo, kf_self_hi;
+
+/*
+ * The freelist: a ring of slot indices, oldest-freed first, so the slot that
+ * has been free longest is reused first and a dangling pointer stays caught
+ * as long as possible.  Protected by kf_lock (never taken in the fault path).
+ */
+static pthread_mutex_t kf_lock = PTHREAD_MUTEX_INITIALIZER;
+static uint32_t *kf_freelist;
+static size_t kf_free_head, kf_free_count;   /* kf_lock */
+static _Atomic uint8_t *kf_guard_open;       /* num_slots + 1 flags */
+static bool kf_interposing;
+
+/* Time gate: the next time a sample may be taken, and the burst left. */
+static _Atomic uint64_t kf_next_sample_ns;
+static _Atomic int64_t kf_burst_left;
+
+uint64_t kf_now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+uint32_t kf_tid(void)
+{
+	if (KF_UNLIKELY(!kf_self.tid))
+		kf_self.tid = kf_os_gettid();
+	return kf_self.tid;
+}
+
+static uint64_t kf_random(void)
+{
+	uint64_t x = kf_self.rng;
+	if (KF_UNLIKELY(!x))
+		x = kf_os_random64() ^ ((uint64_t)kf_tid() << 32);
+	x ^= x << 13;
+	x ^= x >> 7;
+	x ^= x << 17;
+	kf_self.rng = x;
+	return x;
+}
+
+uintptr_t kf_slot_page(size_t slot)
+{
+	return kf_pool.start + (2 * slot + 1) * kf_page;
+}
+
+bool kf_in_self(uintptr_t pc)
+{
+	return pc >= kf_self_lo && pc < kf_self_hi;
+}
+
+void kf_capture_stack(struct kfence_stack *st)
+{
+	void *pcs[KF_STACK_MAX + 16];
+	int n = backtrace(pcs, (int)(kf_opt.stack_depth + 16));
+	int skip = 0;
+	while (skip < n && kf_in_self((uintptr_t)pcs[skip]))
+		skip++;
+	uint32_t depth = 0;
+	for (int i = skip; i < n && depth < kf_opt.stack_depth; i++)
+		st->pc[depth++] = (uintptr_t)pcs[i];
+	st->depth = depth;
+}
+
+void kf_mark_guard_open(size_t guard_index)
+{
+	atomic_store_explicit(&kf_guard_open[guard_index], 1, memory_order_relaxed);
+}
+
+static void kf_close_guard(size_t g)
+{
+	if (atomic_exchange_explicit(&kf_guard_open[g], 0, memory_order_relaxed))
+		kf_os_protect(kf_pool.start + 2 * g * kf_page, kf_page, false);
+}
+
+/* === Allocation Gate === */
+
+/* How many allocations this thread makes before it asks again. */
+static int32_t kf_rate_countdown(uint32_t rate)
+{
+	if (rate <= 1)
+		return 1;
+	/* Uniform in [1, 2*rate - 1]: mean rate, no pattern to fall in step with. */
+	return (int32_t)(1 + kf_random() % (2ull * rate - 1));
+}
+
+static bool kf_time_gate(const struct kfence_control *c)
+{
+	uint64_t now = kf_now_ns();
+	uint64_t next = atomic_load_explicit(&kf_next_sample_ns, memory_order_relaxed);
+	if (now >= next &&
+	    atomic_compare_exchange_strong(&kf_next_sample_ns, &next,
+					   now + (uint64_t)c->sample_interval_ms * 1000000ull)) {
+		atomic_store_explicit(&kf_burst_left, c->burst, memory_order_relaxed);
+		if (c->burst)
+			kf_self.countdown = 1;
+		return true;
+	}
+	/* KFENCE's burst: the next allocations of the thread that opened the gate. */
+	if (atomic_load_explicit(&kf_burst_left, memory_order_relaxed) > 0 &&
+	    atomic_fetch_sub(&kf_burst_left, 1) > 0) {
+		kf_self.countdown = 1;
+		return true;
+	}
+	return false;
+}
+
+void *kf_sample_alloc(size_t size, size_t align, int cache, bool zero)
+{
+	struct kf_thread *t = &kf_self;
+	int st = atomic_load_explicit(&kf_init_state, memory_order_acquire);
+	if (KF_UNLIKELY(st != 2)) {
+		/* Not started yet: look again soon.  Off for good: look rarely. */
+		t->countdown = st == -1 ? INT32_MAX : 1;
+		return NULL;
+	}
+	if (t->in_lib) {
+		/* malloc from inside the library (unwinder, dladdr): straight to glibc. */
+		t->countdown = 1;
+		return NULL;
+	}
+	const struct kfence_control *c = &kf_state->control;
+	uint32_t rate = *(volatile uint32_t *)&c->sample_rate;
+	if (!*(volatile uint32_t *)&c->enabled) {
+		t->countdown = KF_IDLE_PERIOD;
+		return NULL;
+	}
+	if (rate) {
+		t->countdown = kf_rate_countdown(rate);
+	} else {
+		t->countdown = KF_CLOCK_CHECK_PERIOD;
+		if (!kf_time_gate(c))
+			return NULL;
+	}
+	int saved = errno;
+	void *p = kf_guarded_alloc(size, align, (int)kf_opt.placement, cache, zero);
+	errno = saved;
+	return p;
+}
+
+/* === Pool === */
+
+/* The 8-byte canary word for an 8-aligned address. */
+static uint64_t kf_canary_word(void)
+{
+	uint64_t w = 0;
+	for (int i = 0; i < 8; i++)
+		w |= (uint64_t)kf_canary((uintptr_t)i) << (8 * i);
+	return w;
+}
+
+
+static void kf_freelist_push(uint32_t slot)
+{
+	pthread_mutex_lock(&kf_lock);
+	kf_freelist[(kf_free_head + kf_free_count) % kf_state->num_slots] = slot;
+	kf_free_count++;
+	pthread_mutex_unlock(&kf_lock);
+}
+
+static long kf_freelist_pop(void)
+{
+	long slot = -1;
+	pthread_mutex_lock(&kf_lock);
+	if (kf_free_count) {
+		slot = kf_freelist[kf_free_head];
+		kf_free_head = (kf_free_head + 1) % kf_state->num_slots;
+		kf_free_count--;
+	}
+	pthread_mutex_unlock(&kf_lock);
+	return slot;
+}
+
+void *kf_guarded_alloc(size_t size, size_t align, int placement, int cache, bool zero)
+{
+	if (atomic_load_explicit(&kf_init_state, memory_order_acquire) != 2) {
+		errno = ENOMEM;
+		return NULL;
+	}
+	if (size > kf_page) {
+		kf_count(KFENCE_COUNTER_SKIP_TOO_LARGE, 1);
+		errno = ENOMEM;
+		return NULL;
+	}
+	if (align > kf_page) {
+		kf_count(KFENCE_COUNTER_SKIP_ALIGNMENT, 1);
+		errno = EINVAL;
+		return NULL;
+	}
+	long slot = kf_freelist_pop();
+	if (slot < 0) {
+		kf_count(KFENCE_COUNTER_SKIP_CAPACITY, 1);
+		errno = ENOSPC;
+		return NULL;
+	}
+	bool was_in_lib = kf_self.in_lib;
+	kf_self.in_lib = true;
+	struct kfence_slot *m = &kf_slots[slot];
+	uint32_t prev_state = atomic_exchange((_Atomic uint32_t *)&m->state, KFENCE_SLOT_BUSY);
+	uintptr_t page = kf_slot_page((size_t)slot);
+	if (kf_os_protect(page, kf_page, true) != 0) {
+		static _Atomic bool warned;
+		if (!atomic_exchange(&warned, true))
+			kf_warn("mprotect of a pool page failed; such allocations go to glibc", NULL);
+		kf_count(KFENCE_COUNTER_SKIP_MAP_FAILED, 1);
+		atomic_store((_Atomic uint32_t *)&m->state, prev_state);
+		kf_freelist_push((uint32_t)slot);
+		kf_self.in_lib = was_in_lib;
+		errno = ENOMEM;
+		return NULL;
+	}
+	kf_close_guard((size_t)slot);
+	kf_close_guard((size_t)slot + 1);
+
+	if (placement == KF_PLACE_RANDOM)
+		placement = (kf_random() & 1) ? KF_PLACE_RIGHT : KF_PLACE_LEFT;
+	uintptr_t addr = page;
+	if (placement == KF_PLACE_RIGHT) {
+		size_t a = align > kf_opt.align ? align : kf_opt.align;
+		addr = (page + kf_page - (size ? size : 1)) & ~(uintptr_t)(a - 1);
+	}
+	uint64_t word = kf_canary_word();
+	for (uint64_t *w = (uint64_t *)page; w < (uint64_t *)(page + kf_page); w++)
+		*w = word;
+	if (zero)
+		memset((void *)addr, 0, size);
+
+	m->addr = addr;
+	m->size = size;
+	m->cache = (uint32_t)cache;
+	m->alloc_tid = kf_tid();
+	m->alloc_ns = kf_now_ns() - kf_state->start_ns;
+	m->free_tid = 0;
+	m->free_ns = 0;
+	m->free_stack.depth = 0;
+	kf_capture_stack(&m->alloc_stack);
+	atomic_store_explicit((_Atomic uint32_t *)&m->reported, 0, memory_order_relaxed);
+	atomic_store_explicit((_Atomic uint32_t *)&m->state, KFENCE_SLOT_ALLOCATED,
+			      memory_order_release);
+	kf_count(KFENCE_COUNTER_ALLOCS, 1);
+	kf_count(KFENCE_COUNTER_ALLOCATED, 1);
+	kf_self.in_lib = was_in_lib;
+	return (void *)addr;
+}
+
+bool kf_pool_live(const void *p, size_t *size)
+{
+	size_t pg = ((uintptr_t)p - kf_pool.start) / kf_page;
+	if (!(pg & 1))
+		return false;
+	struct kfence_slot *m = &kf_slots[(pg - 1) / 2];
+	if (atomic_load_explicit((_Atomic uint32_t *)&m->state, memory_order_acquire) !=
+		    KFENCE_SLOT_ALLOCATED ||
+	    m->addr != (uintptr_t)p)
+		return false;
+	*size = m->size;
+	return true;
+}
+
+/* First byte in [from, to) that is not canary, or 0. */
+static uintptr_t kf_first_bad_canary(uintptr_t from, uintptr_t to)
+{
+	uint64_t word = kf_canary_word();
+	uintptr_t a = from;
+	for (; a < to && (a & 7); a++)
+		if (*(uint8_t *)a != kf_canary(a))
+			return a;
+	for (; a + 8 <= to; a += 8)
+		if (*(uint64_t *)a != word)
+			break;
+	for (; a < to; a++)
+		if (*(uint8_t *)a != kf_canary(a))
+			return a;
+	return 0;
+}
+
+/* Report changed canary bytes around the object of slot m, if any. */
+static void kf_check_canary(long slot, const struct kfence_slot *m)
+{
+	uintptr_t page = kf_slot_page((size_t)slot);
+	uintptr_t lo = m->addr, hi = m->addr + m->size;
+	uintptr_t bad = kf_first_bad_canary(page, lo);
+	if (!bad)
+		bad = kf_first_bad_canary(hi, page + kf_page);
+	if (!bad)
+		return;
+	uint8_t bytes[16];
+	uint32_t mask = 0;
+	for (int i = 0; i < 16; i++) {
+		uintptr_t a = bad + (uintptr_t)i;
+		bool outside = a < lo || a >= hi;
+		bytes[i] = a < page + kf_page ? *(uint8_t *)a : 0;
+		if (a < page + kf_page && outside && bytes[i] != kf_canary(a))
+			mask |= 1u << i;
+	}
+	struct kfence_stack st;
+	kf_capture_stack(&st);
+	struct kf_report_in in = {
+		.kind = KFENCE_BUG_CORRUPTION, .access = KFENCE_ACCESS_NONE,
+		.addr = bad, .slot = slot, .stack = &st,
+		.corrupted = bytes, .corrupted_mask = mask,
+	};
+	kf_report(&in);
+}
+
+static void kf_report_invalid_free(const void *p)
+{
+	size_t pg = ((uintptr_t)p - kf_pool.start) / kf_page;
+	long slot = -1;
+	if (pg & 1) {
+		slot = (long)(pg - 1) / 2;
+		if (atomic_load((_Atomic uint32_t *)&kf_slots[slot].state) == KFENCE_SLOT_UNUSED)
+			slot = -1;
+	}
+	struct kfence_stack st;
+	kf_capture_stack(&st);
+	struct kf_report_in in = {
+		.kind = KFENCE_BUG_INVALID_FREE, .access = KFENCE_ACCESS_NONE,
+		.addr = (uintptr_t)p, .slot = slot, .stack = &st,
+	};
+	kf_report(&in);
+}
+
+void kf_pool_free(void *p)
+{
+	bool was_in_lib = kf_self.in_lib;
+	kf_self.in_lib = true;
+	size_t pg = ((uintptr_t)p - kf_pool.start) / kf_page;
+	long slot = (long)(pg - 1) / 2;
+	uint32_t expected = KFENCE_SLOT_ALLOCATED;
+	struct kfence_slot *m = &kf_slots[slot];
+	/* The CAS makes exactly one of two racing frees the real one. */
+	if (!(pg & 1) || m->addr != (uintptr_t)p ||
+	    !atomic_compare_exchange_strong((_Atomic uint32_t *)&m->state, &expected,
+					    KFENCE_SLOT_BUSY)) {
+		kf_report_invalid_free(p);
+		kf_self.in_lib = was_in_lib;
+		return;
+	}
+	m->free_tid = kf_tid();
+	m->free_ns = kf_now_ns() - kf_state->start_ns;
+	kf_capture_stack(&m->free_stack);
+	kf_check_canary(slot, m);
+
+	uintptr_t page = kf_slot_page((size_t)slot);
+	if (kf_os_discard(page, kf_page) != 0 && kf_os_protect(page, kf_page, false) != 0)
+		kf_count(KFENCE_COUNTER_SKIP_MAP_FAILED, 1);
+	atomic_store_explicit((_Atomic uint32_t *)&m->state, KFENCE_SLOT_FREED,
+			      memory_order_release);
+	kf_count(KFENCE_COUNTER_FREES, 1);
+	kf_count(KFENCE_COUNTER_ALLOCATED, -1);
+	kf_freelist_push((uint32_t)slot);
+	kf_self.in_lib = was_in_lib;
+}
+
+/* === Start-up === */
+
+static int kf_find_self(struct dl_phdr_info *info, size_t size, void *data)
+{
+	(void)size;
+	uintptr_t target = (uintptr_t)data;
+	uintptr_t lo = UINTPTR_MAX, hi = 0;
+	for (int i = 0; i < info->dlpi_phnum; i++) {
+		const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+		if (ph->p_type != PT_LOAD || !(ph->p_flags & PF_X))
+			continue;
+		uintptr_t s = info->dlpi_addr + ph->p_vaddr;
+		if (s < lo)
+			lo = s;
+		if (s + ph->p_memsz > hi)
+			hi = s + ph->p_memsz;
+	}
+	if (target >= lo && target < hi) {
+		kf_self_lo = lo;
+		kf_self_hi = hi;
+		return 1;
+	}
+	return 0;
+}
+
+static void kf_atfork_prepare(void)
+{
+	pthread_mutex_lock(&kf_lock);
+}
+
+static void kf_atfork_parent(void)
+{
+	pthread_mutex_unlock(&kf_lock);
+}
+
+static void kf_atfork_child(void)
+{
+	pthread_mutex_unlock(&kf_lock);
+	kf_self.tid = 0;
+	kf_self.rng = 0;
+	kf_state->pid = (uint32_t)getpid();
+}
+
+static void kf_on_exit(int status, void *arg)
+{
+	(void)status;
+	(void)arg;
+	if (atomic_load(&kf_init_state) != 2)
+		return;
+	kf_self.in_lib = true;
+	if (kf_opt.leak_check)
+		kf_leak_check();
+	if (kf_state->counters[KFENCE_COUNTER_BUGS]) {
+		/* We run after every other exit handler; stdio is flushed after us. */
+		fflush(NULL);
+		_exit((int)kf_opt.exitcode);
+	}
+	kf_self.in_lib = false;
+}
+
+/* Slots the pool may have: every slot can cost two mappings, and the program needs its own. */
+static size_t kf_cap_slots(size_t want)
+{
+	long maps = kf_os_max_map_count();
+	long budget = maps > 32768 ? maps - 16384 : maps / 2;
+	size_t cap = budget > 3 ? (size_t)(budget - 1) / 2 : 1;
+	if (want > cap) {
+		char n[24];
+		struct kf_buf b = { n, 0, sizeof(n) - 1 };
+		kf_buf_dec(&b, cap);
+		n[b.len] = '\0';
+		kf_warn("num_objects capped to ", n, " by vm.max_map_count", NULL);
+		return cap;
+	}
+	return want;
+}
+
+static int kf_start(const char *options, const char *origin)
+{
+	kf_page = (size_t)sysconf(_SC_PAGESIZE);
+	kf_options_defaults();
+	kf_options_parse(options, origin);
+	if (!kf_opt.enabled)
+		return -1;
+
+	size_t n = kf_cap_slots(kf_opt.num_objects);
+	size_t pool_size = (2 * n + 1) * kf_page;
+	void *pool = kf_os_reserve(pool_size);
+	size_t state_size = sizeof(struct kfence_state) + n * sizeof(struct kfence_slot) +
+			    KF_MAX_REPORTS * sizeof(struct kfence_report);
+	state_size = (state_size + kf_page - 1) & ~(kf_page - 1);
+	size_t priv_size = n * sizeof(uint32_t) + n + 1;
+	struct kfence_state *s = pool ? kf_os_map(state_size) : NULL;
+	void *priv = s ? kf_os_map(priv_size) : NULL;
+	if (!priv) {
+		kf_warn("cannot map the pool; running without detection", NULL);
+		if (s)
+			kf_os_unmap(s, state_size);
+		if (pool)
+			kf_os_unmap(pool, pool_size);
+		return -1;
+	}
+
+	memcpy(s->magic, "KFENCE\0\0", 8);
+	s->version = KF_STATE_VERSION;
+	s->header_size = sizeof(struct kfence_state);
+	s->slot_size = sizeof(struct kfence_slot);
+	s->report_size = sizeof(struct kfence_report);
+	s->num_slots = (uint32_t)n;
+	s->max_reports = KF_MAX_REPORTS;
+	s->total_size = state_size;
+	s->slots_offset = sizeof(struct kfence_state);
+	s->reports_offset = sizeof(struct kfence_state) + n * sizeof(struct kfence_slot);
+	s->pid = (uint32_t)getpid();
+	s->page_size = (uint32_t)kf_page;
+	s->pool_start = (uintptr_t)pool;
+	s->pool_size = pool_size;
+	s->start_ns = kf_now_ns();
+	struct timespec rt;
+	clock_gettime(CLOCK_REALTIME, &rt);
+	s->start_realtime_ns = (uint64_t)rt.tv_sec * 1000000000ull + (uint64_t)rt.tv_nsec;
+	s->control.enabled = 1;
+	s->control.sample_interval_ms = (uint32_t)kf_opt.sample_interval;
+	s->control.sample_rate = (uint32_t)kf_opt.sample_rate;
+	s->control.burst = (uint32_t)kf_opt.burst;
+
+	kf_freelist = priv;
+	kf_guard_open = (_Atomic uint8_t *)((char *)priv + n * sizeof(uint32_t));
+	for (size_t i = 0; i < n; i++)
+		kf_freelist[i] = (uint32_t)i;
+	kf_free_head = 0;
+	kf_free_count = n;
+	kf_slots = (struct kfence_slot *)((char *)s + s->slots_offset);
+	kf_state = s;
+
+	/* The unwinder loads libgcc_s and allocates on first use: not in a fault. */
+	void *warm[4];
+	backtrace(warm, 4);
+	kf_resolve_libc();
+	dl_iterate_phdr(kf_find_self, (void *)(uintptr_t)&kf_start);
+
+	if (kf_install_fault_handler() != 0) {
+		kf_warn("cannot install the SIGSEGV handler; running without detection", NULL);
+		return -1;
+	}
+	pthread_atfork(kf_atfork_prepare, kf_atfork_parent, kf_atfork_child);
+	on_exit(kf_on_exit, NULL);
+
+	/* Publish the pool last: from here on free() recognises its pointers. */
+	kf_pool.size = pool_size;
+	kf_pool.start = (uintptr_t)pool;
+	return 0;
+}
+
+static int kf_init(const char *options, const char *origin)
+{
+	int expected = 0;
+	if (!atomic_compare_exchange_strong(&kf_init_state, &expected, 1)) {
+		while (expected == 1)  /* another thread is starting it */
+			expected = atomic_load(&kf_init_state);
+		return expected == 2 ? 0 : -1;
+	}
+	bool was_in_lib = kf_self.in_lib;
+	kf_self.in_lib = true;
+	int rc = kf_start(options, origin);
+	atomic_store_explicit(&kf_init_state, rc == 0 ? 2 : -1, memory_order_release);
+	kf_self.in_lib = was_in_lib;
+	kf_self.countdown = 0;
+	return rc;
+}
+
+__attribute__((constructor)) static void kf_constructor(void)
+{
+	kf_interposing = kf_detect_interposing();
+	/* Loaded as a plain library (the Python module): wait for kfence_init(). */
+	if (kf_interposing)
+		kf_init(getenv("KFENCE_OPTIONS"), "KFENCE_OPTIONS");
+}
+
+/* === Public interface === */
+
+int kfence_init(const char *options)
+{
+	if (options)
+		return kf_init(options, "kfence_init()");
+	return kf_init(getenv("KFENCE_OPTIONS"), "KFENCE_OPTIONS");
+}
+
+int kfence_is_initialized(void)
+{
+	return atomic_load(&kf_init_state) == 2;
+}
+
+int kfence_is_interposing(void)
+{
+	return kf_interposing;
+}
+
+struct kfence_state *kfence_state(void)
+{
+	return atomic_load(&kf_init_state) == 2 ? kf_state : NULL;
+}
+
+void *kfence_alloc(size_t size, size_t align, int placement, int zero, int cache)
+{
+	if (size == 0 || (align & (align - 1)) || placement < 0 || placement > 2 ||
+	    cache < 0 || cache >= KFENCE_CACHE_KINDS) {
+		errno = EINVAL;
+		return NULL;
+	}
+	return kf_guarded_alloc(size, align, placement, cache, zero != 0);
+}
+
+void kfence_free(void *ptr)
+{
+	extern void free(void *);
+	if (kf_is_pool_address(ptr))
+		kf_pool_free(ptr);
+	else
+		free(ptr);
+}
+
+int kfence_is_pool_address(const void *ptr)
+{
+	return kf_is_pool_address(ptr);
+}

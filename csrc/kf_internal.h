@@ -1,0 +1,177 @@
+/*
+ * Internal interface of libkfence.so.  Naming by layer: kfence_ is public
+ * (kfence.h), kf_ is internal, kf_os_ wraps a system call (platform.c).
+ */
+#ifndef KF_INTERNAL_H
+#define KF_INTERNAL_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "kfence.h"
+
+#define KF_HIDDEN __attribute__((visibility("hidden")))
+#define KF_LIKELY(x) __builtin_expect(!!(x), 1)
+#define KF_UNLIKELY(x) __builtin_expect(!!(x), 0)
+/* Initial-exec TLS: no __tls_get_addr (which may malloc) on the hot path. */
+#define KF_TLS __thread __attribute__((tls_model("initial-exec")))
+
+#define KF_STACK_MAX 64
+#define KF_MAX_REPORTS 64
+/* Per-thread countdown before an unsampled thread looks at the clock again. */
+#define KF_CLOCK_CHECK_PERIOD 256
+/* Countdown while disabled or paused: the control block is re-read this often. */
+#define KF_IDLE_PERIOD 65536
+
+/* === Options (options.inc) === */
+
+enum kf_placement { KF_PLACE_RANDOM = 0, KF_PLACE_LEFT = 1, KF_PLACE_RIGHT = 2 };
+
+struct kf_options {
+#define KF_OPT_FIELD_UINT(name) uint64_t name;
+#define KF_OPT_FIELD_POW2(name) uint64_t name;
+#define KF_OPT_FIELD_BOOL(name) bool name;
+#define KF_OPT_FIELD_PLACEMENT(name) int name;
+#define KF_OPT_FIELD_STR(name) char name[256];
+#define KF_OPTION(type, name, def, min, max, desc) KF_OPT_FIELD_##type(name)
+#include "options.inc"
+#undef KF_OPTION
+};
+
+KF_HIDDEN extern struct kf_options kf_opt;
+
+/* Parse a KFENCE_OPTIONS string into kf_opt; never allocates, warns per bad item. */
+KF_HIDDEN void kf_options_defaults(void);
+KF_HIDDEN void kf_options_parse(const char *text, const char *origin);
+
+/* === Global state === */
+
+/*
+ * Read on every free() to tell pool pointers apart, so one cache line, no
+ * atomics: pool_start/pool_size are written once before any pointer of the
+ * pool exists and never change.
+ */
+struct kf_pool_range {
+	uintptr_t start;
+	uintptr_t size;
+};
+KF_HIDDEN extern struct kf_pool_range kf_pool;
+
+static inline bool kf_is_pool_address(const void *p)
+{
+	return (uintptr_t)p - kf_pool.start < kf_pool.size;
+}
+
+struct kf_thread {
+	int32_t countdown;  /* allocations left before the slow path looks */
+	bool in_lib;        /* reentrancy guard: set while the library works */
+	uint32_t tid;       /* cached gettid(); reset in the child after fork */
+	uint64_t rng;       /* xorshift state, 0 until seeded */
+};
+KF_HIDDEN extern KF_TLS struct kf_thread kf_self;
+
+KF_HIDDEN extern struct kfence_state *kf_state;
+KF_HIDDEN extern struct kfence_slot *kf_slots;
+KF_HIDDEN extern size_t kf_page;
+KF_HIDDEN extern _Atomic int kf_init_state; /* 0 none, 1 running, 2 ready, -1 failed */
+/* Text range of this library, for dropping our own frames from stacks. */
+KF_HIDDEN extern uintptr_t kf_self_lo, kf_self_hi;
+
+static inline void kf_count(int counter, int64_t delta)
+{
+	atomic_fetch_add_explicit((_Atomic uint64_t *)&kf_state->counters[counter],
+				  (uint64_t)delta, memory_order_relaxed);
+}
+
+/* === Core (core.c) === */
+
+/* The slow path behind every allocation entry point: NULL means "use glibc". */
+KF_HIDDEN void *kf_sample_alloc(size_t size, size_t align, int cache, bool zero);
+/* A guarded object whatever the sampling decision; NULL with errno set. */
+KF_HIDDEN void *kf_guarded_alloc(size_t size, size_t align, int placement,
+				 int cache, bool zero);
+/* Free of a pool pointer (guarded path); reports invalid frees. */
+KF_HIDDEN void kf_pool_free(void *p);
+/* True when p is the start of a live pool object; its size in *size. */
+KF_HIDDEN bool kf_pool_live(const void *p, size_t *size);
+KF_HIDDEN uint64_t kf_now_ns(void);
+KF_HIDDEN uint32_t kf_tid(void);
+/* Stack of the caller, our own frames left out. */
+KF_HIDDEN void kf_capture_stack(struct kfence_stack *st);
+KF_HIDDEN uintptr_t kf_slot_page(size_t slot);
+/* A guard page the fault handler opened, to close again at the next alloc. */
+KF_HIDDEN void kf_mark_guard_open(size_t guard_index);
+KF_HIDDEN bool kf_in_self(uintptr_t pc);
+
+/* === Interposition (malloc.c) === */
+
+/* True when this copy of the library is the process's malloc. */
+KF_HIDDEN bool kf_detect_interposing(void);
+/* Find glibc's malloc_usable_size and aligned_alloc (no __libc_ names). */
+KF_HIDDEN void kf_resolve_libc(void);
+
+/* Canary byte for an address, KFENCE's pattern. */
+static inline uint8_t kf_canary(uintptr_t addr)
+{
+	return (uint8_t)(0xaa ^ (addr & 0x7));
+}
+
+/* === Reports (report.c) === */
+
+struct kf_report_in {
+	int kind;              /* enum kfence_bug */
+	int access;            /* enum kfence_access */
+	uintptr_t addr;
+	int64_t distance;
+	long slot;             /* -1: none */
+	const struct kfence_stack *stack;
+	uintptr_t fault_pc;    /* the faulting instruction, 0 outside the fault path */
+	const uint8_t *corrupted;
+	uint32_t corrupted_mask;
+};
+
+/*
+ * Print and record a report, once per object and kind; true if printed.
+ * With halt_on_error it does not return.
+ */
+KF_HIDDEN bool kf_report(const struct kf_report_in *in);
+KF_HIDDEN int kf_report_fd_open(void);
+KF_HIDDEN void kf_report_fd_close(int fd);
+
+/* Small formatter that never allocates, for reports and warnings. */
+struct kf_buf {
+	char *p;
+	size_t len, cap;
+};
+KF_HIDDEN void kf_buf_str(struct kf_buf *b, const char *s);
+KF_HIDDEN void kf_buf_dec(struct kf_buf *b, uint64_t v);
+KF_HIDDEN void kf_buf_hex(struct kf_buf *b, uint64_t v, int width);
+/* One line "kfence: <parts...>\n" on stderr; the list of strings ends with NULL. */
+KF_HIDDEN void kf_warn(const char *first, ...) __attribute__((sentinel));
+
+/* === Fault handler (fault.c) === */
+
+KF_HIDDEN int kf_install_fault_handler(void);
+
+/* === Leak check (leak.c) === */
+
+KF_HIDDEN void kf_leak_check(void);
+
+/* === Platform (platform.c) === */
+
+KF_HIDDEN void *kf_os_reserve(size_t size);
+/* Readable, writable, zeroed anonymous memory, NULL on failure. */
+KF_HIDDEN void *kf_os_map(size_t size);
+KF_HIDDEN int kf_os_protect(uintptr_t addr, size_t size, bool accessible);
+/* Make pages inaccessible and give their memory back to the system. */
+KF_HIDDEN int kf_os_discard(uintptr_t addr, size_t size);
+KF_HIDDEN void kf_os_unmap(void *addr, size_t size);
+KF_HIDDEN void kf_os_write_all(int fd, const char *s, size_t n);
+KF_HIDDEN uint32_t kf_os_gettid(void);
+KF_HIDDEN uint64_t kf_os_random64(void);
+KF_HIDDEN long kf_os_max_map_count(void);
+
+#endif

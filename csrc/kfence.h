@@ -1,0 +1,66 @@
+/*
+ * The public interface of libkfence.so beyond the malloc family it
+ * interposes.  The Python package calls these through cffi (build_ffi.py
+ * feeds this file, minus its preprocessor lines, to cdef), so: plain
+ * declarations, no macros.
+ */
+#ifndef KFENCE_H
+#define KFENCE_H
+
+#include <stddef.h>
+#include "kfence_state.h"
+
+/* Version of the library, "major.minor.patch". */
+const char *kfence_version(void);
+
+/*
+ * Start the pool and the fault handler in this process with the given
+ * KFENCE_OPTIONS-style string (NULL: read KFENCE_OPTIONS).  When the library
+ * is already running (preloaded, or called before) this changes nothing and
+ * returns 0.  Returns -1 when the detector could not start (it then stays
+ * off and the reason was printed once).
+ */
+int kfence_init(const char *options);
+
+/* 1 when the pool is up and sampling is possible. */
+int kfence_is_initialized(void);
+
+/* 1 when this copy of the library is the process's malloc (LD_PRELOAD). */
+int kfence_is_interposing(void);
+
+/* The shared state, or NULL before kfence_init(). */
+struct kfence_state *kfence_state(void);
+
+/*
+ * A guarded object on purpose, whatever the sampling decision: placement 0
+ * random, 1 left, 2 right; align a power of two up to the page size (0: the
+ * align option); zero clears it.  NULL with errno ENOSPC when the pool is
+ * full, EINVAL for bad arguments, ENOMEM when the pool is down.
+ */
+void *kfence_alloc(size_t size, size_t align, int placement, int zero,
+		   int cache);
+
+/* Free any pointer: pool objects through the guarded path, the rest to glibc. */
+void kfence_free(void *ptr);
+
+/* 1 when ptr lies in the pool (object, canary or guard page). */
+int kfence_is_pool_address(const void *ptr);
+
+/*
+ * The option table: index i from 0 to kfence_option_count() - 1.
+ * Returns 0, or -1 when i is out of range.
+ */
+size_t kfence_option_count(void);
+int kfence_option_info(size_t i, const char **name, const char **type,
+		       const char **default_value, unsigned long long *min,
+		       unsigned long long *max, const char **description);
+
+/* The value in force, as text, of option name; NULL when unknown. */
+const char *kfence_option_value(const char *name);
+
+/* Names for the enums in kfence_state.h; NULL when out of range. */
+const char *kfence_counter_name(int counter);
+const char *kfence_bug_name(int kind);
+const char *kfence_cache_name(int cache);
+
+#endif

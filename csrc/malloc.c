@@ -1,0 +1,233 @@
+/*
+ * The malloc family, interposed.  All overrides live in this file.
+ *
+ * The hot path (not sampled) is a decrement of a thread-local countdown and
+ * a branch, then a tail call into glibc's own entry point; free() adds one
+ * range check.  No lock, no atomic read-modify-write, no system call and no
+ * clock read per call: all of that waits behind the countdown, in core.c.
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <gnu/lib-names.h>
+#include <malloc.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kf_internal.h"
+
+extern void *__libc_malloc(size_t);
+extern void __libc_free(void *);
+extern void *__libc_calloc(size_t, size_t);
+extern void *__libc_realloc(void *, size_t);
+extern void *__libc_memalign(size_t, size_t);
+extern void *__libc_valloc(size_t);
+extern void *__libc_pvalloc(size_t);
+
+/* Entry points glibc has no __libc_ name for, looked up in libc itself once. */
+static size_t (*kf_libc_usable_size)(void *);
+static void *(*kf_libc_aligned_alloc)(size_t, size_t);
+
+void kf_resolve_libc(void)
+{
+	void *libc = dlopen(LIBC_SO, RTLD_LAZY | RTLD_NOLOAD);
+	if (!libc)
+		return;
+	kf_libc_usable_size = (size_t (*)(void *))dlsym(libc, "malloc_usable_size");
+	kf_libc_aligned_alloc = (void *(*)(size_t, size_t))dlsym(libc, "aligned_alloc");
+	dlclose(libc);
+}
+
+static inline bool kf_tick(void)
+{
+	return KF_UNLIKELY(--kf_self.countdown <= 0);
+}
+
+/* Sampling decision behind an expired countdown; NULL means glibc serves it. */
+static __attribute__((noinline)) void *kf_slow(size_t size, size_t align, int cache, bool zero)
+{
+	return kf_sample_alloc(size, align, cache, zero);
+}
+
+void *malloc(size_t size)
+{
+	if (kf_tick()) {
+		void *p = kf_slow(size, 0, KFENCE_CACHE_MALLOC, false);
+		if (p)
+			return p;
+	}
+	return __libc_malloc(size);
+}
+
+/* Hidden name of our malloc: compared with what the process resolves "malloc" to. */
+extern __typeof(malloc) kf_malloc_self __attribute__((alias("malloc"), copy(malloc), visibility("hidden")));
+
+bool kf_detect_interposing(void)
+{
+	/* Read through the GOT, so this is the process's malloc, not necessarily ours. */
+	void *(*volatile resolved)(size_t) = malloc;
+	return resolved == kf_malloc_self;
+}
+
+void free(void *p)
+{
+	if (KF_UNLIKELY(kf_is_pool_address(p))) {
+		int saved = errno;
+		kf_pool_free(p);
+		errno = saved;
+		return;
+	}
+	__libc_free(p);
+}
+
+void cfree(void *p) __attribute__((alias("free"), copy(free)));
+
+void *calloc(size_t nmemb, size_t size)
+{
+	size_t total;
+	if (kf_tick() && !__builtin_mul_overflow(nmemb, size, &total)) {
+		void *p = kf_slow(total, 0, KFENCE_CACHE_CALLOC, true);
+		if (p)
+			return p;
+	}
+	return __libc_calloc(nmemb, size);
+}
+
+static void *kf_realloc_pool(void *p, size_t size)
+{
+	size_t old;
+	if (!kf_pool_live(p, &old)) {
+		kf_pool_free(p);  /* reports the invalid free */
+		errno = EINVAL;
+		return NULL;
+	}
+	if (size == 0) {  /* glibc: realloc(p, 0) frees p and returns NULL */
+		free(p);
+		return NULL;
+	}
+	void *q = malloc(size);
+	if (!q)
+		return NULL;  /* p stays valid, as glibc leaves it */
+	memcpy(q, p, old < size ? old : size);
+	free(p);
+	return q;
+}
+
+void *realloc(void *p, size_t size)
+{
+	if (KF_UNLIKELY(kf_is_pool_address(p)))
+		return kf_realloc_pool(p, size);
+	if (!p)
+		return malloc(size);
+	if (kf_tick() && size) {
+		void *q = kf_slow(size, 0, KFENCE_CACHE_REALLOC, false);
+		if (q) {
+			size_t old = kf_libc_usable_size ? kf_libc_usable_size(p) : 0;
+			memcpy(q, p, old < size ? old : size);
+			__libc_free(p);
+			return q;
+		}
+	}
+	return __libc_realloc(p, size);
+}
+
+void *reallocarray(void *p, size_t nmemb, size_t size)
+{
+	size_t total;
+	if (__builtin_mul_overflow(nmemb, size, &total)) {
+		errno = ENOMEM;
+		return NULL;
+	}
+	return realloc(p, total);
+}
+
+/* memalign's reading of an alignment: rounded up to a power of two; 0 if invalid. */
+static size_t kf_norm_align(size_t align)
+{
+	if (align > SIZE_MAX / 2 + 1)
+		return 0;
+	size_t a = 1;
+	while (a < align)
+		a <<= 1;
+	return a;
+}
+
+static void *kf_aligned_sample(size_t align, size_t size)
+{
+	size_t a = kf_norm_align(align);
+	return a ? kf_slow(size, a, KFENCE_CACHE_MEMALIGN, false) : NULL;
+}
+
+void *memalign(size_t align, size_t size)
+{
+	if (kf_tick()) {
+		void *p = kf_aligned_sample(align, size);
+		if (p)
+			return p;
+	}
+	return __libc_memalign(align, size);
+}
+
+void *aligned_alloc(size_t align, size_t size)
+{
+	/* Newer glibc refuses alignments that are not powers of two: ask it. */
+	if (kf_tick() && align && !(align & (align - 1))) {
+		void *p = kf_aligned_sample(align, size);
+		if (p)
+			return p;
+	}
+	if (kf_libc_aligned_alloc)
+		return kf_libc_aligned_alloc(align, size);
+	return __libc_memalign(align, size);
+}
+
+int posix_memalign(void **out, size_t align, size_t size)
+{
+	if (align == 0 || align % sizeof(void *) || (align / sizeof(void *)) & (align / sizeof(void *) - 1))
+		return EINVAL;
+	void *p = kf_tick() ? kf_aligned_sample(align, size) : NULL;
+	if (!p)
+		p = __libc_memalign(align, size);
+	if (!p)
+		return ENOMEM;
+	*out = p;
+	return 0;
+}
+
+void *valloc(size_t size)
+{
+	if (kf_tick()) {
+		void *p = kf_aligned_sample(kf_page, size);
+		if (p)
+			return p;
+	}
+	return __libc_valloc(size);
+}
+
+void *pvalloc(size_t size)
+{
+	/* pvalloc rounds the size up to whole pages; one page fits a slot. */
+	if (kf_tick() && size <= kf_page && kf_page) {
+		void *p = kf_slow(kf_page, kf_page, KFENCE_CACHE_MEMALIGN, false);
+		if (p)
+			return p;
+	}
+	return __libc_pvalloc(size);
+}
+
+size_t malloc_usable_size(void *p)
+{
+	if (KF_UNLIKELY(kf_is_pool_address(p))) {
+		size_t size;
+		return kf_pool_live(p, &size) ? size : 0;
+	}
+	if (!p)
+		return 0;
+	if (!kf_libc_usable_size) {
+		bool was = kf_self.in_lib;
+		kf_self.in_lib = true;
+		kf_resolve_libc();
+		kf_self.in_lib = was;
+	}
+	return kf_libc_usable_size ? kf_libc_usable_size(p) : 0;
+}

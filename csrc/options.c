@@ -1,0 +1,244 @@
+/*
+ * KFENCE_OPTIONS: colon-separated key=value, the sanitizers' convention.
+ * The parser runs before anything else in the process may be ready (from the
+ * preload's constructor, or inside the first malloc), so it never allocates
+ * and never fails: a bad item gets one warning line and the default stays.
+ */
+#include <stdarg.h>
+#include <string.h>
+
+#include "kf_internal.h"
+
+struct kf_options kf_opt;
+
+enum kf_opt_kind { KF_T_UINT, KF_T_POW2, KF_T_BOOL, KF_T_PLACEMENT, KF_T_STR };
+
+struct kf_option_desc {
+	const char *name, *type, *def, *desc;
+	uint64_t min, max;
+	enum kf_opt_kind kind;
+	size_t offset;  /* of the field in struct kf_options */
+};
+
+static const struct kf_option_desc kf_options_table[] = {
+#define KF_OPTION(type, name, def, min, max, desc) \
+	{ #name, #type, def, desc, min, max, KF_T_##type, offsetof(struct kf_options, name) },
+#include "options.inc"
+#undef KF_OPTION
+};
+#define KF_NUM_OPTIONS (sizeof(kf_options_table) / sizeof(kf_options_table[0]))
+
+static const char *const kf_placement_names[] = { "random", "left", "right" };
+
+/* === Warnings === */
+
+void kf_warn(const char *first, ...)
+{
+	char line[768];
+	struct kf_buf b = { line, 0, sizeof(line) - 1 };
+	va_list ap;
+	kf_buf_str(&b, "kfence: ");
+	va_start(ap, first);
+	for (const char *s = first; s; s = va_arg(ap, const char *))
+		kf_buf_str(&b, s);
+	va_end(ap);
+	line[b.len++] = '\n';
+	kf_os_write_all(2, line, b.len);
+}
+
+/* === Values === */
+
+static bool kf_parse_uint(const char *s, size_t n, uint64_t *out)
+{
+	uint64_t v = 0;
+	if (n == 0 || n > 19)
+		return false;
+	for (size_t i = 0; i < n; i++) {
+		if (s[i] < '0' || s[i] > '9')
+			return false;
+		v = v * 10 + (uint64_t)(s[i] - '0');
+	}
+	*out = v;
+	return true;
+}
+
+static bool kf_word_is(const char *s, size_t n, const char *word)
+{
+	return strlen(word) == n && strncmp(s, word, n) == 0;
+}
+
+/* Store value s[0..n) into option d; false if the value is not acceptable. */
+static bool kf_set_value(const struct kf_option_desc *d, const char *s, size_t n)
+{
+	void *field = (char *)&kf_opt + d->offset;
+	uint64_t v;
+	switch (d->kind) {
+	case KF_T_UINT:
+	case KF_T_POW2:
+		if (!kf_parse_uint(s, n, &v) || v < d->min || v > d->max)
+			return false;
+		if (d->kind == KF_T_POW2 && (v & (v - 1)))
+			return false;
+		*(uint64_t *)field = v;
+		return true;
+	case KF_T_BOOL:
+		if (kf_word_is(s, n, "1") || kf_word_is(s, n, "true") ||
+		    kf_word_is(s, n, "yes") || kf_word_is(s, n, "on"))
+			*(bool *)field = true;
+		else if (kf_word_is(s, n, "0") || kf_word_is(s, n, "false") ||
+			 kf_word_is(s, n, "no") || kf_word_is(s, n, "off"))
+			*(bool *)field = false;
+		else
+			return false;
+		return true;
+	case KF_T_PLACEMENT:
+		for (int i = 0; i < 3; i++) {
+			if (kf_word_is(s, n, kf_placement_names[i])) {
+				*(int *)field = i;
+				return true;
+			}
+		}
+		return false;
+	case KF_T_STR:
+		if (n >= sizeof(kf_opt.report_path))
+			return false;
+		memcpy(field, s, n);
+		((char *)field)[n] = '\0';
+		return true;
+	}
+	return false;
+}
+
+/* The value in force for option d, as text, into out[cap]. */
+static const char *kf_format_value(const struct kf_option_desc *d, char *out, size_t cap)
+{
+	const void *field = (const char *)&kf_opt + d->offset;
+	struct kf_buf b = { out, 0, cap - 1 };
+	switch (d->kind) {
+	case KF_T_UINT:
+	case KF_T_POW2:
+		kf_buf_dec(&b, *(const uint64_t *)field);
+		break;
+	case KF_T_BOOL:
+		kf_buf_str(&b, *(const bool *)field ? "1" : "0");
+		break;
+	case KF_T_PLACEMENT:
+		kf_buf_str(&b, kf_placement_names[*(const int *)field]);
+		break;
+	case KF_T_STR:
+		kf_buf_str(&b, (const char *)field);
+		break;
+	}
+	out[b.len] = '\0';
+	return out;
+}
+
+static void kf_expectation(const struct kf_option_desc *d, char *out, size_t cap)
+{
+	struct kf_buf b = { out, 0, cap - 1 };
+	switch (d->kind) {
+	case KF_T_UINT:
+	case KF_T_POW2:
+		kf_buf_str(&b, d->kind == KF_T_POW2 ? "a power of two in " : "an integer in ");
+		kf_buf_dec(&b, d->min);
+		kf_buf_str(&b, "..");
+		kf_buf_dec(&b, d->max);
+		break;
+	case KF_T_BOOL:
+		kf_buf_str(&b, "0/1, true/false, yes/no or on/off");
+		break;
+	case KF_T_PLACEMENT:
+		kf_buf_str(&b, "random, left or right");
+		break;
+	case KF_T_STR:
+		kf_buf_str(&b, "a path shorter than 256 bytes");
+		break;
+	}
+	out[b.len] = '\0';
+}
+
+/* === Parser === */
+
+void kf_options_defaults(void)
+{
+	for (size_t i = 0; i < KF_NUM_OPTIONS; i++) {
+		const struct kf_option_desc *d = &kf_options_table[i];
+		kf_set_value(d, d->def, strlen(d->def));
+	}
+}
+
+static void kf_parse_item(const char *s, size_t n, const char *origin)
+{
+	char item[160], expect[96], current[272];
+	size_t shown = n < sizeof(item) - 1 ? n : sizeof(item) - 1;
+	memcpy(item, s, shown);
+	item[shown] = '\0';
+
+	const char *eq = memchr(s, '=', n);
+	if (!eq) {
+		kf_warn("'", item, "' in ", origin, " is not key=value; ignored", NULL);
+		return;
+	}
+	size_t klen = (size_t)(eq - s);
+	for (size_t i = 0; i < KF_NUM_OPTIONS; i++) {
+		const struct kf_option_desc *d = &kf_options_table[i];
+		if (!kf_word_is(s, klen, d->name))
+			continue;
+		if (!kf_set_value(d, eq + 1, n - klen - 1)) {
+			kf_expectation(d, expect, sizeof(expect));
+			kf_warn("bad value in ", origin, " '", item, "': expected ",
+				expect, "; keeping ", d->name, "=",
+				kf_format_value(d, current, sizeof(current)), NULL);
+		}
+		return;
+	}
+	item[klen < shown ? klen : shown] = '\0';
+	kf_warn("unknown option '", item, "' in ", origin, "; ignored", NULL);
+}
+
+void kf_options_parse(const char *text, const char *origin)
+{
+	if (!text)
+		return;
+	while (*text) {
+		const char *end = strchr(text, ':');
+		size_t n = end ? (size_t)(end - text) : strlen(text);
+		if (n > 0)
+			kf_parse_item(text, n, origin);
+		text += n;
+		if (*text == ':')
+			text++;
+	}
+}
+
+/* === The table, for Python === */
+
+size_t kfence_option_count(void)
+{
+	return KF_NUM_OPTIONS;
+}
+
+int kfence_option_info(size_t i, const char **name, const char **type,
+		       const char **default_value, unsigned long long *min,
+		       unsigned long long *max, const char **description)
+{
+	if (i >= KF_NUM_OPTIONS)
+		return -1;
+	const struct kf_option_desc *d = &kf_options_table[i];
+	*name = d->name;
+	*type = d->type;
+	*default_value = d->def;
+	*min = d->min;
+	*max = d->max;
+	*description = d->desc;
+	return 0;
+}
+
+const char *kfence_option_value(const char *name)
+{
+	static char values[KF_NUM_OPTIONS][272];
+	for (size_t i = 0; i < KF_NUM_OPTIONS; i++)
+		if (strcmp(kf_options_table[i].name, name) == 0)
+			return kf_format_value(&kf_options_table[i], values[i], sizeof(values[i]));
+	return NULL;
+}

@@ -1,0 +1,108 @@
+/*
+ * System calls behind a small interface, so the allocator logic never calls
+ * mmap or friends directly.  Everything here is async-signal-safe and never
+ * allocates.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "kf_internal.h"
+
+void *kf_os_reserve(size_t size)
+{
+	/* NORESERVE: the pool is address space; only pages in use cost memory. */
+	void *p = mmap(NULL, size, PROT_NONE,
+		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	return p == MAP_FAILED ? NULL : p;
+}
+
+void *kf_os_map(size_t size)
+{
+	void *p = mmap(NULL, size, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	return p == MAP_FAILED ? NULL : p;
+}
+
+int kf_os_protect(uintptr_t addr, size_t size, bool accessible)
+{
+	return mprotect((void *)addr, size,
+			accessible ? PROT_READ | PROT_WRITE : PROT_NONE);
+}
+
+int kf_os_discard(uintptr_t addr, size_t size)
+{
+	/*
+	 * A fresh PROT_NONE mapping over the page protects it and drops its
+	 * memory in one call; mprotect() alone would keep freed pages counted in
+	 * the RSS, and mprotect + madvise costs a second system call.
+	 */
+	void *p = mmap((void *)addr, size, PROT_NONE,
+		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED,
+		       -1, 0);
+	return p == MAP_FAILED ? -1 : 0;
+}
+
+void kf_os_unmap(void *addr, size_t size)
+{
+	munmap(addr, size);
+}
+
+void kf_os_write_all(int fd, const char *s, size_t n)
+{
+	int saved = errno;
+	while (n > 0) {
+		ssize_t w = write(fd, s, n);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0)
+			break;
+		s += w;
+		n -= (size_t)w;
+	}
+	errno = saved;
+}
+
+uint32_t kf_os_gettid(void)
+{
+	return (uint32_t)syscall(SYS_gettid);
+}
+
+uint64_t kf_os_random64(void)
+{
+	uint64_t v = 0;
+	int saved = errno;
+	if (getrandom(&v, sizeof(v), GRND_NONBLOCK) != sizeof(v)) {
+		/* No entropy yet (early boot): mix what differs between runs. */
+		struct timespec ts;
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		v = ((uint64_t)ts.tv_nsec << 32) ^ (uint64_t)ts.tv_sec ^
+		    ((uint64_t)getpid() << 16) ^ (uintptr_t)&v;
+	}
+	errno = saved;
+	return v ? v : 0x9e3779b97f4a7c15ull;
+}
+
+long kf_os_max_map_count(void)
+{
+	char buf[32];
+	long v = 65530; /* the kernel's default */
+	int fd = open("/proc/sys/vm/max_map_count", O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return v;
+	ssize_t n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n > 0) {
+		long parsed = 0;
+		for (ssize_t i = 0; i < n && buf[i] >= '0' && buf[i] <= '9'; i++)
+			parsed = parsed * 10 + (buf[i] - '0');
+		if (parsed > 0)
+			v = parsed;
+	}
+	return v;
+}
