@@ -1,0 +1,26 @@
+"""kfence_py: KFENCE for Linux userspace.
+
+A sampling guard-page detector: a few sampled heap allocations get a page of
+their own between inaccessible guard pages, so out-of-bounds accesses and
+use-after-free fault at the guilty instruction and are reported with the
+allocation and free stacks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ._native import LIB_PATH, lib, text
+
+__version__ = "0.1.0"
+__all__ = ["__version__", "lib_path", "native_version"]
+
+
+def lib_path() -> Path:
+    """Absolute path of libkfence.so, for LD_PRELOAD."""
+    return LIB_PATH
+
+
+def native_version() -> str:
+    """Version of the loaded libkfence.so."""
+    return text(lib.kfence_version())

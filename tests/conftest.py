@@ -1,0 +1,84 @@
+"""Shared fixtures: compile small C/C++ programs and run them under the preload."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import kfence_py
+from kfence_py.options import format_options
+from kfence_py.reports import Report, parse_reports
+
+TESTS = Path(__file__).resolve().parent
+PROGS = TESTS / "integration" / "progs"
+CSRC = TESTS.parent / "csrc"
+
+
+@dataclass
+class Run:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def reports(self) -> list[Report]:
+        return parse_reports(self.stderr)
+
+    @property
+    def warnings(self) -> list[str]:
+        return [line for line in self.stderr.splitlines() if line.startswith("kfence:")]
+
+    def counters(self) -> dict[str, int]:
+        """The "counters: k=v ..." line a test program printed."""
+        line = next(x for x in self.stdout.splitlines() if x.startswith("counters:"))
+        return {k: int(v) for k, v in (kv.split("=") for kv in line.split()[1:])}
+
+
+class Programs:
+    """Builds test programs once per session and runs them."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.lib = kfence_py.lib_path()
+
+    def build(self, source: str | Path, *, cxx: bool = False,
+              flags: Sequence[str] = ()) -> Path:
+        path = PROGS / source if isinstance(source, str) else source
+        text = path.read_text()
+        key = hashlib.sha256(f"{text}{cxx}{flags}".encode()).hexdigest()[:16]
+        exe = self.root / f"{path.stem}-{key}"
+        if not exe.exists():
+            compiler = "g++" if cxx else "gcc"
+            cmd = [compiler, "-g", "-O0", "-pthread", f"-I{CSRC}", f"-I{PROGS}", *flags,
+                   str(path), "-o", str(exe), "-ldl"]
+            subprocess.run(cmd, check=True, capture_output=True, text=True)
+        return exe
+
+    def run(self, exe: Path | str, *args: str, options: Mapping[str, object] | str | None = None,
+            preload: bool = True, env: Mapping[str, str] | None = None,
+            timeout: float = 60) -> Run:
+        full_env = {k: v for k, v in os.environ.items()
+                    if k not in ("LD_PRELOAD", "KFENCE_OPTIONS")}
+        if preload:
+            full_env["LD_PRELOAD"] = str(self.lib)
+        if options is not None:
+            full_env["KFENCE_OPTIONS"] = (options if isinstance(options, str)
+                                          else format_options(options))
+        full_env.update(env or {})
+        proc = subprocess.run([str(exe), *args], env=full_env, capture_output=True, text=True,
+                              timeout=timeout, check=False)
+        return Run(proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.fixture(scope="session")
+def programs(tmp_path_factory: pytest.TempPathFactory) -> Programs:
+    if shutil.which("gcc") is None:
+        pytest.fail("gcc is needed to build the test programs")
+    return Programs(tmp_path_factory.mktemp("progs"))
