@@ -58,7 +58,9 @@ class Programs:
             compiler = "g++" if cxx else "gcc"
             cmd = [compiler, "-g", "-O0", "-pthread", f"-I{CSRC}", f"-I{PROGS}", *flags,
                    str(path), "-o", str(exe), "-ldl"]
-            subprocess.run(cmd, check=True, capture_output=True, text=True)
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if proc.returncode:
+                pytest.fail(f"cannot build {path.name}:\n{proc.stderr}")
         return exe
 
     def run(self, exe: Path | str, *args: str, options: Mapping[str, object] | str | None = None,
