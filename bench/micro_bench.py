@@ -148,7 +148,9 @@ def modes(b: Build) -> list[Mode]:
     return out
 
 
-def command(b: Build, mode: Mode, iterations: int, size: int, check: str | None = None) -> list[str]:
+def command(
+    b: Build, mode: Mode, iterations: int, size: int, check: str | None = None
+) -> list[str]:
     cmd = [*mode.env_args(b.env_bin), str(b.loop), str(iterations), str(size)]
     if check is not None:
         cmd.append(check)

@@ -99,17 +99,19 @@ def format_table(rows: dict[str, Row]) -> str:
         f"{'per iter (net)':>14} {'x glibc':>7} {'x noop':>7}"
     )
     lines = [header, "-" * len(header)]
-    for name in sorted(rows, key=lambda n: (not n.startswith("unsampled"), n)):
-        r = rows[name]
+    for name, r in rows.items():  # in the order they were run
+        unsampled = name.startswith("unsampled/")
         lines.append(
             f"{name:40} {r.iterations:9d} {r.median_s * 1e3:7.1f} ms {r.rel_stdev * 100:5.1f}% "
             f"{r.startup_s * 1e3:6.2f} ms {_fmt_time(r.per_iter_s):>14} "
-            f"{_ratio(r, glibc):>7} {_ratio(r, noop):>7}"
+            f"{_ratio(r, glibc if unsampled else None):>7} "
+            f"{_ratio(r, noop if unsampled else None):>7}"
         )
     lines.append("")
     lines.append("median: pyperf median wall time of one run of the command; +-sd: stdev/median;")
     lines.append("startup: median of the same command with 0 iterations;")
-    lines.append("per iter (net) = (median - startup) / N; ratios are between net per-iteration costs.")
+    lines.append("per iter (net) = (median - startup) / N; ratios (unsampled rows only) are")
+    lines.append("between net per-iteration costs.")
     return "\n".join(lines)
 
 
@@ -135,9 +137,10 @@ def verdicts(rows: dict[str, Row]) -> list[str]:
             f"target <= {TARGET_SAMPLED_US:.1f} us"
         )
     for group in ("sampled", "unsampled"):
+        prefix = f"{group}/kfence-num_objects="
         scaled = sorted(
-            (r for n, r in rows.items() if n.startswith(f"{group}/kfence-") and "num_objects=" in n),
-            key=lambda r: int(r.name.rsplit("num_objects=", 1)[1]),
+            (r for n, r in rows.items() if n.startswith(prefix)),
+            key=lambda r: int(r.name[len(prefix):]),
         )
         if len(scaled) < 2:
             continue

@@ -12,7 +12,7 @@ except ImportError as exc:  # the source tree, not an installed package
         "`pip install .` and run from outside the source tree, "
         "or build it in place with `python setup.py build_ext --inplace`") from exc
 
-__all__ = ["LIB_PATH", "DEMO_PATH", "ffi", "lib", "text"]
+__all__ = ["DEMO_PATH", "LIB_PATH", "ffi", "lib", "text"]
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 LIB_PATH = PACKAGE_DIR / "libkfence.so"
