@@ -119,10 +119,11 @@ void *realloc(void *p, size_t size)
 		return kf_realloc_pool(p, size);
 	if (!p)
 		return malloc(size);
-	if (kf_tick() && size) {
+	/* Sampling a glibc chunk needs its size to copy: skip if we could not look it up. */
+	if (kf_tick() && size && kf_libc_usable_size) {
 		void *q = kf_slow(size, 0, KFENCE_CACHE_REALLOC, false);
 		if (q) {
-			size_t old = kf_libc_usable_size ? kf_libc_usable_size(p) : 0;
+			size_t old = kf_libc_usable_size(p);
 			memcpy(q, p, old < size ? old : size);
 			__libc_free(p);
 			return q;

@@ -135,3 +135,26 @@ def test_bad_options_warn_once_each_and_keep_defaults(programs, threads):
 def test_enabled_0_leaves_everything_to_glibc(programs, threads):
     run = programs.run(threads, "threads", "2", options={"enabled": 0, "sample_rate": 1})
     assert run.returncode == 0 and "counters: none" in run.stdout
+
+
+@pytest.fixture(scope="module")
+def sampling(programs):
+    return programs.build("sampling.c")
+
+
+def test_time_gate_samples_at_most_once_per_interval(programs, sampling):
+    run = programs.run(sampling, "400", options={"sample_interval": 50})
+    allocs = run.counters()["allocs"]
+    # 400 ms at one sample per 50 ms: 8 gates, +1 for the one open at start
+    assert 3 <= allocs <= 9, run.stdout
+
+
+def test_burst_adds_successive_samples(programs, sampling):
+    run = programs.run(sampling, "200", options={"sample_interval": 100000, "burst": 5})
+    assert run.counters()["allocs"] == 6, "the first gate and its burst of 5"
+
+
+def test_sample_rate_samples_about_one_in_n(programs, sampling):
+    run = programs.run(sampling, "0", "200000", options={"sample_rate": 100})
+    allocs = run.counters()["allocs"]
+    assert 1500 <= allocs <= 2500, run.stdout
