@@ -109,6 +109,8 @@ static uint32_t *kf_freelist;
 static size_t kf_free_head, kf_free_count;   /* kf_lock */
 static _Atomic uint8_t *kf_guard_open;       /* num_slots + 1 flags */
 static bool kf_interposing;
+/* Bugs inherited from the parent at fork: the child's exit status is about its own. */
+static uint64_t kf_bugs_before_fork;
 
 /* Time gate: the next time a sample may be taken, and the burst left. */
 static _Atomic uint64_t kf_next_sample_ns;
@@ -394,11 +396,9 @@ static void kf_check_canary(long slot, const struct kfence_slot *m)
 		if (a < page + kf_page && outside && bytes[i] != kf_canary(a))
 			mask |= 1u << i;
 	}
-	struct kfence_stack st;
-	kf_capture_stack(&st);
 	struct kf_report_in in = {
 		.kind = KFENCE_BUG_CORRUPTION, .access = KFENCE_ACCESS_NONE,
-		.addr = bad, .slot = slot, .stack = &st,
+		.addr = bad, .slot = slot, .stack = &m->free_stack,
 		.corrupted = bytes, .corrupted_mask = mask,
 	};
 	kf_report(&in);
@@ -427,11 +427,11 @@ void kf_pool_free(void *p)
 	bool was_in_lib = kf_self.in_lib;
 	kf_self.in_lib = true;
 	size_t pg = ((uintptr_t)p - kf_pool.start) / kf_page;
-	long slot = (long)(pg - 1) / 2;
+	long slot = (pg & 1) ? (long)(pg - 1) / 2 : -1;
 	uint32_t expected = KFENCE_SLOT_ALLOCATED;
-	struct kfence_slot *m = &kf_slots[slot];
+	struct kfence_slot *m = slot >= 0 ? &kf_slots[slot] : NULL;
 	/* The CAS makes exactly one of two racing frees the real one. */
-	if (!(pg & 1) || m->addr != (uintptr_t)p ||
+	if (!m || m->addr != (uintptr_t)p ||
 	    !atomic_compare_exchange_strong((_Atomic uint32_t *)&m->state, &expected,
 					    KFENCE_SLOT_BUSY)) {
 		kf_report_invalid_free(p);
@@ -495,6 +495,7 @@ static void kf_atfork_child(void)
 	kf_self.tid = 0;
 	kf_self.rng = 0;
 	kf_state->pid = (uint32_t)getpid();
+	kf_bugs_before_fork = kf_state->counters[KFENCE_COUNTER_BUGS];
 }
 
 static void kf_on_exit(int status, void *arg)
@@ -506,7 +507,7 @@ static void kf_on_exit(int status, void *arg)
 	kf_self.in_lib = true;
 	if (kf_opt.leak_check)
 		kf_leak_check();
-	if (kf_state->counters[KFENCE_COUNTER_BUGS]) {
+	if (kf_state->counters[KFENCE_COUNTER_BUGS] > kf_bugs_before_fork) {
 		/* We run after every other exit handler; stdio is flushed after us. */
 		fflush(NULL);
 		_exit((int)kf_opt.exitcode);
