@@ -26,7 +26,7 @@
 #define KF_STATE_VERSION 1
 
 _Static_assert(sizeof(struct kfence_stack) == 8 + 8 * KF_STACK_MAX, "stack layout");
-_Static_assert(sizeof(struct kfence_slot) == 56 + 2 * sizeof(struct kfence_stack), "slot layout");
+_Static_assert(sizeof(struct kfence_slot) == 56 + 2 * sizeof(struct kfence_stack) + 1024, "slot layout");
 _Static_assert(sizeof(struct kfence_state) == 248, "state header layout");
 _Static_assert(KFENCE_COUNTER_COUNT <= 16, "counters[] too small");
 _Static_assert(sizeof(((struct kfence_report *)0)->corrupted) == 16, "corruption window");
@@ -111,6 +111,8 @@ static _Atomic uint8_t *kf_guard_open;       /* num_slots + 1 flags */
 static bool kf_interposing;
 /* Bugs inherited from the parent at fork: the child's exit status is about its own. */
 static uint64_t kf_bugs_before_fork;
+/* The state is a <state_dir>/<pid>.state file mapping (else private memory). */
+static bool kf_state_shared;
 
 /* Time gate: the next time a sample may be taken, and the burst left. */
 static _Atomic uint64_t kf_next_sample_ns;
@@ -336,6 +338,8 @@ void *kf_guarded_alloc(size_t size, size_t align, int placement, int cache, bool
 	m->free_tid = 0;
 	m->free_ns = 0;
 	m->free_stack.depth = 0;
+	m->alloc_note[0] = '\0';
+	m->free_note[0] = '\0';
 	kf_capture_stack(&m->alloc_stack);
 	atomic_store_explicit((_Atomic uint32_t *)&m->reported, 0, memory_order_relaxed);
 	atomic_store_explicit((_Atomic uint32_t *)&m->state, KFENCE_SLOT_ALLOCATED,
@@ -494,6 +498,12 @@ static void kf_atfork_child(void)
 	pthread_mutex_unlock(&kf_lock);
 	kf_self.tid = 0;
 	kf_self.rng = 0;
+	/* The child gets a state of its own: a new file, or else a private copy. */
+	if (kf_state_shared &&
+	    !kf_os_map_state_file(kf_opt.state_dir, kf_state->total_size, kf_state, kf_state)) {
+		kf_state_shared = false;
+		kf_os_privatize(kf_state, kf_state->total_size);
+	}
 	kf_state->pid = (uint32_t)getpid();
 	kf_bugs_before_fork = kf_state->counters[KFENCE_COUNTER_BUGS];
 }
@@ -547,7 +557,17 @@ static int kf_start(const char *options, const char *origin)
 			    KF_MAX_REPORTS * sizeof(struct kfence_report);
 	state_size = (state_size + kf_page - 1) & ~(kf_page - 1);
 	size_t priv_size = n * sizeof(uint32_t) + n + 1;
-	struct kfence_state *s = pool ? kf_os_map(state_size) : NULL;
+	struct kfence_state *s = NULL;
+	if (pool && kf_opt.state_dir[0]) {
+		const char *why = kf_os_prepare_state_dir(kf_opt.state_dir);
+		s = why ? NULL : kf_os_map_state_file(kf_opt.state_dir, state_size, NULL, NULL);
+		if (!s)
+			kf_warn("cannot publish the state in ", kf_opt.state_dir, ": ",
+				why ? why : strerror(errno), "; keeping it private", NULL);
+		kf_state_shared = s != NULL;
+	}
+	if (pool && !s)
+		s = kf_os_map(state_size);
 	void *priv = s ? kf_os_map(priv_size) : NULL;
 	if (!priv) {
 		kf_warn("cannot map the pool; running without detection", NULL);
@@ -675,6 +695,21 @@ void kfence_free(void *ptr)
 		kf_pool_free(ptr);
 	else
 		free(ptr);
+}
+
+int kfence_annotate(const void *ptr, int which, const char *text)
+{
+	size_t size;
+	if (!kf_is_pool_address(ptr) || !kf_pool_live(ptr, &size) || which < 0 || which > 1)
+		return -1;
+	struct kfence_slot *m = &kf_slots[(((uintptr_t)ptr - kf_pool.start) / kf_page - 1) / 2];
+	char *note = which ? m->free_note : m->alloc_note;
+	size_t n = strlen(text);
+	if (n >= sizeof(m->alloc_note))
+		n = sizeof(m->alloc_note) - 1;
+	memcpy(note, text, n);
+	note[n] = '\0';
+	return 0;
 }
 
 int kfence_is_pool_address(const void *ptr)

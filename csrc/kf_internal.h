@@ -169,7 +169,13 @@ KF_HIDDEN int kf_os_protect(uintptr_t addr, size_t size, bool accessible);
 /* Make pages inaccessible and give their memory back to the system. */
 KF_HIDDEN int kf_os_discard(uintptr_t addr, size_t size);
 KF_HIDDEN void kf_os_unmap(void *addr, size_t size);
-KF_HIDDEN void kf_os_write_all(int fd, const char *s, size_t n);
+KF_HIDDEN void kf_os_write_all(int fd, const void *s, size_t n);
+/* NULL if dir exists (or was made) 0700 and ours, else why not. */
+KF_HIDDEN const char *kf_os_prepare_state_dir(const char *dir);
+/* A shared mapping of <dir>/<pid>.state (0600), at fixed if not NULL, filled from initial. */
+KF_HIDDEN void *kf_os_map_state_file(const char *dir, size_t size, void *fixed, const void *initial);
+/* Replace a shared mapping by a private copy of it, in place. */
+KF_HIDDEN int kf_os_privatize(void *addr, size_t size);
 KF_HIDDEN uint32_t kf_os_gettid(void);
 KF_HIDDEN uint64_t kf_os_random64(void);
 KF_HIDDEN long kf_os_max_map_count(void);

@@ -43,6 +43,14 @@ void *kfence_alloc(size_t size, size_t align, int placement, int zero,
 /* Free any pointer: pool objects through the guarded path, the rest to glibc. */
 void kfence_free(void *ptr);
 
+/*
+ * Attach text to a live guarded object, printed in reports under its
+ * allocation stack (which 0) or its free stack (which 1; call it just before
+ * the free).  The Python hooks put the Python traceback here.  Returns 0, or
+ * -1 when ptr is not the start of a live guarded object.
+ */
+int kfence_annotate(const void *ptr, int which, const char *text);
+
 /* 1 when ptr lies in the pool (object, canary or guard page). */
 int kfence_is_pool_address(const void *ptr);
 

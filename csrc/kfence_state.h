@@ -79,6 +79,9 @@ struct kfence_slot {
 	uint64_t free_ns;
 	struct kfence_stack alloc_stack;
 	struct kfence_stack free_stack;
+	/* Text printed under each stack (the Python traceback); written by its owner. */
+	char alloc_note[512];
+	char free_note[512];
 };
 
 struct kfence_report {

@@ -6,8 +6,10 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <string.h>
 #include <sys/mman.h>
 #include <sys/random.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -53,8 +55,9 @@ void kf_os_unmap(void *addr, size_t size)
 	munmap(addr, size);
 }
 
-void kf_os_write_all(int fd, const char *s, size_t n)
+void kf_os_write_all(int fd, const void *data, size_t n)
 {
+	const char *s = data;
 	int saved = errno;
 	while (n > 0) {
 		ssize_t w = write(fd, s, n);
@@ -105,4 +108,52 @@ long kf_os_max_map_count(void)
 			v = parsed;
 	}
 	return v;
+}
+
+const char *kf_os_prepare_state_dir(const char *dir)
+{
+	struct stat st;
+	if (mkdir(dir, 0700) != 0 && errno != EEXIST)
+		return strerror(errno);
+	if (lstat(dir, &st) != 0)
+		return strerror(errno);
+	/* Others must not read our stacks or write our control block. */
+	if (!S_ISDIR(st.st_mode) || st.st_uid != geteuid() || (st.st_mode & 077))
+		return "not a directory of this user with mode 0700";
+	return NULL;
+}
+
+void *kf_os_map_state_file(const char *dir, size_t size, void *fixed, const void *initial)
+{
+	char path[320];
+	struct kf_buf b = { path, 0, sizeof(path) - 1 };
+	kf_buf_str(&b, dir);
+	kf_buf_str(&b, "/");
+	kf_buf_dec(&b, (uint64_t)getpid());
+	kf_buf_str(&b, ".state");
+	path[b.len] = '\0';
+	int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (fd < 0)
+		return NULL;
+	if (initial)
+		kf_os_write_all(fd, initial, size);
+	void *p = MAP_FAILED;
+	if (ftruncate(fd, (off_t)size) == 0)
+		p = mmap(fixed, size, PROT_READ | PROT_WRITE, MAP_SHARED | (fixed ? MAP_FIXED : 0), fd, 0);
+	close(fd);
+	return p == MAP_FAILED ? NULL : p;
+}
+
+int kf_os_privatize(void *addr, size_t size)
+{
+	void *copy = kf_os_map(size);
+	if (!copy)
+		return -1;
+	memcpy(copy, addr, size);
+	/* Moves the private copy over the shared pages in one step. */
+	if (mremap(copy, size, size, MREMAP_MAYMOVE | MREMAP_FIXED, addr) == MAP_FAILED) {
+		munmap(copy, size);
+		return -1;
+	}
+	return 0;
 }

@@ -288,6 +288,7 @@ static void kf_buf_object(struct kf_buf *b, long slot, const struct kfence_slot 
 	kf_buf_time(b, m->alloc_ns);
 	kf_buf_str(b, ":\n");
 	kf_buf_stack(b, &m->alloc_stack, false);
+	kf_buf_str(b, m->alloc_note);
 	if (m->free_tid) {
 		kf_buf_str(b, "\nfreed by thread ");
 		kf_buf_dec(b, m->free_tid);
@@ -295,6 +296,7 @@ static void kf_buf_object(struct kf_buf *b, long slot, const struct kfence_slot 
 		kf_buf_time(b, m->free_ns);
 		kf_buf_str(b, ":\n");
 		kf_buf_stack(b, &m->free_stack, false);
+		kf_buf_str(b, m->free_note);
 	}
 }
 
