@@ -10,7 +10,7 @@ import shlex
 import subprocess
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 HERE = Path(__file__).resolve().parent
@@ -61,7 +61,17 @@ class BuildNative(build_ext):
         return [*super().get_outputs(), *getattr(self, "_native_outputs", [])]
 
 
+# CPython-specific glue cffi cannot express (a buffer type, PyMem hooks); links libkfence.so.
+PYEXT = Extension(
+    "kfence_py._pyext",
+    sources=["csrc/pyext.c"],
+    include_dirs=["csrc"],
+    libraries=["kfence"],
+    extra_link_args=["-Wl,-rpath,$ORIGIN"],
+)
+
 setup(
+    ext_modules=[PYEXT],
     cffi_modules=["build_ffi.py:ffibuilder"],
     cmdclass={"build_ext": BuildNative},
 )

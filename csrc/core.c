@@ -149,9 +149,20 @@ uintptr_t kf_slot_page(size_t slot)
 	return kf_pool.start + (2 * slot + 1) * kf_page;
 }
 
+/* Other modules whose frames are ours too (the Python hooks): kfence_register_internal(). */
+static struct {
+	uintptr_t lo, hi;
+} kf_internal[4];
+static _Atomic int kf_internal_count;
+
 bool kf_in_self(uintptr_t pc)
 {
-	return pc >= kf_self_lo && pc < kf_self_hi;
+	if (pc >= kf_self_lo && pc < kf_self_hi)
+		return true;
+	for (int i = 0; i < atomic_load_explicit(&kf_internal_count, memory_order_acquire); i++)
+		if (pc >= kf_internal[i].lo && pc < kf_internal[i].hi)
+			return true;
+	return false;
 }
 
 void kf_capture_stack(struct kfence_stack *st)
@@ -189,7 +200,7 @@ static int32_t kf_rate_countdown(uint32_t rate)
 	return (int32_t)(1 + kf_random() % (2ull * rate - 1));
 }
 
-static bool kf_time_gate(const struct kfence_control *c)
+static bool kf_time_gate(const struct kfence_control *c, int32_t *countdown)
 {
 	uint64_t now = kf_now_ns();
 	uint64_t next = atomic_load_explicit(&kf_next_sample_ns, memory_order_relaxed);
@@ -198,49 +209,60 @@ static bool kf_time_gate(const struct kfence_control *c)
 					   now + (uint64_t)c->sample_interval_ms * 1000000ull)) {
 		atomic_store_explicit(&kf_burst_left, c->burst, memory_order_relaxed);
 		if (c->burst)
-			kf_self.countdown = 1;
+			*countdown = 1;
 		return true;
 	}
 	/* KFENCE's burst: the next allocations of the thread that opened the gate. */
 	if (atomic_load_explicit(&kf_burst_left, memory_order_relaxed) > 0 &&
 	    atomic_fetch_sub(&kf_burst_left, 1) > 0) {
-		kf_self.countdown = 1;
+		*countdown = 1;
 		return true;
 	}
 	return false;
 }
 
-void *kf_sample_alloc(size_t size, size_t align, int cache, bool zero)
+void *kf_sample_alloc(int32_t *countdown, size_t size, size_t align, int cache, bool zero)
 {
-	struct kf_thread *t = &kf_self;
 	int st = atomic_load_explicit(&kf_init_state, memory_order_acquire);
 	if (KF_UNLIKELY(st != 2)) {
 		/* Not started yet: look again soon.  Off for good: look rarely. */
-		t->countdown = st == -1 ? INT32_MAX : 1;
+		*countdown = st == -1 ? INT32_MAX : 1;
 		return NULL;
 	}
-	if (t->in_lib) {
+	if (kf_self.in_lib) {
 		/* malloc from inside the library (unwinder, dladdr): straight to glibc. */
-		t->countdown = 1;
+		*countdown = 1;
 		return NULL;
 	}
 	const struct kfence_control *c = &kf_state->control;
 	uint32_t rate = *(volatile uint32_t *)&c->sample_rate;
 	if (!*(volatile uint32_t *)&c->enabled) {
-		t->countdown = KF_IDLE_PERIOD;
+		*countdown = KF_IDLE_PERIOD;
 		return NULL;
 	}
 	if (rate) {
-		t->countdown = kf_rate_countdown(rate);
+		*countdown = kf_rate_countdown(rate);
 	} else {
-		t->countdown = KF_CLOCK_CHECK_PERIOD;
-		if (!kf_time_gate(c))
+		*countdown = KF_CLOCK_CHECK_PERIOD;
+		if (!kf_time_gate(c, countdown))
 			return NULL;
 	}
 	int saved = errno;
 	void *p = kf_guarded_alloc(size, align, (int)kf_opt.placement, cache, zero);
 	errno = saved;
 	return p;
+}
+
+void *kfence_sample(int32_t *countdown, size_t size, size_t align, int cache, int zero)
+{
+	if (cache < 0 || cache >= KFENCE_CACHE_KINDS || (align & (align - 1)))
+		return NULL;
+	return kf_sample_alloc(countdown, size, align, cache, zero != 0);
+}
+
+int kfence_object_size(const void *ptr, size_t *size)
+{
+	return kf_is_pool_address(ptr) && kf_pool_live(ptr, size) ? 0 : -1;
 }
 
 /* === Pool === */
@@ -321,7 +343,7 @@ void *kf_guarded_alloc(size_t size, size_t align, int placement, int cache, bool
 		placement = (kf_random() & 1) ? KF_PLACE_RIGHT : KF_PLACE_LEFT;
 	uintptr_t addr = page;
 	if (placement == KF_PLACE_RIGHT) {
-		size_t a = align > kf_opt.align ? align : kf_opt.align;
+		size_t a = align ? align : kf_opt.align;
 		addr = (page + kf_page - (size ? size : 1)) & ~(uintptr_t)(a - 1);
 	}
 	uint64_t word = kf_canary_word();
@@ -460,10 +482,11 @@ void kf_pool_free(void *p)
 
 /* === Start-up === */
 
-static int kf_find_self(struct dl_phdr_info *info, size_t size, void *data)
+/* The executable range of the module containing data[0], into data[1..2]. */
+static int kf_find_module(struct dl_phdr_info *info, size_t size, void *data)
 {
 	(void)size;
-	uintptr_t target = (uintptr_t)data;
+	uintptr_t *range = data, target = range[0];
 	uintptr_t lo = UINTPTR_MAX, hi = 0;
 	for (int i = 0; i < info->dlpi_phnum; i++) {
 		const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
@@ -476,10 +499,22 @@ static int kf_find_self(struct dl_phdr_info *info, size_t size, void *data)
 			hi = s + ph->p_memsz;
 	}
 	if (target >= lo && target < hi) {
-		kf_self_lo = lo;
-		kf_self_hi = hi;
+		range[1] = lo;
+		range[2] = hi;
 		return 1;
 	}
+	return 0;
+}
+
+int kfence_register_internal(const void *addr)
+{
+	uintptr_t range[3] = { (uintptr_t)addr, 0, 0 };
+	int n = atomic_load(&kf_internal_count);
+	if (n >= 4 || !dl_iterate_phdr(kf_find_module, range))
+		return -1;
+	kf_internal[n].lo = range[1];
+	kf_internal[n].hi = range[2];
+	atomic_store_explicit(&kf_internal_count, n + 1, memory_order_release);
 	return 0;
 }
 
@@ -614,7 +649,10 @@ static int kf_start(const char *options, const char *origin)
 	void *warm[4];
 	backtrace(warm, 4);
 	kf_resolve_libc();
-	dl_iterate_phdr(kf_find_self, (void *)(uintptr_t)&kf_start);
+	uintptr_t self_range[3] = { (uintptr_t)&kf_start, 0, 0 };
+	dl_iterate_phdr(kf_find_module, self_range);
+	kf_self_lo = self_range[1];
+	kf_self_hi = self_range[2];
 
 	if (kf_install_fault_handler() != 0) {
 		kf_warn("cannot install the SIGSEGV handler; running without detection", NULL);

@@ -89,8 +89,12 @@ static inline void kf_count(int counter, int64_t delta)
 /* === Core (core.c) === */
 
 /* The slow path behind every allocation entry point: NULL means "use glibc". */
-KF_HIDDEN void *kf_sample_alloc(size_t size, size_t align, int cache, bool zero);
-/* A guarded object whatever the sampling decision; NULL with errno set. */
+KF_HIDDEN void *kf_sample_alloc(int32_t *countdown, size_t size, size_t align, int cache,
+				 bool zero);
+/*
+ * A guarded object whatever the sampling decision; NULL with errno set.
+ * align: right-placed objects start at a multiple of it (0: the align option).
+ */
 KF_HIDDEN void *kf_guarded_alloc(size_t size, size_t align, int placement,
 				 int cache, bool zero);
 /* Free of a pool pointer (guarded path); reports invalid frees. */

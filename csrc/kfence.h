@@ -40,6 +40,23 @@ struct kfence_state *kfence_state(void);
 void *kfence_alloc(size_t size, size_t align, int placement, int zero,
 		   int cache);
 
+/*
+ * The sampling decision of the malloc hooks, for another allocator's hooks
+ * (CPython's): call it when the caller's own countdown has run out.  It sets
+ * *countdown to the allocations to skip before asking again, and returns a
+ * guarded object if this one is sampled, else NULL (use your allocator).
+ */
+void *kfence_sample(int32_t *countdown, size_t size, size_t align, int cache, int zero);
+
+/*
+ * Leave the frames of the module containing addr out of recorded stacks, as
+ * the library's own are (for allocator hooks living elsewhere).  0, or -1.
+ */
+int kfence_register_internal(const void *addr);
+
+/* Requested size of a live guarded object into *size: 0, or -1 when ptr is none. */
+int kfence_object_size(const void *ptr, size_t *size);
+
 /* Free any pointer: pool objects through the guarded path, the rest to glibc. */
 void kfence_free(void *ptr);
 

@@ -46,7 +46,7 @@ static inline bool kf_tick(void)
 /* Sampling decision behind an expired countdown; NULL means glibc serves it. */
 static __attribute__((noinline)) void *kf_slow(size_t size, size_t align, int cache, bool zero)
 {
-	return kf_sample_alloc(size, align, cache, zero);
+	return kf_sample_alloc(&kf_self.countdown, size, align, cache, zero);
 }
 
 void *malloc(size_t size)
@@ -156,7 +156,11 @@ static size_t kf_norm_align(size_t align)
 static void *kf_aligned_sample(size_t align, size_t size)
 {
 	size_t a = kf_norm_align(align);
-	return a ? kf_slow(size, a, KFENCE_CACHE_MEMALIGN, false) : NULL;
+	if (!a)
+		return NULL;  /* glibc's error to give */
+	if (a < kf_opt.align)
+		a = kf_opt.align;  /* the align option is a minimum here too */
+	return kf_slow(size, a, KFENCE_CACHE_MEMALIGN, false);
 }
 
 void *memalign(size_t align, size_t size)

@@ -190,6 +190,13 @@ static void kf_describe(uintptr_t pc, bool exact, struct kf_frame *f)
 	}
 }
 
+static bool kf_in_libc(const char *module)
+{
+	const char *base = strrchr(module, '/');
+	base = base ? base + 1 : module;
+	return strncmp(base, "libc.so", 7) == 0 || strncmp(base, "ld-linux", 8) == 0;
+}
+
 static void kf_buf_symbol(struct kf_buf *b, const struct kf_frame *f)
 {
 	if (!f->sym) {
@@ -396,6 +403,14 @@ bool kf_report(const struct kf_report_in *in)
 	if (where->depth) {
 		struct kf_frame f;
 		kf_describe(where->pc[0], in->fault_pc != 0, &f);
+		/*
+		 * Name the code that made the access, not the C library routine it
+		 * called (memset, memcpy, strcpy...): the first frame outside libc.
+		 */
+		for (uint32_t i = 1; i < where->depth && kf_in_libc(f.module); i++)
+			kf_describe(where->pc[i], false, &f);
+		if (kf_in_libc(f.module))
+			kf_describe(where->pc[0], in->fault_pc != 0, &f);
 		kf_buf_symbol(&b, &f);
 	} else {
 		kf_buf_str(&b, "<unknown>");

@@ -11,9 +11,44 @@ from __future__ import annotations
 from pathlib import Path
 
 from ._native import LIB_PATH, lib, text
+from .api import (
+    GuardedBuffer,
+    KfenceError,
+    PoolExhausted,
+    alloc,
+    disable,
+    enable,
+    is_enabled,
+    objects,
+    python_allocator_sampled,
+    reports,
+    sampling,
+    stats,
+)
+from .state import ObjectInfo, ReportRecord, StateError, Stats
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "lib_path", "native_version"]
+__all__ = [
+    "GuardedBuffer",
+    "KfenceError",
+    "ObjectInfo",
+    "PoolExhausted",
+    "ReportRecord",
+    "StateError",
+    "Stats",
+    "__version__",
+    "alloc",
+    "disable",
+    "enable",
+    "is_enabled",
+    "lib_path",
+    "native_version",
+    "objects",
+    "python_allocator_sampled",
+    "reports",
+    "sampling",
+    "stats",
+]
 
 
 def lib_path() -> Path:

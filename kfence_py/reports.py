@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import re
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from .state import ReportRecord
 
 RULE = "=" * 66
 
@@ -57,6 +63,8 @@ class Report:
     alloc_stack: list[Frame] = field(default_factory=list)
     free_thread: int | None = None
     free_stack: list[Frame] = field(default_factory=list)
+    alloc_python: list[str] = field(default_factory=list)  # "File ..., line N, in f" lines
+    free_python: list[str] = field(default_factory=list)
     text: str = ""
 
     @property
@@ -77,8 +85,11 @@ def _parse_one(lines: list[str]) -> Report | None:
         return None
     report = Report(kind=header["kind"], access=header["access"], location=header["where"],
                     text="\n".join([RULE, *lines, RULE]) + "\n")
-    target = report.stack
+    target, python = report.stack, None
     for line in lines:
+        if python is not None and line.startswith("  File "):
+            python.append(line.strip())
+            continue
         if m := _WHAT.match(line):
             report.address = int(m["addr"], 16)
             report.corrupted = m["bytes"].strip() if m["bytes"] else None
@@ -97,8 +108,10 @@ def _parse_one(lines: list[str]) -> Report | None:
         elif m := _BY.match(line):
             if m["what"] == "allocated":
                 report.alloc_thread, target = int(m["tid"]), report.alloc_stack
+                python = report.alloc_python
             else:
                 report.free_thread, target = int(m["tid"]), report.free_stack
+                python = report.free_python
     return report
 
 
@@ -116,3 +129,51 @@ def parse_reports(text: str) -> list[Report]:
         elif current is not None:
             current.append(line)
     return reports
+
+
+# --- Records from the shared state, rendered for people -------------------
+
+
+class _DlInfo(ctypes.Structure):
+    _fields_: ClassVar = [("dli_fname", ctypes.c_char_p), ("dli_fbase", ctypes.c_void_p),
+                          ("dli_sname", ctypes.c_char_p), ("dli_saddr", ctypes.c_void_p)]
+
+
+@functools.lru_cache(maxsize=1)
+def _dladdr() -> Any:
+    fn = ctypes.CDLL(None).dladdr
+    fn.argtypes = [ctypes.c_void_p, ctypes.POINTER(_DlInfo)]
+    return fn
+
+
+def describe_pc(pc: int) -> str:
+    """``sym+0xoff (module+0xoff)`` for an address of this process (dladdr)."""
+    info = _DlInfo()
+    if not _dladdr()(pc, ctypes.byref(info)) or not info.dli_fname:
+        return f"{pc:#x}"
+    module = info.dli_fname.decode(errors="replace")
+    where = f"({module}+{pc - (info.dli_fbase or 0):#x})"
+    if info.dli_sname and info.dli_saddr:
+        return f"{info.dli_sname.decode(errors='replace')}+{pc - info.dli_saddr:#x} {where}"
+    return f"<unknown> {where}"
+
+
+def format_record(record: ReportRecord, *, symbolize: bool = True) -> str:
+    """A report record as text close to the printed report (this process's addresses)."""
+    def stack(pcs: tuple[int, ...]) -> list[str]:
+        return [f" #{i} {pc:#014x} in {describe_pc(pc) if symbolize else '?'}"
+                for i, pc in enumerate(pcs)]
+
+    access = f" {record.access}" if record.access else ""
+    lines = [RULE, f"BUG: KFENCE: {record.kind}{access} at {record.address:#x}", ""]
+    lines += stack(record.stack)
+    obj = record.object
+    if obj is not None:
+        lines += ["", f"kfence-#{obj.index}: {obj.address:#x}, size={obj.size}, cache={obj.cache}",
+                  "", f"allocated by thread {obj.alloc_thread} at {obj.alloc_time:.6f}s:"]
+        lines += stack(obj.alloc_stack) + obj.alloc_python.splitlines()
+        if obj.free_thread is not None:
+            lines += ["", f"freed by thread {obj.free_thread} at {obj.free_time:.6f}s:"]
+            lines += stack(obj.free_stack) + obj.free_python.splitlines()
+    lines.append(RULE)
+    return "\n".join(lines) + "\n"

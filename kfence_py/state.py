@@ -83,15 +83,19 @@ class ObjectInfo:
     free_thread: int | None
     free_time: float | None
     free_stack: tuple[int, ...]
+    alloc_python: str = ""  # Python traceback at allocation (CPython allocator samples)
+    free_python: str = ""  # ... and at free
 
     def lines(self) -> list[str]:
         out = [f"kfence-#{self.index}: {self.address:#x}-{self.address + max(self.size, 1) - 1:#x}"
                f", size={self.size}, cache={self.cache}, state={self.state}",
                f"allocated by thread {self.alloc_thread} at {self.alloc_time:.6f}s:"]
         out += [f" #{i} {pc:#x}" for i, pc in enumerate(self.alloc_stack)]
+        out += self.alloc_python.splitlines()
         if self.free_thread is not None:
             out.append(f"freed by thread {self.free_thread} at {self.free_time:.6f}s:")
             out += [f" #{i} {pc:#x}" for i, pc in enumerate(self.free_stack)]
+            out += self.free_python.splitlines()
         return out
 
 
@@ -110,6 +114,10 @@ class ReportRecord:
     object: ObjectInfo | None
     corrupted: bytes
     corrupted_mask: int
+
+
+def _note(field: Any) -> str:
+    return ffi.string(field).decode(errors="replace")
 
 
 def _stack(st: Any) -> tuple[int, ...]:
@@ -206,6 +214,8 @@ class StateView:
             free_thread=slot.free_tid if freed else None,
             free_time=slot.free_ns / 1e9 if freed else None,
             free_stack=_stack(slot.free_stack) if freed else (),
+            alloc_python=_note(slot.alloc_note),
+            free_python=_note(slot.free_note) if freed else "",
         )
 
     def objects(self, *, include_unused: bool = False) -> list[ObjectInfo]:

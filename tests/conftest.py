@@ -20,6 +20,8 @@ TESTS = Path(__file__).resolve().parent
 PROGS = TESTS / "integration" / "progs"
 CSRC = TESTS.parent / "csrc"
 
+pytest_plugins = ["pytester"]
+
 
 @dataclass
 class Run:

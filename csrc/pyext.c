@@ -1,0 +1,376 @@
+/*
+ * kfence_py._pyext: the two things the Python package needs that cffi cannot
+ * express, kept apart from libkfence.so (which has no Python in it):
+ *
+ *  - GuardedBufferBase, a type with the buffer protocol over one guarded
+ *    object, which counts its exports so that free() refuses while a
+ *    memoryview or array still uses the memory, and any Python-level use
+ *    after free() raises instead of faulting;
+ *  - hooks on CPython's allocator domains (PyMem_SetAllocator) that send a
+ *    sample of allocations to the pool, recording the Python traceback of
+ *    sampled objects at allocation and at free.
+ *
+ * It links the same libkfence.so as the cffi module: one pool per process.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <errno.h>
+#include <string.h>
+
+#include "kfence.h"
+
+/* === Guarded buffers === */
+
+typedef struct {
+	PyObject_HEAD
+	char *ptr;            /* NULL once freed */
+	Py_ssize_t size;
+	Py_ssize_t exports;   /* live buffer views */
+	PyObject *weakrefs;
+} GuardedBuffer;
+
+static int gb_check(GuardedBuffer *self)
+{
+	if (!self->ptr) {
+		PyErr_SetString(PyExc_ValueError, "operation on a freed GuardedBuffer");
+		return -1;
+	}
+	return 0;
+}
+
+static int gb_getbuffer(GuardedBuffer *self, Py_buffer *view, int flags)
+{
+	if (gb_check(self) < 0) {
+		view->obj = NULL;
+		return -1;
+	}
+	if (PyBuffer_FillInfo(view, (PyObject *)self, self->ptr, self->size, 0, flags) < 0)
+		return -1;
+	self->exports++;
+	return 0;
+}
+
+static void gb_releasebuffer(GuardedBuffer *self, Py_buffer *view)
+{
+	(void)view;
+	self->exports--;
+}
+
+static PyBufferProcs gb_as_buffer = {
+	(getbufferproc)gb_getbuffer,
+	(releasebufferproc)gb_releasebuffer,
+};
+
+static PyObject *gb_free(GuardedBuffer *self, PyObject *unused)
+{
+	(void)unused;
+	if (gb_check(self) < 0)
+		return NULL;
+	if (self->exports) {
+		PyErr_Format(PyExc_BufferError,
+			     "cannot free a GuardedBuffer while %zd exported view(s) "
+			     "(memoryview, array, ctypes or cffi object) still use it",
+			     self->exports);
+		return NULL;
+	}
+	char *p = self->ptr;
+	self->ptr = NULL;
+	kfence_free(p);
+	Py_RETURN_NONE;
+}
+
+static void gb_dealloc(GuardedBuffer *self)
+{
+	if (self->weakrefs)
+		PyObject_ClearWeakRefs((PyObject *)self);
+	if (self->ptr)
+		kfence_free(self->ptr);
+	Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *gb_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+	static char *kwlist[] = { "size", "placement", "align", "zero", NULL };
+	Py_ssize_t size;
+	int placement = 2, zero = 1;
+	Py_ssize_t align = 0;
+	if (!PyArg_ParseTupleAndKeywords(args, kwds, "n|inp", kwlist, &size, &placement,
+					 &align, &zero))
+		return NULL;
+	if (size <= 0 || align < 0) {
+		PyErr_SetString(PyExc_ValueError, "size must be positive and align not negative");
+		return NULL;
+	}
+	GuardedBuffer *self = (GuardedBuffer *)type->tp_alloc(type, 0);
+	if (!self)
+		return NULL;
+	errno = 0;
+	self->ptr = kfence_alloc((size_t)size, (size_t)align, placement, zero, KFENCE_CACHE_API);
+	if (!self->ptr) {
+		PyErr_SetFromErrno(PyExc_OSError);
+		Py_DECREF(self);
+		return NULL;
+	}
+	self->size = size;
+	return (PyObject *)self;
+}
+
+static PyObject *gb_address(GuardedBuffer *self, void *closure)
+{
+	(void)closure;
+	if (gb_check(self) < 0)
+		return NULL;
+	return PyLong_FromVoidPtr(self->ptr);
+}
+
+static PyObject *gb_size(GuardedBuffer *self, void *closure)
+{
+	(void)closure;
+	return PyLong_FromSsize_t(self->size);
+}
+
+static PyObject *gb_freed(GuardedBuffer *self, void *closure)
+{
+	(void)closure;
+	return PyBool_FromLong(self->ptr == NULL);
+}
+
+static PyObject *gb_exports(GuardedBuffer *self, void *closure)
+{
+	(void)closure;
+	return PyLong_FromSsize_t(self->exports);
+}
+
+static Py_ssize_t gb_len(GuardedBuffer *self)
+{
+	return self->size;
+}
+
+static PyMethodDef gb_methods[] = {
+	{ "free", (PyCFunction)gb_free, METH_NOARGS,
+	  "Free the object; later accesses through its address are reported." },
+	{ NULL, NULL, 0, NULL },
+};
+
+static PyGetSetDef gb_getset[] = {
+	{ "address", (getter)gb_address, NULL, "Address of the first byte.", NULL },
+	{ "size", (getter)gb_size, NULL, "Size in bytes.", NULL },
+	{ "freed", (getter)gb_freed, NULL, "True once free() was called.", NULL },
+	{ "exports", (getter)gb_exports, NULL, "Buffer views still alive.", NULL },
+	{ NULL, NULL, NULL, NULL, NULL },
+};
+
+static PySequenceMethods gb_as_sequence = { .sq_length = (lenfunc)gb_len };
+
+static PyTypeObject GuardedBufferType = {
+	PyVarObject_HEAD_INIT(NULL, 0)
+	.tp_name = "kfence_py._pyext.GuardedBufferBase",
+	.tp_basicsize = sizeof(GuardedBuffer),
+	.tp_dealloc = (destructor)gb_dealloc,
+	.tp_as_buffer = &gb_as_buffer,
+	.tp_as_sequence = &gb_as_sequence,
+	.tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+	.tp_doc = "One guarded object with the buffer protocol.",
+	.tp_methods = gb_methods,
+	.tp_getset = gb_getset,
+	.tp_new = gb_new,
+	.tp_weaklistoffset = offsetof(GuardedBuffer, weakrefs),
+};
+
+/* === CPython allocator hooks === */
+
+static PyMemAllocatorEx kf_prev[3];      /* RAW, MEM, OBJ before us */
+static int kf_hooked;                     /* hooks installed (they stay: see install) */
+static volatile int kf_sampling;          /* send samples to the pool */
+static _Thread_local int32_t kf_countdown;
+static _Thread_local int kf_in_hook;      /* the traceback capture allocates */
+
+#define KF_NOTE_SIZE 512
+
+/*
+ * " Python traceback (most recent call first):\n  File ..., line N, in f\n"
+ * into out.  Only with the GIL held (MEM and OBJ domains).  Frames are read
+ * with the public API, which may allocate (we pass those to the previous
+ * allocator) and must not start a garbage collection in the middle of the
+ * allocation that called us: the GC is paused and the error state kept.
+ */
+static void kf_python_traceback(char *out, size_t cap)
+{
+	out[0] = '\0';
+	PyThreadState *ts = PyGILState_GetThisThreadState();
+	if (!ts || !Py_IsInitialized())
+		return;
+	PyObject *type, *value, *tb;
+	PyErr_Fetch(&type, &value, &tb);
+	int gc_was_enabled = PyGC_Disable();
+	int n = snprintf(out, cap, " Python traceback (most recent call first):\n");
+	size_t header = n > 0 ? (size_t)n : 0, len = header;
+	PyFrameObject *frame = PyThreadState_GetFrame(ts);
+	while (frame && len + 1 < cap) {
+		PyCodeObject *code = PyFrame_GetCode(frame);
+		const char *file = PyUnicode_AsUTF8(code->co_filename);
+		const char *name = PyUnicode_AsUTF8(code->co_name);
+		n = snprintf(out + len, cap - len, "  File \"%s\", line %d, in %s\n",
+			     file ? file : "?", PyFrame_GetLineNumber(frame), name ? name : "?");
+		Py_DECREF(code);
+		if (n < 0 || (size_t)n >= cap - len) {
+			out[len] = '\0';  /* keep whole lines only */
+			break;
+		}
+		len += (size_t)n;
+		PyFrameObject *back = PyFrame_GetBack(frame);
+		Py_DECREF(frame);
+		frame = back;
+	}
+	Py_XDECREF(frame);
+	if (len == header)
+		out[0] = '\0';  /* no Python frame: nothing worth printing */
+	if (gc_was_enabled)
+		PyGC_Enable();
+	PyErr_Clear();
+	PyErr_Restore(type, value, tb);
+}
+
+static void kf_note(void *ptr, int which, int domain)
+{
+	if (domain == PYMEM_DOMAIN_RAW)
+		return;  /* no GIL guaranteed: no traceback */
+	char note[KF_NOTE_SIZE];
+	kf_in_hook = 1;
+	kf_python_traceback(note, sizeof(note));
+	kf_in_hook = 0;
+	if (note[0])
+		kfence_annotate(ptr, which, note);
+}
+
+static void *kf_hook_alloc(int domain, size_t size, int zero)
+{
+	/* pymalloc's alignment guarantee is 16 bytes: ask for it whatever `align` says. */
+	void *p = kfence_sample(&kf_countdown, size, 16, KFENCE_CACHE_PYMEM, zero);
+	if (p)
+		kf_note(p, 0, domain);
+	return p;
+}
+
+#define KF_SHOULD_SAMPLE() (--kf_countdown <= 0 && kf_sampling && !kf_in_hook)
+
+static void *kf_malloc(void *ctx, size_t size)
+{
+	int domain = (int)(intptr_t)ctx;
+	if (KF_SHOULD_SAMPLE()) {
+		void *p = kf_hook_alloc(domain, size, 0);
+		if (p)
+			return p;
+	}
+	return kf_prev[domain].malloc(kf_prev[domain].ctx, size);
+}
+
+static void *kf_calloc(void *ctx, size_t nelem, size_t elsize)
+{
+	int domain = (int)(intptr_t)ctx;
+	size_t size;
+	if (KF_SHOULD_SAMPLE() && !__builtin_mul_overflow(nelem, elsize, &size)) {
+		void *p = kf_hook_alloc(domain, size, 1);
+		if (p)
+			return p;
+	}
+	return kf_prev[domain].calloc(kf_prev[domain].ctx, nelem, elsize);
+}
+
+static void kf_free(void *ctx, void *ptr)
+{
+	int domain = (int)(intptr_t)ctx;
+	if (kfence_is_pool_address(ptr)) {
+		if (!kf_in_hook)
+			kf_note(ptr, 1, domain);
+		kfence_free(ptr);
+		return;
+	}
+	kf_prev[domain].free(kf_prev[domain].ctx, ptr);
+}
+
+static void *kf_realloc(void *ctx, void *ptr, size_t size)
+{
+	int domain = (int)(intptr_t)ctx;
+	if (kfence_is_pool_address(ptr)) {
+		size_t old;
+		if (kfence_object_size(ptr, &old) != 0) {
+			kfence_free(ptr);  /* reports the invalid free */
+			return NULL;
+		}
+		void *q = kf_malloc(ctx, size ? size : 1);
+		if (!q)
+			return NULL;
+		memcpy(q, ptr, old < size ? old : size);
+		kf_free(ctx, ptr);
+		return q;
+	}
+	/*
+	 * A block of the previous allocator is not moved to the pool: its size is
+	 * private to that allocator.  Growth goes through kf_malloc next time.
+	 */
+	return kf_prev[domain].realloc(kf_prev[domain].ctx, ptr, size);
+}
+
+static PyObject *kf_set_python_sampling(PyObject *mod, PyObject *arg)
+{
+	(void)mod;
+	int on = PyObject_IsTrue(arg);
+	if (on < 0)
+		return NULL;
+	if (on && !kf_hooked) {
+		kfence_register_internal((const void *)kf_malloc);
+		/*
+		 * Installed once and never removed: objects already in the pool must
+		 * keep reaching kfence_free().  Switching off only stops sampling.
+		 */
+		static const PyMemAllocatorDomain domains[3] = {
+			PYMEM_DOMAIN_RAW, PYMEM_DOMAIN_MEM, PYMEM_DOMAIN_OBJ };
+		for (int i = 0; i < 3; i++) {
+			PyMemAllocatorEx hook = { (void *)(intptr_t)domains[i], kf_malloc, kf_calloc,
+						  kf_realloc, kf_free };
+			PyMem_GetAllocator(domains[i], &kf_prev[domains[i]]);
+			PyMem_SetAllocator(domains[i], &hook);
+		}
+		kf_hooked = 1;
+	}
+	kf_sampling = on;
+	Py_RETURN_NONE;
+}
+
+static PyObject *kf_python_sampling(PyObject *mod, PyObject *unused)
+{
+	(void)mod;
+	(void)unused;
+	return PyBool_FromLong(kf_sampling);
+}
+
+static PyMethodDef kf_methods[] = {
+	{ "set_python_sampling", kf_set_python_sampling, METH_O,
+	  "Sample CPython's allocator domains into the pool (True) or stop (False)." },
+	{ "python_sampling", kf_python_sampling, METH_NOARGS,
+	  "True while CPython's allocator is sampled." },
+	{ NULL, NULL, 0, NULL },
+};
+
+static struct PyModuleDef kf_module = {
+	PyModuleDef_HEAD_INIT, "kfence_py._pyext",
+	"Python-specific glue of kfence_py: guarded buffers and allocator hooks.", -1,
+	kf_methods, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__pyext(void)
+{
+	if (PyType_Ready(&GuardedBufferType) < 0)
+		return NULL;
+	PyObject *m = PyModule_Create(&kf_module);
+	if (!m)
+		return NULL;
+	Py_INCREF(&GuardedBufferType);
+	if (PyModule_AddObject(m, "GuardedBufferBase", (PyObject *)&GuardedBufferType) < 0) {
+		Py_DECREF(&GuardedBufferType);
+		Py_DECREF(m);
+		return NULL;
+	}
+	return m;
+}

@@ -1,0 +1,192 @@
+"""kfence_py from Python: guarded buffers, enabling in process, reading state.
+
+Everything here uses the one libkfence.so of the process: the preloaded copy
+when there is one, else the copy the package links, started on demand.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from . import _pyext
+from ._native import ffi, lib, text
+from .options import format_options, option_specs
+from .state import ObjectInfo, ReportRecord, StateView, Stats
+
+log = logging.getLogger("kfence_py")
+
+PLACEMENTS = {"random": 0, "left": 1, "right": 2}
+# Options the control block changes while the library runs; the rest are fixed at start.
+RUNTIME_OPTIONS = ("enabled", "sample_interval", "sample_rate", "burst")
+
+
+class KfenceError(Exception):
+    """kfence_py could not do what was asked."""
+
+
+class PoolExhausted(KfenceError, MemoryError):
+    """Every pool slot holds a live guarded object."""
+
+
+class GuardedBuffer(_pyext.GuardedBufferBase):
+    """One guarded object: a page of its own, guard pages on both sides.
+
+    Supports the buffer protocol (memoryview, ``bytes(buf)``,
+    ``numpy.frombuffer``), writable.  Each view counts as an export and
+    ``free()`` refuses while one is alive, so Python code cannot touch freed
+    memory; C code that kept the address is reported when it does.
+    """
+
+    def as_ctypes(self) -> ctypes.Array[ctypes.c_char]:
+        """A ``c_char`` array over the object (an export until it is dropped)."""
+        return (ctypes.c_char * self.size).from_buffer(self)
+
+    def as_cffi(self) -> Any:
+        """A cffi ``char[]`` over the object (an export until ``ffi.release``)."""
+        return ffi.from_buffer("char[]", self, require_writable=True)
+
+    def __enter__(self) -> GuardedBuffer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.freed:
+            self.free()
+
+    def __repr__(self) -> str:
+        if self.freed:
+            return f"<GuardedBuffer size={self.size} freed>"
+        return f"<GuardedBuffer size={self.size} at {self.address:#x}>"
+
+
+def _view() -> StateView:
+    view = StateView.in_process()
+    if view is None:
+        raise KfenceError("kfence_py is not running in this process: call kfence_py.enable()")
+    return view
+
+
+def _start(options: dict[str, object]) -> None:
+    # KFENCE_OPTIONS first, the arguments after it: later keys win in the parser.
+    text_options = ":".join(filter(None, [os.environ.get("KFENCE_OPTIONS", ""),
+                                          format_options(options)]))
+    if lib.kfence_init(text_options.encode()) != 0:
+        raise KfenceError("kfence_py could not start in this process "
+                          "(the reason is on stderr, after 'kfence:'; is enabled=0 set?)")
+
+
+def enable(*, python_allocator: bool = False, **options: object) -> None:
+    """Start sampling in this process, with the options of KFENCE_OPTIONS.
+
+    When the library is already running (preloaded, or enabled before), the
+    sampling options (sample_interval, sample_rate, burst) change at once and
+    the others, fixed at start, are ignored with a warning.  With
+    ``python_allocator=True`` CPython's own allocations are sampled too.
+    """
+    normalized = {k: option_specs()[k].normalize(v) if k in option_specs() else v
+                  for k, v in options.items()}
+    format_options(normalized)  # raises ValueError on unknown keys
+    if not lib.kfence_is_initialized():
+        _start(normalized)
+    else:
+        fixed = {k: v for k, v in normalized.items()
+                 if k not in RUNTIME_OPTIONS and text(lib.kfence_option_value(k.encode())) != v}
+        if fixed:
+            log.warning("kfence_py is already running; options fixed at start are kept: %s",
+                        ", ".join(f"{k}={v}" for k, v in fixed.items()))
+        control = _view().header.control
+        for key, field in (("sample_interval", "sample_interval_ms"),
+                           ("sample_rate", "sample_rate"), ("burst", "burst")):
+            if key in normalized:
+                setattr(control, field, int(normalized[key]))
+        control.enabled = int(normalized.get("enabled", "1"))
+    if python_allocator:
+        _pyext.set_python_sampling(True)
+
+
+def disable() -> None:
+    """Stop sampling (malloc and CPython's allocator); guarded objects stay valid."""
+    _pyext.set_python_sampling(False)
+    view = StateView.in_process()
+    if view is not None:
+        view.header.control.enabled = 0
+
+
+def is_enabled() -> bool:
+    """True while allocations are being sampled in this process."""
+    view = StateView.in_process()
+    return bool(view is not None and view.header.control.enabled)
+
+
+def python_allocator_sampled() -> bool:
+    """True while CPython's allocator domains are sampled."""
+    return bool(_pyext.python_sampling())
+
+
+@contextmanager
+def sampling(*, python_allocator: bool = True, **options: object) -> Iterator[None]:
+    """Sample inside a with-block, restoring the sampling settings after it."""
+    was_python = python_allocator_sampled()
+    saved = None
+    if lib.kfence_is_initialized():
+        c = _view().header.control
+        saved = (c.enabled, c.sample_interval_ms, c.sample_rate, c.burst)
+    enable(python_allocator=python_allocator, **options)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            c = _view().header.control
+            c.enabled, c.sample_interval_ms, c.sample_rate, c.burst = saved
+        _pyext.set_python_sampling(was_python)
+
+
+def alloc(size: int, *, placement: str = "right", zero: bool = True,
+          align: int = 0) -> GuardedBuffer:
+    """A guarded buffer of ``size`` bytes (1 to one page), whatever the sampling.
+
+    placement "right" puts the end of the object against the guard page (an
+    overflow faults), "left" its start (an underflow faults), "random" either.
+    ``align`` (a power of two, 0 for the align option) applies to "right".
+    """
+    if isinstance(size, bool) or not isinstance(size, int):
+        raise TypeError(f"size must be an int, not {type(size).__name__}")
+    page = os.sysconf("SC_PAGESIZE")
+    if not 1 <= size <= page:
+        raise ValueError(f"size must be 1..{page} (one page), not {size}")
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}, not {placement!r}")
+    if isinstance(align, bool) or not isinstance(align, int):
+        raise TypeError(f"align must be an int, not {type(align).__name__}")
+    if align < 0 or align > page or align & (align - 1):
+        raise ValueError(f"align must be 0 or a power of two up to {page}, not {align}")
+    if not lib.kfence_is_initialized():
+        _start({})
+    try:
+        return GuardedBuffer(size, PLACEMENTS[placement], align, bool(zero))
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            slots = _view().header.num_slots
+            raise PoolExhausted(f"all {slots} pool slots hold live objects: free some "
+                                "GuardedBuffers or start with a larger num_objects") from None
+        raise KfenceError(f"guarded allocation failed: {exc.strerror}") from None
+
+
+def stats() -> Stats:
+    """KFENCE's counters for this process."""
+    return _view().stats()
+
+
+def objects() -> list[ObjectInfo]:
+    """Every pool slot that was ever used, with its stacks."""
+    return _view().objects()
+
+
+def reports() -> list[ReportRecord]:
+    """The recent reports of this process, oldest first."""
+    return _view().reports()

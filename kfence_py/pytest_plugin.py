@@ -1,0 +1,91 @@
+"""pytest plugin: run tests with CPython's allocator sampled, fail those with reports.
+
+``pytest --kfence`` samples every test; ``@pytest.mark.kfence(sample_rate=1)``
+one test, with options.  A test during which kfence_py reported a bug fails,
+with the report in its failure (the full text is in its captured stderr).
+Works beside pytest's faulthandler plugin: ours is installed after it, so pool
+faults reach us first and everything else still reaches faulthandler.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import Any
+
+import pytest
+
+from . import api
+from .options import option_specs
+from .reports import format_record
+
+_SEEN = pytest.StashKey[int]()
+_ENABLED = pytest.StashKey[bool]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("kfence", "kfence_py memory-error sampling")
+    group.addoption("--kfence", action="store_true",
+                    help="sample CPython's allocator in every test; fail tests with reports")
+    # A big pool: with sample_rate=1, long-lived objects of earlier tests keep their slots.
+    group.addoption("--kfence-options", default="sample_rate=1:num_objects=4096",
+                    metavar="OPTIONS",
+                    help="KFENCE_OPTIONS for --kfence and marked tests; those fixed at start "
+                    "(num_objects, placement, ...) apply from the first sampled test "
+                    "(default: %(default)s)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "kfence(**options): sample CPython's allocator with kfence_py during "
+        "this test (options as in KFENCE_OPTIONS) and fail it if a bug is reported")
+
+
+def _options(item: pytest.Item) -> dict[str, Any] | None:
+    marker = item.get_closest_marker("kfence")
+    if marker is None and not item.config.getoption("--kfence"):
+        return None
+    options: dict[str, Any] = {}
+    text = item.config.getoption("--kfence-options")
+    for pair in filter(None, text.split(":")):
+        key, _, value = pair.partition("=")
+        if key not in option_specs():
+            raise pytest.UsageError(f"--kfence-options: unknown option {key!r}")
+        options[key] = value
+    if marker is not None:
+        options.update(marker.kwargs)
+    return options
+
+
+def _written() -> int:
+    state = api.StateView.in_process()
+    return int(state.header.reports_written) if state is not None else 0
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Generator:
+    options = _options(item)
+    if options is None:
+        yield
+        return
+    with api.sampling(python_allocator=True, **options):
+        item.stash[_SEEN] = _written()
+        item.stash[_ENABLED] = True
+        yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Generator:
+    outcome = yield
+    if not item.stash.get(_ENABLED, False):
+        return
+    seen, written = item.stash[_SEEN], _written()
+    if written == seen:
+        return
+    item.stash[_SEEN] = written
+    new = [r for r in api.reports() if r.sequence > seen]
+    report = outcome.get_result()
+    kinds = ", ".join(f"{r.kind}{' ' + r.access if r.access else ''}" for r in new)
+    text = "".join(format_record(r) for r in new)
+    report.outcome = "failed"
+    report.longrepr = (f"kfence_py reported {written - seen} memory bug(s) during {call.when}: "
+                       f"{kinds}\n{text}")

@@ -1,0 +1,65 @@
+"""Build the buggy extension and C functions; run Python scripts in a child."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import sysconfig
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from kfence_py.reports import parse_reports
+
+HERE = Path(__file__).resolve().parent
+
+
+
+@pytest.fixture(scope="session")
+def native_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory with the kfbugs extension and libcfuncs.so."""
+    out = tmp_path_factory.mktemp("native")
+    include = sysconfig.get_paths()["include"]
+    suffix = sysconfig.get_config_var("EXT_SUFFIX")
+    for cmd in (
+        # built as extensions are: optimized, without asserts
+        ["gcc", "-shared", "-fPIC", "-O2", "-DNDEBUG", "-g", f"-I{include}", str(HERE / "kfbugs.c"),
+         "-o", str(out / f"kfbugs{suffix}")],
+        ["gcc", "-shared", "-fPIC", "-O0", "-g", str(HERE / "cfuncs.c"),
+         "-o", str(out / "libcfuncs.so")],
+    ):
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode:
+            pytest.fail(f"cannot build {cmd[-3]}:\n{proc.stderr}")
+    return out
+
+
+class PythonRun:
+    def __init__(self, proc: subprocess.CompletedProcess[str]) -> None:
+        self.returncode = proc.returncode
+        self.stdout = proc.stdout
+        self.stderr = proc.stderr
+        self.reports = parse_reports(proc.stderr)
+
+
+@pytest.fixture
+def run_python(native_dir: Path, tmp_path: Path):
+    """Run a script in a fresh interpreter (a bug must not take pytest down with it)."""
+
+    def run(source: str, *args: str, env: dict[str, str] | None = None,
+            timeout: float = 120) -> PythonRun:
+        script = tmp_path / "script.py"
+        script.write_text(textwrap.dedent(source))
+        full_env = {k: v for k, v in os.environ.items()
+                    if k not in ("LD_PRELOAD", "KFENCE_OPTIONS")}
+        full_env["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(native_dir), full_env.get("PYTHONPATH", "")]))
+        full_env["CFUNCS"] = str(native_dir / "libcfuncs.so")
+        full_env.update(env or {})
+        proc = subprocess.run([sys.executable, *args, str(script)], env=full_env,
+                              capture_output=True, text=True, timeout=timeout, check=False)
+        return PythonRun(proc)
+
+    return run
