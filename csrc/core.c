@@ -470,7 +470,7 @@ void kf_pool_free(void *p)
 	kf_check_canary(slot, m);
 
 	uintptr_t page = kf_slot_page((size_t)slot);
-	if (kf_os_discard(page, kf_page) != 0 && kf_os_protect(page, kf_page, false) != 0)
+	if (kf_os_discard(page, kf_page) != 0)
 		kf_count(KFENCE_COUNTER_SKIP_MAP_FAILED, 1);
 	atomic_store_explicit((_Atomic uint32_t *)&m->state, KFENCE_SLOT_FREED,
 			      memory_order_release);

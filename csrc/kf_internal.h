@@ -170,7 +170,7 @@ KF_HIDDEN void *kf_os_reserve(size_t size);
 /* Readable, writable, zeroed anonymous memory, NULL on failure. */
 KF_HIDDEN void *kf_os_map(size_t size);
 KF_HIDDEN int kf_os_protect(uintptr_t addr, size_t size, bool accessible);
-/* Make pages inaccessible and give their memory back to the system. */
+/* Make pages inaccessible; the system may take their memory back (MADV_FREE). */
 KF_HIDDEN int kf_os_discard(uintptr_t addr, size_t size);
 KF_HIDDEN void kf_os_unmap(void *addr, size_t size);
 KF_HIDDEN void kf_os_write_all(int fd, const void *s, size_t n);

@@ -40,14 +40,16 @@ int kf_os_protect(uintptr_t addr, size_t size, bool accessible)
 int kf_os_discard(uintptr_t addr, size_t size)
 {
 	/*
-	 * A fresh PROT_NONE mapping over the page protects it and drops its
-	 * memory in one call; mprotect() alone would keep freed pages counted in
-	 * the RSS, and mprotect + madvise costs a second system call.
+	 * Protect, and let the kernel take the memory back when it needs it
+	 * (MADV_FREE): until then the page stays in place, so the next use of
+	 * the slot neither faults nor zeroes it.  A fresh PROT_NONE mmap() over
+	 * the page would free it at once, but costs about 3.5 us more per
+	 * sampled cycle here (a VMA rebuilt, then a page fault and zeroing).
 	 */
-	void *p = mmap((void *)addr, size, PROT_NONE,
-		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED,
-		       -1, 0);
-	return p == MAP_FAILED ? -1 : 0;
+	if (mprotect((void *)addr, size, PROT_NONE) != 0)
+		return -1;
+	madvise((void *)addr, size, MADV_FREE);  /* best effort: the page is protected either way */
+	return 0;
 }
 
 void kf_os_unmap(void *addr, size_t size)
