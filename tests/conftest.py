@@ -6,6 +6,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sysconfig
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,3 +87,22 @@ def programs(tmp_path_factory: pytest.TempPathFactory) -> Programs:
     if shutil.which("gcc") is None:
         pytest.fail("gcc is needed to build the test programs")
     return Programs(tmp_path_factory.mktemp("progs"))
+
+
+@pytest.fixture(scope="session")
+def native_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory with the kfbugs extension and libcfuncs.so."""
+    out = tmp_path_factory.mktemp("native")
+    include = sysconfig.get_paths()["include"]
+    suffix = sysconfig.get_config_var("EXT_SUFFIX")
+    for cmd in (
+        # built as extensions are: optimized, without asserts
+        ["gcc", "-shared", "-fPIC", "-O2", "-DNDEBUG", "-g", f"-I{include}", str(TESTS / "python" / "kfbugs.c"),
+         "-o", str(out / f"kfbugs{suffix}")],
+        ["gcc", "-shared", "-fPIC", "-O0", "-g", str(TESTS / "python" / "cfuncs.c"),
+         "-o", str(out / "libcfuncs.so")],
+    ):
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode:
+            pytest.fail(f"cannot build {cmd[-3]}:\n{proc.stderr}")
+    return out

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import sysconfig
 import textwrap
 from pathlib import Path
 
@@ -13,27 +12,7 @@ import pytest
 
 from kfence_py.reports import parse_reports
 
-HERE = Path(__file__).resolve().parent
 
-
-
-@pytest.fixture(scope="session")
-def native_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A directory with the kfbugs extension and libcfuncs.so."""
-    out = tmp_path_factory.mktemp("native")
-    include = sysconfig.get_paths()["include"]
-    suffix = sysconfig.get_config_var("EXT_SUFFIX")
-    for cmd in (
-        # built as extensions are: optimized, without asserts
-        ["gcc", "-shared", "-fPIC", "-O2", "-DNDEBUG", "-g", f"-I{include}", str(HERE / "kfbugs.c"),
-         "-o", str(out / f"kfbugs{suffix}")],
-        ["gcc", "-shared", "-fPIC", "-O0", "-g", str(HERE / "cfuncs.c"),
-         "-o", str(out / "libcfuncs.so")],
-    ):
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if proc.returncode:
-            pytest.fail(f"cannot build {cmd[-3]}:\n{proc.stderr}")
-    return out
 
 
 class PythonRun:
