@@ -97,8 +97,8 @@ def native_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     suffix = sysconfig.get_config_var("EXT_SUFFIX")
     for cmd in (
         # built as extensions are: optimized, without asserts
-        ["gcc", "-shared", "-fPIC", "-O2", "-DNDEBUG", "-g", f"-I{include}", str(TESTS / "python" / "kfbugs.c"),
-         "-o", str(out / f"kfbugs{suffix}")],
+        ["gcc", "-shared", "-fPIC", "-O2", "-DNDEBUG", "-g", f"-I{include}",
+         str(TESTS / "python" / "kfbugs.c"), "-o", str(out / f"kfbugs{suffix}")],
         ["gcc", "-shared", "-fPIC", "-O0", "-g", str(TESTS / "python" / "cfuncs.c"),
          "-o", str(out / "libcfuncs.so")],
     ):

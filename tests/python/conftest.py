@@ -13,8 +13,6 @@ import pytest
 from kfence_py.reports import parse_reports
 
 
-
-
 class PythonRun:
     def __init__(self, proc: subprocess.CompletedProcess[str]) -> None:
         self.returncode = proc.returncode
