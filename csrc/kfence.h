@@ -80,6 +80,12 @@ int kfence_option_info(size_t i, const char **name, const char **type,
 		       const char **default_value, unsigned long long *min,
 		       unsigned long long *max, const char **description);
 
+/*
+ * Check a KFENCE_OPTIONS string without applying it: one "kfence:" warning
+ * line on stderr per refused item, as at start-up.  Returns how many.
+ */
+int kfence_options_check(const char *text);
+
 /* The value in force, as text, of option name; NULL when unknown. */
 const char *kfence_option_value(const char *name);
 

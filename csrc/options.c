@@ -67,10 +67,11 @@ static bool kf_word_is(const char *s, size_t n, const char *word)
 	return strlen(word) == n && strncmp(s, word, n) == 0;
 }
 
-/* Store value s[0..n) into option d; false if the value is not acceptable. */
-static bool kf_set_value(const struct kf_option_desc *d, const char *s, size_t n)
+/* Store value s[0..n) into option d of o; false if the value is not acceptable. */
+static bool kf_set_value(struct kf_options *o, const struct kf_option_desc *d, const char *s,
+			 size_t n)
 {
-	void *field = (char *)&kf_opt + d->offset;
+	void *field = (char *)o + d->offset;
 	uint64_t v;
 	switch (d->kind) {
 	case KF_T_UINT:
@@ -109,10 +110,11 @@ static bool kf_set_value(const struct kf_option_desc *d, const char *s, size_t n
 	return false;
 }
 
-/* The value in force for option d, as text, into out[cap]. */
-static const char *kf_format_value(const struct kf_option_desc *d, char *out, size_t cap)
+/* The value of option d in o, as text, into out[cap]. */
+static const char *kf_format_value(const struct kf_options *o, const struct kf_option_desc *d,
+				   char *out, size_t cap)
 {
-	const void *field = (const char *)&kf_opt + d->offset;
+	const void *field = (const char *)o + d->offset;
 	struct kf_buf b = { out, 0, cap - 1 };
 	switch (d->kind) {
 	case KF_T_UINT:
@@ -159,15 +161,21 @@ static void kf_expectation(const struct kf_option_desc *d, char *out, size_t cap
 
 /* === Parser === */
 
-void kf_options_defaults(void)
+static void kf_defaults_into(struct kf_options *o)
 {
 	for (size_t i = 0; i < KF_NUM_OPTIONS; i++) {
 		const struct kf_option_desc *d = &kf_options_table[i];
-		kf_set_value(d, d->def, strlen(d->def));
+		kf_set_value(o, d, d->def, strlen(d->def));
 	}
 }
 
-static void kf_parse_item(const char *s, size_t n, const char *origin)
+void kf_options_defaults(void)
+{
+	kf_defaults_into(&kf_opt);
+}
+
+/* One key=value item into o; returns 1 if it was refused (and warned about). */
+static int kf_parse_item(struct kf_options *o, const char *s, size_t n, const char *origin)
 {
 	char item[160], expect[96], current[272];
 	size_t shown = n < sizeof(item) - 1 ? n : sizeof(item) - 1;
@@ -177,38 +185,52 @@ static void kf_parse_item(const char *s, size_t n, const char *origin)
 	const char *eq = memchr(s, '=', n);
 	if (!eq) {
 		kf_warn("'", item, "' in ", origin, " is not key=value; ignored", NULL);
-		return;
+		return 1;
 	}
 	size_t klen = (size_t)(eq - s);
 	for (size_t i = 0; i < KF_NUM_OPTIONS; i++) {
 		const struct kf_option_desc *d = &kf_options_table[i];
 		if (!kf_word_is(s, klen, d->name))
 			continue;
-		if (!kf_set_value(d, eq + 1, n - klen - 1)) {
-			kf_expectation(d, expect, sizeof(expect));
-			kf_warn("bad value in ", origin, " '", item, "': expected ",
-				expect, "; keeping ", d->name, "=",
-				kf_format_value(d, current, sizeof(current)), NULL);
-		}
-		return;
+		if (kf_set_value(o, d, eq + 1, n - klen - 1))
+			return 0;
+		kf_expectation(d, expect, sizeof(expect));
+		kf_warn("bad value in ", origin, " '", item, "': expected ", expect, "; keeping ",
+			d->name, "=", kf_format_value(o, d, current, sizeof(current)), NULL);
+		return 1;
 	}
 	item[klen < shown ? klen : shown] = '\0';
 	kf_warn("unknown option '", item, "' in ", origin, "; ignored", NULL);
+	return 1;
 }
 
-void kf_options_parse(const char *text, const char *origin)
+static int kf_parse_into(struct kf_options *o, const char *text, const char *origin)
 {
+	int refused = 0;
 	if (!text)
-		return;
+		return 0;
 	while (*text) {
 		const char *end = strchr(text, ':');
 		size_t n = end ? (size_t)(end - text) : strlen(text);
 		if (n > 0)
-			kf_parse_item(text, n, origin);
+			refused += kf_parse_item(o, text, n, origin);
 		text += n;
 		if (*text == ':')
 			text++;
 	}
+	return refused;
+}
+
+void kf_options_parse(const char *text, const char *origin)
+{
+	kf_parse_into(&kf_opt, text, origin);
+}
+
+int kfence_options_check(const char *text)
+{
+	struct kf_options scratch;
+	kf_defaults_into(&scratch);
+	return kf_parse_into(&scratch, text, "the options");
 }
 
 /* === The table, for Python === */
@@ -239,6 +261,7 @@ const char *kfence_option_value(const char *name)
 	static char values[KF_NUM_OPTIONS][272];
 	for (size_t i = 0; i < KF_NUM_OPTIONS; i++)
 		if (strcmp(kf_options_table[i].name, name) == 0)
-			return kf_format_value(&kf_options_table[i], values[i], sizeof(values[i]));
+			return kf_format_value(&kf_opt, &kf_options_table[i], values[i],
+					       sizeof(values[i]));
 	return NULL;
 }
