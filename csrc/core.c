@@ -314,14 +314,15 @@ void *kf_guarded_alloc(size_t size, size_t align, int placement, int cache, bool
 		errno = EINVAL;
 		return NULL;
 	}
+	bool was_in_lib = kf_self.in_lib;
+	kf_self.in_lib = true;
 	long slot = kf_freelist_pop();
 	if (slot < 0) {
+		kf_self.in_lib = was_in_lib;
 		kf_count(KFENCE_COUNTER_SKIP_CAPACITY, 1);
 		errno = ENOSPC;
 		return NULL;
 	}
-	bool was_in_lib = kf_self.in_lib;
-	kf_self.in_lib = true;
 	struct kfence_slot *m = &kf_slots[slot];
 	uint32_t prev_state = atomic_exchange((_Atomic uint32_t *)&m->state, KFENCE_SLOT_BUSY);
 	uintptr_t page = kf_slot_page((size_t)slot);
@@ -374,10 +375,10 @@ void *kf_guarded_alloc(size_t size, size_t align, int placement, int cache, bool
 
 bool kf_pool_live(const void *p, size_t *size)
 {
-	size_t pg = ((uintptr_t)p - kf_pool.start) / kf_page;
-	if (!(pg & 1))
+	long slot = kf_addr_slot((uintptr_t)p);
+	if (slot < 0)
 		return false;
-	struct kfence_slot *m = &kf_slots[(pg - 1) / 2];
+	struct kfence_slot *m = &kf_slots[slot];
 	if (atomic_load_explicit((_Atomic uint32_t *)&m->state, memory_order_acquire) !=
 		    KFENCE_SLOT_ALLOCATED ||
 	    m->addr != (uintptr_t)p)
@@ -432,13 +433,10 @@ static void kf_check_canary(long slot, const struct kfence_slot *m)
 
 static void kf_report_invalid_free(const void *p)
 {
-	size_t pg = ((uintptr_t)p - kf_pool.start) / kf_page;
-	long slot = -1;
-	if (pg & 1) {
-		slot = (long)(pg - 1) / 2;
-		if (atomic_load((_Atomic uint32_t *)&kf_slots[slot].state) == KFENCE_SLOT_UNUSED)
-			slot = -1;
-	}
+	long slot = kf_addr_slot((uintptr_t)p);
+	if (slot >= 0 &&
+	    atomic_load((_Atomic uint32_t *)&kf_slots[slot].state) == KFENCE_SLOT_UNUSED)
+		slot = -1;
 	struct kfence_stack st;
 	kf_capture_stack(&st);
 	struct kf_report_in in = {
@@ -452,8 +450,7 @@ void kf_pool_free(void *p)
 {
 	bool was_in_lib = kf_self.in_lib;
 	kf_self.in_lib = true;
-	size_t pg = ((uintptr_t)p - kf_pool.start) / kf_page;
-	long slot = (pg & 1) ? (long)(pg - 1) / 2 : -1;
+	long slot = kf_addr_slot((uintptr_t)p);
 	uint32_t expected = KFENCE_SLOT_ALLOCATED;
 	struct kfence_slot *m = slot >= 0 ? &kf_slots[slot] : NULL;
 	/* The CAS makes exactly one of two racing frees the real one. */
@@ -509,13 +506,19 @@ static int kf_find_module(struct dl_phdr_info *info, size_t size, void *data)
 int kfence_register_internal(const void *addr)
 {
 	uintptr_t range[3] = { (uintptr_t)addr, 0, 0 };
-	int n = atomic_load(&kf_internal_count);
-	if (n >= 4 || !dl_iterate_phdr(kf_find_module, range))
+	if (!dl_iterate_phdr(kf_find_module, range))
 		return -1;
-	kf_internal[n].lo = range[1];
-	kf_internal[n].hi = range[2];
-	atomic_store_explicit(&kf_internal_count, n + 1, memory_order_release);
-	return 0;
+	int rc = -1;
+	pthread_mutex_lock(&kf_lock);  /* registrations are rare: one at a time */
+	int n = atomic_load(&kf_internal_count);
+	if (n < 4) {
+		kf_internal[n].lo = range[1];
+		kf_internal[n].hi = range[2];
+		atomic_store_explicit(&kf_internal_count, n + 1, memory_order_release);
+		rc = 0;
+	}
+	pthread_mutex_unlock(&kf_lock);
+	return rc;
 }
 
 static void kf_atfork_prepare(void)
@@ -531,6 +534,7 @@ static void kf_atfork_parent(void)
 static void kf_atfork_child(void)
 {
 	pthread_mutex_unlock(&kf_lock);
+	kf_report_atfork_child();
 	kf_self.tid = 0;
 	kf_self.rng = 0;
 	/* The child gets a state of its own: a new file, or else a private copy. */
@@ -738,9 +742,9 @@ void kfence_free(void *ptr)
 int kfence_annotate(const void *ptr, int which, const char *text)
 {
 	size_t size;
-	if (!kf_is_pool_address(ptr) || !kf_pool_live(ptr, &size) || which < 0 || which > 1)
+	if (!text || !kf_is_pool_address(ptr) || !kf_pool_live(ptr, &size) || which < 0 || which > 1)
 		return -1;
-	struct kfence_slot *m = &kf_slots[(((uintptr_t)ptr - kf_pool.start) / kf_page - 1) / 2];
+	struct kfence_slot *m = &kf_slots[kf_addr_slot((uintptr_t)ptr)];
 	char *note = which ? m->free_note : m->alloc_note;
 	size_t n = strlen(text);
 	if (n >= sizeof(m->alloc_note))

@@ -10,7 +10,9 @@
  * stays first in the kernel and pool faults are never lost.
  */
 #define _GNU_SOURCE
+#include <dlfcn.h>
 #include <errno.h>
+#include <gnu/lib-names.h>
 #include <execinfo.h>
 #include <signal.h>
 #include <string.h>
@@ -20,6 +22,10 @@
 #include "kf_internal.h"
 
 extern int __sigaction(int sig, const struct sigaction *act, struct sigaction *old);
+
+/* glibc's own signal() and sysv_signal(), for every other signal. */
+static __sighandler_t (*kf_libc_signal)(int, __sighandler_t);
+static __sighandler_t (*kf_libc_sysv_signal)(int, __sighandler_t);
 
 /* What the program believes is installed for SIGSEGV (0) and SIGBUS (1). */
 static struct sigaction kf_app_action[2];
@@ -76,8 +82,34 @@ static void kf_fault_stack(uintptr_t pc, struct kfence_stack *st)
 	st->depth = depth;
 }
 
+/*
+ * The default action of sig, with its core dump: put SIG_DFL in the kernel
+ * and return from the handler.  A fault re-executes and kills; a sent signal
+ * is still blocked here and is delivered as we return.
+ */
+static void kf_default_action(int sig, const siginfo_t *si)
+{
+	struct sigaction dfl;
+	memset(&dfl, 0, sizeof(dfl));
+	dfl.sa_handler = SIG_DFL;
+	__sigaction(sig, &dfl, NULL);
+	atomic_store(&kf_installed, false);
+	if (si->si_code <= 0)
+		raise(sig);
+}
+
+/* Let the faulting access complete; if the page cannot be opened, give up. */
+static void kf_recover(int sig, const siginfo_t *si, uintptr_t page)
+{
+	if (kf_os_protect(page, kf_page, true) == 0)
+		return;
+	/* Returning would fault again forever: stop the way the fault would have. */
+	kf_warn("cannot reopen the faulting pool page; taking the default action", NULL);
+	kf_default_action(sig, si);
+}
+
 /* True (and reported, and recovered) if the fault is ours. */
-static bool kf_handle_pool_fault(siginfo_t *si, ucontext_t *uc)
+static bool kf_handle_pool_fault(int sig, siginfo_t *si, ucontext_t *uc)
 {
 	uintptr_t a = (uintptr_t)si->si_addr;
 	if (si->si_code <= 0 || !kf_is_pool_address((void *)a))
@@ -88,12 +120,12 @@ static bool kf_handle_pool_fault(siginfo_t *si, ucontext_t *uc)
 		.kind = KFENCE_BUG_INVALID, .access = kf_fault_access(uc), .addr = a,
 		.slot = -1, .fault_pc = kf_fault_pc(uc),
 	};
-	if (pg & 1) {
-		long slot = (long)(pg - 1) / 2;
+	long slot = kf_addr_slot(a);
+	if (slot >= 0) {
 		uint32_t state = atomic_load((_Atomic uint32_t *)&kf_slots[slot].state);
 		if (state == KFENCE_SLOT_ALLOCATED) {
 			/* Raced with the allocation that is opening this page: retry. */
-			kf_os_protect(page, kf_page, true);
+			kf_recover(sig, si, page);
 			return true;
 		}
 		if (state != KFENCE_SLOT_UNUSED) {
@@ -102,7 +134,7 @@ static bool kf_handle_pool_fault(siginfo_t *si, ucontext_t *uc)
 		}
 	} else {
 		/* A guard page: blame the nearer of the two neighbouring objects. */
-		size_t g = pg / 2;
+		size_t g = pg / 2;  /* guard g lies between slots g - 1 and g */
 		uint64_t best = UINT64_MAX;
 		for (int side = 0; side < 2; side++) {
 			if ((side == 0 && g == 0) || (side == 1 && g >= kf_state->num_slots))
@@ -112,22 +144,29 @@ static bool kf_handle_pool_fault(siginfo_t *si, ucontext_t *uc)
 			if (atomic_load((_Atomic uint32_t *)&m->state) == KFENCE_SLOT_UNUSED)
 				continue;
 			/* Left neighbour: we are past its end; right one: before its start. */
-			uint64_t d = side == 0 ? a - (m->addr + m->size) + 1 : m->addr - a;
+			uint64_t d = side == 0 ? a - (m->addr + m->size) : m->addr - a;
 			if (d < best) {
 				best = d;
 				in.kind = KFENCE_BUG_OOB;
 				in.slot = slot;
-				in.distance = side == 0 ? (int64_t)d : -(int64_t)d;
+				/* KFENCE's numbers: right of an object counts from its start. */
+				in.distance = side == 0 ? (int64_t)(a - m->addr) : -(int64_t)(m->addr - a);
 			}
 		}
-		kf_mark_guard_open(g);
 	}
 	struct kfence_stack st;
 	kf_fault_stack(in.fault_pc, &st);
 	in.stack = &st;
 	kf_report(&in);
 	/* Recover as KFENCE does: let the access complete and go on. */
-	kf_os_protect(page, kf_page, true);
+	kf_recover(sig, si, page);
+	/*
+	 * Only now flag an opened guard for the next allocation beside it to
+	 * close: flagged earlier, a close racing with the report would be undone
+	 * by our reopening and the guard would stay open for good.
+	 */
+	if (slot < 0)
+		kf_mark_guard_open(pg / 2);
 	return true;
 }
 
@@ -147,18 +186,7 @@ static void kf_chain(int sig, siginfo_t *si, void *uc)
 	if (h == SIG_IGN && si->si_code <= 0)
 		return;  /* sent, and ignored: nothing happens */
 	if (h == SIG_DFL || h == SIG_IGN) {
-		/*
-		 * The default action, with its core dump: put SIG_DFL in the kernel
-		 * and return.  A fault re-executes and kills; a sent signal is
-		 * still blocked here and is delivered as we return.
-		 */
-		struct sigaction dfl;
-		memset(&dfl, 0, sizeof(dfl));
-		dfl.sa_handler = SIG_DFL;
-		__sigaction(sig, &dfl, NULL);
-		atomic_store(&kf_installed, false);
-		if (si->si_code <= 0)
-			raise(sig);
+		kf_default_action(sig, si);
 		return;
 	}
 	if (app->sa_flags & SA_RESETHAND)
@@ -169,13 +197,24 @@ static void kf_chain(int sig, siginfo_t *si, void *uc)
 static void kf_handler(int sig, siginfo_t *si, void *uc)
 {
 	int saved = errno;
-	if (!kf_handle_pool_fault(si, uc))
+	if (!kf_handle_pool_fault(sig, si, uc))
 		kf_chain(sig, si, uc);
 	errno = saved;
 }
 
+static void kf_resolve_signal(void)
+{
+	void *libc = dlopen(LIBC_SO, RTLD_LAZY | RTLD_NOLOAD);
+	if (!libc)
+		return;
+	kf_libc_sysv_signal = (__sighandler_t (*)(int, __sighandler_t))dlsym(libc, "sysv_signal");
+	kf_libc_signal = (__sighandler_t (*)(int, __sighandler_t))dlsym(libc, "signal");
+	dlclose(libc);
+}
+
 int kf_install_fault_handler(void)
 {
+	kf_resolve_signal();
 	static const int sigs[2] = { SIGSEGV, SIGBUS };
 	struct sigaction sa;
 	memset(&sa, 0, sizeof(sa));
@@ -221,9 +260,19 @@ static __sighandler_t kf_signal(int sig, __sighandler_t handler, int flags)
 	return old.sa_handler;
 }
 
-/* BSD semantics, as glibc's signal(): restartable, the signal blocked in its handler. */
+/*
+ * SIGSEGV and SIGBUS get BSD semantics, as glibc's signal() gives them
+ * (restartable, the signal blocked in its handler); every other signal goes
+ * to glibc's own, which also knows what siginterrupt() asked for.
+ */
 __sighandler_t signal(int sig, __sighandler_t handler)
 {
+	if (kf_sig_index(sig) < 0) {
+		if (!kf_libc_signal)
+			kf_resolve_signal();
+		if (kf_libc_signal)
+			return kf_libc_signal(sig, handler);
+	}
 	return kf_signal(sig, handler, SA_RESTART);
 }
 
@@ -231,5 +280,11 @@ __sighandler_t bsd_signal(int sig, __sighandler_t handler) __attribute__((alias(
 
 __sighandler_t sysv_signal(int sig, __sighandler_t handler)
 {
+	if (kf_sig_index(sig) < 0) {
+		if (!kf_libc_sysv_signal)
+			kf_resolve_signal();
+		if (kf_libc_sysv_signal)
+			return kf_libc_sysv_signal(sig, handler);
+	}
 	return kf_signal(sig, handler, SA_RESETHAND | SA_NODEFER);
 }

@@ -59,10 +59,18 @@ struct kf_pool_range {
 	uintptr_t size;
 };
 KF_HIDDEN extern struct kf_pool_range kf_pool;
+KF_HIDDEN extern size_t kf_page;
 
 static inline bool kf_is_pool_address(const void *p)
 {
 	return (uintptr_t)p - kf_pool.start < kf_pool.size;
+}
+
+/* The slot whose data page holds pool address p, or -1 for a guard page. */
+static inline long kf_addr_slot(uintptr_t p)
+{
+	size_t pg = (p - kf_pool.start) / kf_page;
+	return (pg & 1) ? (long)(pg - 1) / 2 : -1;
 }
 
 struct kf_thread {
@@ -75,7 +83,6 @@ KF_HIDDEN extern KF_TLS struct kf_thread kf_self;
 
 KF_HIDDEN extern struct kfence_state *kf_state;
 KF_HIDDEN extern struct kfence_slot *kf_slots;
-KF_HIDDEN extern size_t kf_page;
 KF_HIDDEN extern _Atomic int kf_init_state; /* 0 none, 1 running, 2 ready, -1 failed */
 /* Text range of this library, for dropping our own frames from stacks. */
 KF_HIDDEN extern uintptr_t kf_self_lo, kf_self_hi;
@@ -142,6 +149,7 @@ struct kf_report_in {
  * With halt_on_error it does not return.
  */
 KF_HIDDEN bool kf_report(const struct kf_report_in *in);
+KF_HIDDEN void kf_report_atfork_child(void);
 KF_HIDDEN int kf_report_fd_open(void);
 KF_HIDDEN void kf_report_fd_close(int fd);
 

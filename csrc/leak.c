@@ -4,11 +4,14 @@
  * LeakSanitizer do.  An object nothing points to is reported as a memory
  * leak; one still referenced is only counted.  Registers of other threads
  * are not scanned, and mappings over 1 GiB are skipped (reservations, not
- * data), so a leak can be missed but a referenced object is rarely blamed.
+ * data), as are shared mappings; objects allocated during the scan (by
+ * threads still running) are not judged.  So a leak can be missed, but a
+ * referenced object is rarely blamed.
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <string.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "kf_internal.h"
@@ -17,21 +20,43 @@
 
 static uint8_t *kf_marked;  /* one byte per slot: referenced */
 
-static void kf_scan_range(uintptr_t lo, uintptr_t hi)
+/* Note which live objects the 8-byte words of buf (copied from address base) point into. */
+static void kf_scan_words(const uintptr_t *buf, size_t n, uintptr_t base)
 {
-	for (uintptr_t a = (lo + 7) & ~(uintptr_t)7; a + 8 <= hi; a += 8) {
-		uintptr_t w = *(const uintptr_t *)a;
+	for (size_t i = 0; i < n; i++) {
+		uintptr_t w = buf[i], a = base + i * 8;
 		if (!kf_is_pool_address((void *)w))
 			continue;
-		size_t pg = (w - kf_pool.start) / kf_page;
-		if (!(pg & 1))
+		long slot = kf_addr_slot(w);
+		if (slot < 0)
 			continue;
-		size_t slot = (pg - 1) / 2;
 		const struct kfence_slot *m = &kf_slots[slot];
 		/* Interior pointers count; a pointer inside the object itself does not. */
 		if (m->state == KFENCE_SLOT_ALLOCATED && w >= m->addr && w <= m->addr + m->size &&
-		    (a < kf_slot_page(slot) || a >= kf_slot_page(slot) + kf_page))
+		    (a < kf_slot_page((size_t)slot) || a >= kf_slot_page((size_t)slot) + kf_page))
 			kf_marked[slot] = 1;
+	}
+}
+
+/*
+ * Copy the range out with process_vm_readv() rather than reading it: a page
+ * that cannot be read (a truncated file mapping, a guard) then is an error
+ * code, not a SIGBUS or SIGSEGV in the middle of exit.
+ */
+static void kf_scan_range(uintptr_t lo, uintptr_t hi)
+{
+	static uintptr_t buf[8192];
+	pid_t self = getpid();
+	for (uintptr_t a = (lo + 7) & ~(uintptr_t)7; a + 8 <= hi;) {
+		size_t len = hi - a < sizeof(buf) ? (size_t)(hi - a) & ~(size_t)7 : sizeof(buf);
+		struct iovec local = { buf, len }, remote = { (void *)a, len };
+		ssize_t got = process_vm_readv(self, &local, 1, &remote, 1, 0);
+		if (got <= 0) {
+			a = (a + kf_page) & ~(uintptr_t)(kf_page - 1);  /* skip the bad page */
+			continue;
+		}
+		kf_scan_words(buf, (size_t)got / 8, a);
+		a += (uintptr_t)got & ~(uintptr_t)7;
 	}
 }
 
@@ -55,7 +80,8 @@ static void kf_scan_line(const char *line, uintptr_t stack_floor, uintptr_t skip
 	if (*s++ != '-')
 		return;
 	uintptr_t hi = kf_parse_hex(&s);
-	if (*s++ != ' ' || s[0] != 'r' || s[1] != 'w')
+	/* private writable memory only: a shared mapping is someone else's data too */
+	if (*s++ != ' ' || s[0] != 'r' || s[1] != 'w' || s[3] != 'p')
 		return;
 	const char *path = strchr(s, '/');
 	if ((path && strncmp(path, "/dev/", 5) == 0) || hi - lo > KF_SCAN_MAX_MAPPING)
@@ -101,9 +127,11 @@ __attribute__((noinline)) void kf_leak_check(void)
 	kf_marked = kf_os_map(n);
 	if (!kf_marked)
 		return;
+	/* Threads still running may allocate while we scan: judge only older objects. */
+	uint64_t started = kf_now_ns() - kf_state->start_ns;
 	kf_scan_maps((uintptr_t)__builtin_frame_address(0));
 	for (size_t i = 0; i < n; i++) {
-		if (kf_slots[i].state != KFENCE_SLOT_ALLOCATED)
+		if (kf_slots[i].state != KFENCE_SLOT_ALLOCATED || kf_slots[i].alloc_ns >= started)
 			continue;
 		if (kf_marked[i]) {
 			kf_count(KFENCE_COUNTER_LEAK_REFERENCED, 1);

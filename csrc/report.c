@@ -240,7 +240,11 @@ static _Atomic uint32_t kf_report_owner;  /* tid writing a report, 0 if none */
 static bool kf_report_lock(void)
 {
 	uint32_t me = kf_tid(), expected = 0;
-	/* Bounded: a report must never hang its host, even if a writer died in fork. */
+	/*
+	 * Bounded: a report must never hang its host.  A writer stuck for that
+	 * long (stderr a full pipe) costs us this report, not two at once in
+	 * one buffer.
+	 */
 	for (int spins = 0; spins < 200000; spins++) {
 		expected = 0;
 		if (atomic_compare_exchange_weak(&kf_report_owner, &expected, me))
@@ -249,7 +253,13 @@ static bool kf_report_lock(void)
 			return false;  /* a fault while reporting: give up this one */
 		sched_yield();
 	}
-	return true;
+	return false;
+}
+
+void kf_report_atfork_child(void)
+{
+	/* The thread that was reporting does not exist in the child. */
+	atomic_store(&kf_report_owner, 0);
 }
 
 static void kf_report_unlock(void)

@@ -21,8 +21,9 @@ def only_report(run, *, exitcode=66):
 
 
 @pytest.mark.parametrize(("case", "options", "access", "distance"), [
-    ("oob_read_right", GUARD, "read", 1),
-    ("oob_write_right", GUARD, "write", 1),
+    # KFENCE's numbers: right of an object counts from its start (p[32] of 32 bytes)
+    ("oob_read_right", GUARD, "read", 32),
+    ("oob_write_right", GUARD, "write", 32),
     ("oob_read_left", LEFT, "read", -1),
     ("oob_write_left", LEFT, "write", -3),
 ])
@@ -80,13 +81,13 @@ def test_aligned_out_of_bounds_73_bytes(programs, bugs):
     report = only_report(programs.run(bugs, "aligned_oob", options=GUARD))
     assert (report.kind, report.access, report.function) == ("out-of-bounds", "read",
                                                              "aligned_oob")
-    assert report.size == 73 and report.distance == 8
+    assert report.size == 73 and report.distance == 80
 
 
 def test_align_1_puts_the_object_against_the_guard(programs, bugs):
     run = programs.run(bugs, "corruption", options={**GUARD, "align": 1})
     report = only_report(run)
-    assert (report.kind, report.access, report.distance) == ("out-of-bounds", "write", 1)
+    assert (report.kind, report.access, report.distance) == ("out-of-bounds", "write", 13)
 
 
 def test_realloc_of_freed_pointer(programs, bugs):

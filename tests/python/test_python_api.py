@@ -119,7 +119,7 @@ def test_ctypes_function_writing_past_a_guarded_buffer(run_python):
     assert run.returncode == 66 and "went on" in run.stdout, run.stderr
     (report,) = run.reports
     assert (report.kind, report.access, report.function) == ("out-of-bounds", "write", "fill")
-    assert report.distance == 1 and report.size == 32 and report.cache == "kfence_alloc"
+    assert report.distance == 32 and report.size == 32 and report.cache == "kfence_alloc"
 
 
 def test_guarded_buffer_used_from_c_after_free(run_python):
@@ -172,7 +172,7 @@ def test_overrun_of_a_pymem_buffer(run_python):
     (report,) = run.reports
     assert (report.kind, report.access, report.function) == ("out-of-bounds", "write",
                                                              "overrun_pymem")
-    assert report.size == 64 and report.distance == 1
+    assert report.size == 64 and report.distance == 64
     assert any("in write_past_the_end" in line for line in report.alloc_python)
 
 
