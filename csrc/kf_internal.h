@@ -178,6 +178,8 @@ KF_HIDDEN void *kf_os_reserve(size_t size);
 /* Readable, writable, zeroed anonymous memory, NULL on failure. */
 KF_HIDDEN void *kf_os_map(size_t size);
 KF_HIDDEN int kf_os_protect(uintptr_t addr, size_t size, bool accessible);
+/* Map a readable, writable page at addr (in the pool) as a mapping of its own. */
+KF_HIDDEN int kf_os_map_own_page(uintptr_t addr, size_t size);
 /* Make pages inaccessible; the system may take their memory back (MADV_FREE). */
 KF_HIDDEN int kf_os_discard(uintptr_t addr, size_t size);
 KF_HIDDEN void kf_os_unmap(void *addr, size_t size);

@@ -31,6 +31,17 @@ void *kf_os_map(size_t size)
 	return p == MAP_FAILED ? NULL : p;
 }
 
+int kf_os_map_own_page(uintptr_t addr, size_t size)
+{
+	/*
+	 * Without MAP_NORESERVE, unlike the reservation around it: mappings with
+	 * different flags never merge, so this page stays a mapping of its own.
+	 */
+	void *p = mmap((void *)addr, size, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+	return p == MAP_FAILED ? -1 : 0;
+}
+
 int kf_os_protect(uintptr_t addr, size_t size, bool accessible)
 {
 	return mprotect((void *)addr, size,
