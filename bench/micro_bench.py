@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Micro-benchmark of libkfence's malloc/free against glibc and a do-nothing interposer.
 
-One pyperf run measures, side by side:
+One command measures, side by side:
 
 * unsampled/*: N rounds of malloc(32) + touch + free under plain glibc, under a
   do-nothing LD_PRELOAD interposer built here (bench/micro/noop_interposer.c),
@@ -11,16 +11,24 @@ One pyperf run measures, side by side:
   a guarded pool object, stack capture included), with the default pool and
   with num_objects=256, 1024, 4096 and 16384.
 
-Each benchmark has a twin "startup/<name>" running the same command with 0
-iterations, so the summary can report the loop cost net of process start-up.
-Every command is `env -u LD_PRELOAD -u KFENCE_OPTIONS [VAR=value...] loop N 32`,
-so pyperf's environment filtering cannot change what is measured.
+Each benchmark runs N0 + N iterations and has a twin "base/<name>" running only
+N0: N0 is 0 for unsampled modes and num_objects for sampled ones, so the
+summary's (t(N0 + N) - t(N0)) / N is the steady-state cost, net of process
+start-up and of the first-use page fault of every pool slot.  Every command is
+`env -u LD_PRELOAD -u KFENCE_OPTIONS [VAR=value...] loop N 32`, so pyperf's
+environment filtering cannot change what is measured.
 
-    python bench/micro_bench.py            # full run (~5 minutes on 2 cores)
+Shared virtual machines drift over minutes, and pyperf runs one benchmark to
+completion before the next, so the loop benchmarks are run in several rounds
+(each a complete pyperf run over every mode, in a rotated order) whose runs are
+merged: a slow minute then lands on every mode alike.  Full mode is 5 rounds of
+4 worker processes (pyperf's default 20 processes per benchmark in total).
+
+    python bench/micro_bench.py            # full run (~6 minutes on 2 cores)
     python bench/micro_bench.py --quick    # rough figures in about a minute
 
-The pyperf JSON is written to bench/results/micro.json (override with --json)
-and summarised by micro_summary.py.  All pyperf options (-p, -n, -v, ...) work.
+The merged pyperf JSON goes to bench/results/micro.json (see --json) and is
+summarised by micro_summary.py.
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyperf
-from micro_summary import summarize
+from micro_summary import BASE_PREFIX, summarize
 
 log = logging.getLogger("micro_bench")
 
@@ -55,12 +63,27 @@ LIB_LDFLAGS = ["-shared", "-Wl,-z,now"]
 LOOP_CFLAGS = ["-std=gnu11", "-O2", "-g", "-fno-builtin-malloc", "-fno-builtin-free"]
 WARN_CFLAGS = ["-Wall", "-Wextra", "-Werror"]
 
-FULL_ITERATIONS = {"unsampled": 10_000_000, "sampled": 20_000}
-QUICK_ITERATIONS = {"unsampled": 5_000_000, "sampled": 10_000}
-# Quick mode: pyperf processes and values per process (full mode: pyperf's defaults, 20 x 3).
-QUICK_PROCESSES, QUICK_VALUES = 4, 2
+
+@dataclass(frozen=True)
+class Plan:
+    """How much to measure: iterations per loop and pyperf settings per phase."""
+
+    unsampled_iterations: int
+    sampled_iterations: int
+    rounds: int
+    # pyperf options of each loop round and of the single base phase.
+    loop_pyperf: tuple[str, ...]
+    base_pyperf: tuple[str, ...]
+
+
+# Loop runs last 0.05-0.6 s: one command run per value (--loops 1), which also spares
+# pyperf's calibration worker; the short base runs are left to pyperf's calibration.
+_ONE = ("--loops", "1", "--warmups", "1")
+FULL = Plan(10_000_000, 20_000, 5, ("-p", "4", *_ONE), ("-p", "4"))
+QUICK = Plan(5_000_000, 10_000, 2, ("-p", "2", "-n", "2", *_ONE), ("-p", "3", "-n", "2"))
 
 SAMPLED_NUM_OBJECTS = (256, 1024, 4096, 16384)
+DEFAULT_NUM_OBJECTS = 255  # csrc/options.inc
 UNSAMPLED_NUM_OBJECTS = (256, 16384)
 # libkfence's exit status when it reported a bug (option exitcode, default 66).
 KFENCE_EXITCODE = 66
@@ -74,6 +97,7 @@ class Mode:
     group: str  # "unsampled" or "sampled"
     preload: Path | None
     options: str | None  # KFENCE_OPTIONS; None leaves it unset
+    base: int = 0  # N0: iterations of the base twin, left out of the per-iteration cost
 
     def env_args(self, env_bin: str) -> list[str]:
         args = [env_bin, "-u", "LD_PRELOAD", "-u", "KFENCE_OPTIONS"]
@@ -137,11 +161,14 @@ def modes(b: Build) -> list[Mode]:
         Mode(f"unsampled/kfence-num_objects={n}", "unsampled", b.kfence, f"num_objects={n}")
         for n in UNSAMPLED_NUM_OBJECTS
     ]
-    out.append(Mode("sampled/kfence-sample_rate=1", "sampled", b.kfence, "sample_rate=1"))
+    out.append(Mode(
+        "sampled/kfence-sample_rate=1", "sampled", b.kfence, "sample_rate=1",
+        base=DEFAULT_NUM_OBJECTS,
+    ))
     out += [
         Mode(
             f"sampled/kfence-num_objects={n}", "sampled", b.kfence,
-            f"sample_rate=1:num_objects={n}",
+            f"sample_rate=1:num_objects={n}", base=n,
         )
         for n in SAMPLED_NUM_OBJECTS
     ]
@@ -183,101 +210,139 @@ def sanity_check(b: Build, mode: Mode, size: int) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true",
-                        help=f"rough run: {QUICK_PROCESSES} processes x {QUICK_VALUES} values "
-                             "and half the iterations")
+                        help="rough figures: 2 short rounds, half the iterations")
     parser.add_argument("--lib", type=Path, default=None,
                         help="libkfence.so to measure (default: `kfence-py lib-path`)")
     parser.add_argument("--build-dir", type=Path, default=RESULTS / "build",
                         help="where the loop and the interposer are built")
     parser.add_argument("--json", type=Path, default=RESULTS / "micro.json",
-                        help="pyperf JSON output, replaced if present")
+                        help="merged pyperf JSON output, replaced if present")
     parser.add_argument("--size", type=int, default=32, help="allocation size in bytes")
     parser.add_argument("--unsampled-iterations", type=int, default=None)
     parser.add_argument("--sampled-iterations", type=int, default=None)
-    parser.add_argument("--no-build", action="store_true",
-                        help="reuse the binaries in --build-dir (workers always do)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="loop rounds to interleave (default: 5, or 2 with --quick)")
+    # Internal: set by the driver when it starts one pyperf run of a phase.
+    parser.add_argument("--phase", choices=("loop", "base"), help=argparse.SUPPRESS)
+    parser.add_argument("--round", type=int, default=0, help=argparse.SUPPRESS)
 
 
 def forward_arguments(cmd: list[str], args: argparse.Namespace) -> None:
-    """Give pyperf's worker processes the same configuration (they rebuild nothing)."""
-    if args.quick:
-        cmd.append("--quick")
+    """Give pyperf's worker processes the same configuration."""
     cmd += ["--lib", str(args.lib), "--build-dir", str(args.build_dir), "--json", str(args.json)]
     cmd += ["--size", str(args.size)]
     cmd += ["--unsampled-iterations", str(args.unsampled_iterations)]
     cmd += ["--sampled-iterations", str(args.sampled_iterations)]
+    cmd += ["--phase", args.phase, "--round", str(args.round)]
+
+
+def round_json(final: Path, phase: str, rnd: int) -> Path:
+    return final.with_name(f"{final.stem}.{phase}{rnd}.json")
+
+
+def run_phase(args: argparse.Namespace, b: Build) -> int:
+    """One pyperf run (or one of its workers) over every mode, for one phase."""
+    runner = pyperf.Runner(add_cmdline_args=forward_arguments)
+    add_arguments(runner.argparser)
+    args = runner.parse_args()
+    iterations = {"unsampled": args.unsampled_iterations, "sampled": args.sampled_iterations}
+    all_modes = modes(b)
+    shift = args.round % len(all_modes)
+    benchmarks: list[pyperf.Benchmark] = []
+    for mode in all_modes[shift:] + all_modes[:shift]:
+        if args.phase == "loop":
+            name, count = mode.name, mode.base + iterations[mode.group]
+        else:
+            name, count = BASE_PREFIX + mode.name, mode.base
+        bench = runner.bench_command(name, command(b, mode, count, args.size))
+        if bench is not None:
+            bench.update_metadata({
+                "loop_iterations": count,
+                "loop_size": args.size,
+                "kfence_options": mode.options if mode.options is not None else "(unset)",
+                "ld_preload": str(mode.preload) if mode.preload else "(none)",
+            })
+            benchmarks.append(bench)
+    if not args.worker:
+        pyperf.BenchmarkSuite(benchmarks).dump(
+            str(round_json(args.json, args.phase, args.round)), replace=True
+        )
+    return 0
+
+
+def drive(args: argparse.Namespace, b: Build, plan: Plan) -> int:
+    """Build, check, run every phase and round as its own pyperf run, merge, summarise."""
+    log.info("libkfence.so: %s", b.kfence)
+    log.info("iterations: unsampled %d, sampled %d; size %d; %d loop rounds",
+             args.unsampled_iterations, args.sampled_iterations, args.size, args.rounds)
+    build(args.build_dir)
+    all_modes = modes(b)
+    for mode in all_modes:
+        sanity_check(b, mode, args.size)
+
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    common = [
+        sys.executable, str(Path(__file__).resolve()), "--quiet",
+        "--lib", str(args.lib), "--build-dir", str(args.build_dir), "--json", str(args.json),
+        "--size", str(args.size),
+        "--unsampled-iterations", str(args.unsampled_iterations),
+        "--sampled-iterations", str(args.sampled_iterations),
+    ]
+    runs = [("base", 0, plan.base_pyperf)]
+    runs += [("loop", r, plan.loop_pyperf) for r in range(args.rounds)]
+    merged: dict[str, pyperf.Benchmark] = {}
+    for phase, rnd, pyperf_args in runs:
+        log.info("pyperf run: phase %s, round %d (%s)", phase, rnd, " ".join(pyperf_args))
+        out = round_json(args.json, phase, rnd)
+        out.unlink(missing_ok=True)
+        subprocess.run(
+            [*common, "--phase", phase, "--round", str(rnd), *pyperf_args], check=True
+        )
+        for bench in pyperf.BenchmarkSuite.load(str(out)).get_benchmarks():
+            if bench.get_name() in merged:
+                merged[bench.get_name()].add_runs(bench)
+            else:
+                merged[bench.get_name()] = bench
+        out.unlink()
+
+    order = [m.name for m in all_modes] + [BASE_PREFIX + m.name for m in all_modes]
+    pyperf.BenchmarkSuite([merged[n] for n in order]).dump(str(args.json), replace=True)
+    log.info("pyperf JSON written to %s", args.json)
+    print()
+    print(f"Command: {shlex.join(['python', *sys.argv])}")
+    print(summarize(args.json))
+    return 0
 
 
 def main() -> int:
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--quick", action="store_true")
-    quick = pre.parse_known_args()[0].quick
-
-    runner = pyperf.Runner(
-        processes=QUICK_PROCESSES if quick else None,
-        values=QUICK_VALUES if quick else None,
-        add_cmdline_args=forward_arguments,
-    )
-    runner.argparser.description = __doc__.splitlines()[0]
-    add_arguments(runner.argparser)
-    args = runner.parse_args()
-    master = not args.worker
-
-    logging.basicConfig(level=logging.INFO if master else logging.WARNING,
+    # The driver's own options; pyperf's (in phase runs) are left for pyperf to parse.
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    args, rest = parser.parse_known_args()
+    phase_run = args.phase is not None
+    if rest and not phase_run:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    logging.basicConfig(level=logging.WARNING if phase_run else logging.INFO,
                         format="%(name)s: %(message)s")
 
-    iterations = dict(QUICK_ITERATIONS if args.quick else FULL_ITERATIONS)
+    plan = QUICK if args.quick else FULL
     if args.unsampled_iterations is None:
-        args.unsampled_iterations = iterations["unsampled"]
+        args.unsampled_iterations = plan.unsampled_iterations
     if args.sampled_iterations is None:
-        args.sampled_iterations = iterations["sampled"]
-    iterations = {"unsampled": args.unsampled_iterations, "sampled": args.sampled_iterations}
+        args.sampled_iterations = plan.sampled_iterations
+    if args.rounds is None:
+        args.rounds = plan.rounds
     args.build_dir = args.build_dir.resolve()
     args.json = args.json.resolve()
-    if args.lib is None:
-        args.lib = find_libkfence()
-    args.lib = args.lib.resolve()
+    args.lib = (args.lib or find_libkfence()).resolve()
 
-    env_bin = shutil.which("env") or "/usr/bin/env"
     b = Build(
         loop=args.build_dir / "loop",
         noop=args.build_dir / "libnoop_interposer.so",
         kfence=args.lib,
-        env_bin=env_bin,
+        env_bin=shutil.which("env") or "/usr/bin/env",
     )
-    all_modes = modes(b)
-
-    if master:
-        log.info("libkfence.so: %s", b.kfence)
-        log.info("iterations: %s, size %d", iterations, args.size)
-        if not args.no_build:
-            build(args.build_dir)
-        for mode in all_modes:
-            sanity_check(b, mode, args.size)
-
-    benchmarks: list[pyperf.Benchmark] = []
-    for mode in all_modes:
-        n = iterations[mode.group]
-        for name, count in ((mode.name, n), ("startup/" + mode.name, 0)):
-            bench = runner.bench_command(name, command(b, mode, count, args.size))
-            if bench is not None:
-                bench.update_metadata({
-                    "loop_iterations": count,
-                    "loop_size": args.size,
-                    "kfence_options": mode.options if mode.options is not None else "(unset)",
-                    "ld_preload": str(mode.preload) if mode.preload else "(none)",
-                })
-                benchmarks.append(bench)
-
-    if not master:
-        return 0
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    pyperf.BenchmarkSuite(benchmarks).dump(str(args.json), replace=True)
-    log.info("pyperf JSON written to %s", args.json)
-    print()
-    print(f"Command: {shlex.join([Path(sys.executable).name, *sys.argv])}")
-    print(summarize(args.json))
-    return 0
+    return run_phase(args, b) if phase_run else drive(args, b, plan)
 
 
 if __name__ == "__main__":
