@@ -8,7 +8,9 @@ allocation and free stacks.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ._native import LIB_PATH, lib, text
 from .api import (
@@ -26,6 +28,9 @@ from .api import (
     stats,
 )
 from .state import ObjectInfo, ReportRecord, StateError, Stats
+
+if TYPE_CHECKING:
+    from .server import StatsServer
 
 __version__ = "0.1.0"
 __all__ = [
@@ -47,6 +52,7 @@ __all__ = [
     "python_allocator_sampled",
     "reports",
     "sampling",
+    "serve",
     "stats",
 ]
 
@@ -59,3 +65,17 @@ def lib_path() -> Path:
 def native_version() -> str:
     """Version of the loaded libkfence.so."""
     return text(lib.kfence_version())
+
+
+def serve(path: str | os.PathLike[str], *, symbolize: bool = True,
+          max_clients: int = 16) -> StatsServer:
+    """Serve this process's statistics over HTTP on the Unix socket path.
+
+    Runs in a background thread; returns the server (``close()`` it, or use
+    it in a with-block).  ``curl --unix-socket path http://kfence/stats``.
+    Imported on first use: the server and prometheus_client cost nothing
+    to a program that does not serve.
+    """
+    from .server import serve as _serve
+
+    return _serve(path, symbolize=symbolize, max_clients=max_clients)

@@ -6,20 +6,39 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import subprocess
 import sys
-from typing import ClassVar
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import ClassVar, TypeVar
+from urllib.parse import urlencode
 
-from . import __version__
+from . import __version__, render
 from ._native import DEMO_PATH, LIB_PATH
+from .client import request
+from .exitcodes import CliError, ExitCode
 from .options import format_options, markdown_table, option_specs
 from .reports import parse_reports
+from .run import Runner, add_option_flags, options_from_args
+from .server import MAX_CLIENTS, SocketError, StatsServer
+from .sources import (
+    ConfigError,
+    DirectorySource,
+    FileSource,
+    NoRunningProcess,
+    Source,
+    StateNotFound,
+    apply_changes,
+)
+from .state import StateError, StateVersionError
+from .symbolize import BACKENDS, Symbolizer, symbolize_lines
 
 log = logging.getLogger("kfence_py")
 
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
+EXIT_OK = ExitCode.OK
+EXIT_FAILURE = ExitCode.FAILURE
+EXIT_USAGE = ExitCode.USAGE
 
 
 class Command:
@@ -85,7 +104,232 @@ class DemoCommand(Command):
         return EXIT_FAILURE
 
 
-COMMANDS: tuple[type[Command], ...] = (DemoCommand, LibPathCommand, OptionsCommand)
+class RunCommand(Command):
+    name = "run"
+    help = "run a command under the preload: symbolized reports, statistics socket"
+
+    def prepare_parser(self, parser: argparse.ArgumentParser) -> None:
+        parser.usage = "%(prog)s [options] -- command [args...]"
+        parser.add_argument("--socket", metavar="PATH",
+                            help="serve statistics over HTTP on this Unix socket while it runs")
+        parser.add_argument("--json-reports", metavar="FILE", type=Path,
+                            help="append one JSON record per report to FILE")
+        _symbolizer_arguments(parser)
+        add_option_flags(parser)
+        parser.add_argument("argv", nargs=argparse.REMAINDER, metavar="command",
+                            help="the command and its arguments, after --")
+
+    def run(self, args: argparse.Namespace) -> int:
+        command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+        runner = Runner(command, options_from_args(args), socket_path=args.socket,
+                        json_reports=args.json_reports,
+                        symbolizer=None if args.no_symbolize else args.symbolizer)
+        return runner.run()
+
+
+def _symbolizer_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--symbolizer", choices=BACKENDS, default="auto",
+                        help="how frames become file:line (default: llvm-symbolizer, else "
+                        "addr2line, else DWARF read with pyelftools)")
+    parser.add_argument("--no-symbolize", action="store_true",
+                        help="leave frames as module+offset")
+
+
+class ServeCommand(Command):
+    name = "serve"
+    help = "serve the statistics of every process in a state directory on a Unix socket"
+
+    def prepare_parser(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--state-dir", metavar="DIR", required=True, type=Path,
+                            help="the state_dir the processes were started with")
+        parser.add_argument("--socket", metavar="PATH", required=True,
+                            help="the Unix socket to create (in a private 0700 directory)")
+        parser.add_argument("--max-clients", type=int, default=MAX_CLIENTS, metavar="N",
+                            help=f"connections served at once (default {MAX_CLIENTS})")
+        _symbolizer_arguments(parser)
+
+    def run(self, args: argparse.Namespace) -> int:
+        if not args.state_dir.is_dir():
+            raise CliError(f"{args.state_dir}: no such state directory", ExitCode.NO_SERVER)
+        stop = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        # Blocked before the server's threads start, so that only sigwait() takes them.
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, stop)
+        try:
+            symbolizer = None if args.no_symbolize else Symbolizer(args.symbolizer)
+            try:
+                server = StatsServer(args.socket, DirectorySource(args.state_dir),
+                                     symbolizer=symbolizer, max_clients=max(1, args.max_clients))
+            except SocketError as exc:
+                raise CliError(str(exc), ExitCode.RUN_FAILED) from None
+            with server.start():
+                print(f"kfence-py: serving {args.state_dir} on {server.path}", file=sys.stderr,
+                      flush=True)
+                signo = signal.sigwait(stop)
+                log.info("stopping on signal %d", signo)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        return EXIT_OK
+
+
+class _ViewCommand(Command):
+    """stats, objects, reports: from a socket, a pid's state file or a state directory."""
+
+    endpoint: ClassVar[str]
+
+    def prepare_parser(self, parser: argparse.ArgumentParser) -> None:
+        _source_arguments(parser)
+        parser.add_argument("--json", action="store_true", help="print JSON")
+
+    def run(self, args: argparse.Namespace) -> int:
+        if args.socket:
+            query: dict[str, object] = {"format": "json" if args.json else "text"}
+            if args.pid is not None:
+                query["pid"] = args.pid
+            sys.stdout.write(request(args.socket, "GET", self.endpoint, query=query).text)
+            return EXIT_OK
+        snap = render.Snapshot.take(_local_source(args))
+        sys.stdout.write(_local_view(self.endpoint, snap, args.json))
+        return EXIT_OK
+
+
+def _source_arguments(parser: argparse.ArgumentParser) -> None:
+    where = parser.add_argument_group("where the state is (one of --socket, --pid, --state-dir)")
+    where.add_argument("--socket", metavar="PATH", help="ask the server on this Unix socket")
+    where.add_argument("--pid", type=int, metavar="N",
+                       help="read the state file of process N (found in --state-dir, or "
+                       "in its memory maps while it runs)")
+    where.add_argument("--state-dir", metavar="DIR", type=Path,
+                       help="read every state file in DIR")
+
+
+def _local_source(args: argparse.Namespace) -> Source:
+    if args.pid is not None:
+        return _state_call(FileSource, args.pid, args.state_dir)
+    if args.state_dir is not None:
+        source = DirectorySource(args.state_dir)
+        _state_call(source.state_files)
+        return source
+    raise CliError("say where the state is: --socket PATH, --pid N or --state-dir DIR",
+                   ExitCode.USAGE)
+
+
+T = TypeVar("T")
+
+
+def _state_call(fn: Callable[..., T], *args: object) -> T:
+    """fn(*args), with state errors turned into plain messages and exit codes."""
+    try:
+        return fn(*args)
+    except StateVersionError as exc:
+        raise CliError(str(exc), ExitCode.VERSION_MISMATCH) from None
+    except StateNotFound as exc:
+        raise CliError(str(exc), ExitCode.NO_SERVER) from None
+    except StateError as exc:
+        raise CliError(str(exc), ExitCode.BAD_STATE) from None
+
+
+def _local_view(endpoint: str, snap: render.Snapshot, as_json: bool) -> str:
+    view = render.VIEWS[endpoint]
+    if not view.symbolized:
+        return view.render(snap, as_json=as_json)
+    with Symbolizer() as symbolizer:
+        return view.render(snap, as_json=as_json, symbolizer=symbolizer)
+
+
+class StatsCommand(_ViewCommand):
+    name = "stats"
+    help = "KFENCE's statistics of one or more processes"
+    endpoint = "/stats"
+
+
+class ObjectsCommand(_ViewCommand):
+    name = "objects"
+    help = "the guarded objects of one or more processes, with their stacks"
+    endpoint = "/objects"
+
+
+class ReportsCommand(_ViewCommand):
+    name = "reports"
+    help = "the reports of one or more processes, symbolized"
+    endpoint = "/reports"
+
+
+class ConfigCommand(Command):
+    name = "config"
+    help = "show or change sampling while processes run (enabled, sample_interval, ...)"
+
+    def prepare_parser(self, parser: argparse.ArgumentParser) -> None:
+        _source_arguments(parser)
+        parser.add_argument("--json", action="store_true", help="print JSON")
+        parser.add_argument("changes", nargs="*", metavar="KEY=VALUE",
+                            help="enabled, sample_interval, sample_rate or burst; "
+                            "none: show the settings")
+
+    def run(self, args: argparse.Namespace) -> int:
+        changes = {}
+        for item in args.changes:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise CliError(f"expected KEY=VALUE, not {item!r}", ExitCode.USAGE)
+            changes[key] = value
+        if args.socket:
+            query: dict[str, object] = {"format": "json" if args.json else "text"}
+            if args.pid is not None:
+                query["pid"] = args.pid
+            if changes:
+                reply = request(args.socket, "POST", "/config", query=query,
+                                body=urlencode(changes).encode())
+            else:
+                reply = request(args.socket, "GET", "/config", query=query)
+            sys.stdout.write(reply.text)
+            return EXIT_OK
+        source = _local_source(args)
+        if changes:
+            try:
+                _state_call(apply_changes, source, changes, args.pid)
+            except NoRunningProcess as exc:
+                raise CliError(str(exc), ExitCode.NO_SERVER) from None
+            except ConfigError as exc:
+                raise CliError(str(exc), ExitCode.USAGE) from None
+        snap = _state_call(render.Snapshot.take, source)
+        sys.stdout.write(_local_view("/config", snap, args.json))
+        return EXIT_OK
+
+
+class SymbolizeCommand(Command):
+    name = "symbolize"
+    help = "rewrite reports read from stdin (or files) with function, file:line frames"
+
+    def prepare_parser(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("files", nargs="*", type=Path, metavar="FILE",
+                            help="report text to read (default: stdin)")
+        parser.add_argument("--symbolizer", choices=BACKENDS, default="auto",
+                            help="llvm-symbolizer, addr2line or DWARF read with pyelftools "
+                            "(default: the first installed)")
+
+    def run(self, args: argparse.Namespace) -> int:
+        with Symbolizer(args.symbolizer) as symbolizer:
+            for line in symbolize_lines(_input_lines(args.files), symbolizer):
+                sys.stdout.write(line)
+                sys.stdout.flush()  # a report piped in as it happens comes out at once
+        return EXIT_OK
+
+
+def _input_lines(paths: list[Path]) -> Iterator[str]:
+    if not paths:
+        yield from sys.stdin
+    for path in paths:
+        try:
+            f = open(path, errors="replace")  # noqa: SIM115 (closed below; open errors only)
+        except OSError as exc:
+            raise CliError(f"{path}: {exc.strerror}", ExitCode.NO_SERVER) from None
+        with f:
+            yield from f
+
+
+COMMANDS: tuple[type[Command], ...] = (
+    ConfigCommand, DemoCommand, LibPathCommand, ObjectsCommand, OptionsCommand,
+    ReportsCommand, RunCommand, ServeCommand, StatsCommand, SymbolizeCommand)
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
@@ -111,4 +355,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
-    return commands[args.command].run(args)
+    try:
+        return int(commands[args.command].run(args))
+    except CliError as exc:
+        print(f"kfence-py: {exc}", file=sys.stderr)
+        return int(exc.code)
+    except BrokenPipeError:
+        # Output cut short by a reader that went away (| head): not an error of ours.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK

@@ -34,6 +34,10 @@ class StateError(Exception):
     """A state that cannot be read: wrong magic or version, truncated."""
 
 
+class StateVersionError(StateError):
+    """A state written by a kfence_py with another state version or layout."""
+
+
 @dataclass(frozen=True)
 class Stats:
     """KFENCE's debugfs ``stats``, plus the sampling settings in force."""
@@ -141,11 +145,11 @@ class StateView:
         if magic != MAGIC:
             raise StateError(f"{source}: not a kfence_py state (magic {magic!r})")
         if h.version != SUPPORTED_VERSION:
-            raise StateError(f"{source}: state version {h.version}, this kfence_py reads "
-                             f"version {SUPPORTED_VERSION}")
+            raise StateVersionError(f"{source}: state version {h.version}, this kfence_py "
+                                    f"reads version {SUPPORTED_VERSION}")
         if (h.header_size, h.slot_size, h.report_size) != (
                 header_size, ffi.sizeof("struct kfence_slot"), ffi.sizeof("struct kfence_report")):
-            raise StateError(f"{source}: state layout differs from this kfence_py's")
+            raise StateVersionError(f"{source}: state layout differs from this kfence_py's")
         if size < h.total_size or h.reports_offset + h.max_reports * h.report_size > size:
             raise StateError(f"{source}: truncated state ({size} of {h.total_size} bytes)")
         self.slots = ffi.cast("struct kfence_slot *", self._base + h.slots_offset)

@@ -1,0 +1,311 @@
+"""The controller's views of a set of processes: text for people, JSON for tools.
+
+The server and the local client (``kfence-py stats --state-dir``) render with
+the same functions, so both print the same thing.  Raw pcs from the state are
+placed in their modules through the maps of a process that still runs; the
+printed reports ``run`` collected carry module+offset even after the process
+is gone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from .elf import ProcessMaps
+from .reports import Frame, Report, parse_reports
+from .sources import Process, Source, Unreadable
+from .state import ObjectInfo, ReportRecord
+from .symbolize import FAULT_KINDS, RULE, SourceFrame, Symbolizer, format_frame, symbolize_text
+
+PROTOCOL = 1  # of the JSON documents and the HTTP interface; bump on incompatible change
+Doc = dict[str, Any]
+
+
+@dataclass
+class Snapshot:
+    """The processes of a source at one moment."""
+
+    source: str
+    processes: list[Process]
+    unreadable: list[Unreadable] = field(default_factory=list)
+
+    @classmethod
+    def take(cls, source: Source, pid: int | None = None) -> Snapshot:
+        processes, unreadable = source.processes(pid)
+        return cls(source.describe(), processes, unreadable)
+
+    def _envelope(self, **body: Any) -> Doc:
+        return {"protocol": PROTOCOL, "source": self.source, **body,
+                "unreadable": [{"path": str(u.path), "error": u.error} for u in self.unreadable]}
+
+    def _trailer(self) -> list[str]:
+        return [f"unreadable: {u.error}" for u in self.unreadable]
+
+
+def _state(p: Process) -> str:
+    return "running" if p.running else "exited"
+
+
+# --- stats -----------------------------------------------------------------
+
+_ROW = "{:>8}  {:<8} {:>7} {:>8} {:>11} {:>5} {:>9} {:>11} {:>11} {:>5}"
+
+
+def stats_doc(snap: Snapshot) -> Doc:
+    return snap._envelope(processes=[
+        {"pid": p.pid, "running": p.running,
+         "state_file": str(p.state_file) if p.state_file else None,
+         "stats": dataclasses.asdict(p.view.stats())}
+        for p in snap.processes])
+
+
+def stats_text(snap: Snapshot) -> str:
+    """A row per process, then KFENCE's stats text of each."""
+    running = sum(p.running for p in snap.processes)
+    lines = [f"processes: {len(snap.processes)} ({running} running) in {snap.source}"]
+    stats = [(p, p.view.stats()) for p in snap.processes]
+    if stats:
+        lines.append(_ROW.format("pid", "state", "enabled", "interval", "sample rate", "burst",
+                                 "allocated", "allocations", "frees", "bugs"))
+        for p, s in stats:
+            lines.append(_ROW.format(p.pid, _state(p), int(s.enabled), s.sample_interval_ms,
+                                     s.sample_rate, s.burst, s.currently_allocated,
+                                     s.total_allocations, s.total_frees, s.total_bugs))
+    for p, s in stats:
+        lines += ["", f"pid {p.pid} ({_state(p)}):", *s.lines()]
+    lines += snap._trailer()
+    return "\n".join(lines) + "\n"
+
+
+# --- config ----------------------------------------------------------------
+
+
+def config_doc(snap: Snapshot) -> Doc:
+    return snap._envelope(processes=[
+        {"pid": p.pid, "running": p.running, **p.control()} for p in snap.processes])
+
+
+def config_text(snap: Snapshot) -> str:
+    lines = []
+    for p in snap.processes:
+        settings = " ".join(f"{k}={v}" for k, v in p.control().items())
+        lines.append(f"pid {p.pid} ({_state(p)}): {settings}")
+    if not snap.processes:
+        lines.append(f"no process in {snap.source}")
+    lines += snap._trailer()
+    return "\n".join(lines) + "\n"
+
+
+# --- frames ----------------------------------------------------------------
+
+
+class _Frames:
+    """Raw pcs or parsed frames to frame records and text, for one process."""
+
+    def __init__(self, maps: ProcessMaps | None, symbolizer: Symbolizer | None) -> None:
+        self.maps = maps
+        self.symbolizer = symbolizer
+
+    def _sources(self, module: str | None, offset: int | None,
+                 exact: bool) -> list[SourceFrame]:
+        if self.symbolizer is None or module is None or offset is None:
+            return []
+        return self.symbolizer.lookup(module, offset, return_address=not exact)
+
+    def _record(self, index: int, pc: int, symbol: str | None, module: str | None,
+                offset: int | None, exact: bool) -> tuple[Doc, list[str]]:
+        sources = self._sources(module, offset, exact)
+        doc = {"index": index, "pc": pc, "symbol": symbol, "module": module, "offset": offset,
+               "source": [s.as_dict() for s in sources]}
+        return doc, format_frame(index, pc, symbol, module, offset, sources)
+
+    def from_pcs(self, pcs: tuple[int, ...], *,
+                 first_exact: bool = False) -> tuple[list[Doc], list[str]]:
+        docs, lines = [], []
+        for i, pc in enumerate(pcs):
+            where = self.maps.resolve(pc) if self.maps else None
+            module, offset = where if where else (None, None)
+            doc, text = self._record(i, pc, None, module, offset, first_exact and i == 0)
+            docs.append(doc)
+            lines += text
+        return docs, lines or [" (no stack)"]
+
+    def from_parsed(self, frames: list[Frame], *, first_exact: bool = False) -> list[Doc]:
+        return [self._record(i, f.pc, f.symbol, f.module, f.module_offset,
+                             first_exact and i == 0)[0]
+                for i, f in enumerate(frames)]
+
+
+def _first_function(frames: list[Doc]) -> str | None:
+    for frame in frames:
+        for source in frame["source"]:
+            if source["function"]:
+                return source["function"]
+    return None
+
+
+# --- objects ---------------------------------------------------------------
+
+
+def _object_doc(obj: ObjectInfo, frames: _Frames) -> tuple[Doc, list[str]]:
+    alloc_docs, alloc_lines = frames.from_pcs(obj.alloc_stack)
+    lines = [f"kfence-#{obj.index}: {obj.address:#x}-{obj.address + max(obj.size, 1) - 1:#x}"
+             f", size={obj.size}, cache={obj.cache}, state={obj.state}",
+             f"allocated by thread {obj.alloc_thread} at {obj.alloc_time:.6f}s:",
+             *alloc_lines, *obj.alloc_python.splitlines()]
+    doc = {"index": obj.index, "state": obj.state, "address": obj.address, "size": obj.size,
+           "cache": obj.cache,
+           "allocated": {"thread": obj.alloc_thread, "time": obj.alloc_time,
+                         "stack": alloc_docs, "python": obj.alloc_python or None},
+           "freed": None}
+    if obj.free_thread is not None:
+        free_docs, free_lines = frames.from_pcs(obj.free_stack)
+        lines += [f"freed by thread {obj.free_thread} at {obj.free_time:.6f}s:", *free_lines,
+                  *obj.free_python.splitlines()]
+        doc["freed"] = {"thread": obj.free_thread, "time": obj.free_time, "stack": free_docs,
+                        "python": obj.free_python or None}
+    return doc, lines
+
+
+def _objects(snap: Snapshot, symbolizer: Symbolizer | None
+             ) -> Iterator[tuple[Process, list[tuple[Doc, list[str]]]]]:
+    for p in snap.processes:
+        frames = _Frames(p.maps(), symbolizer)
+        yield p, [_object_doc(obj, frames) for obj in p.view.objects()]
+
+
+def objects_doc(snap: Snapshot, symbolizer: Symbolizer | None = None) -> Doc:
+    return snap._envelope(objects=[
+        {"pid": p.pid, "running": p.running, **doc}
+        for p, objs in _objects(snap, symbolizer) for doc, _ in objs])
+
+
+def objects_text(snap: Snapshot, symbolizer: Symbolizer | None = None) -> str:
+    """KFENCE's objects listing, per process."""
+    lines = []
+    for p, objs in _objects(snap, symbolizer):
+        lines.append(f"pid {p.pid} ({_state(p)}): {len(objs)} object(s)")
+        for _, text in objs:
+            lines += ["", *text]
+        lines.append("")
+    if not snap.processes:
+        lines.append(f"no process in {snap.source}")
+    lines += snap._trailer()
+    return "\n".join(lines) + "\n"
+
+
+# --- reports ---------------------------------------------------------------
+
+
+def report_doc(report: Report, pid: int | None, symbolizer: Symbolizer | None) -> Doc:
+    """One printed (parsed) report as a JSON record."""
+    frames = _Frames(None, symbolizer)
+
+    def side(thread: int | None, stack: list[Frame], python: list[str]) -> Doc | None:
+        if thread is None:
+            return None
+        return {"thread": thread, "stack": frames.from_parsed(stack),
+                "python": "\n".join(python) or None}
+
+    obj = None
+    if report.object_index is not None:
+        obj = {"index": report.object_index, "start": report.object_start, "size": report.size,
+               "cache": report.cache}
+    return {"pid": pid, "kind": report.kind, "access": report.access,
+            "function": report.function, "address": report.address,
+            "distance": report.distance, "object": obj,
+            "stack": frames.from_parsed(report.stack, first_exact=report.kind in FAULT_KINDS),
+            "allocated": side(report.alloc_thread, report.alloc_stack, report.alloc_python),
+            "freed": side(report.free_thread, report.free_stack, report.free_python),
+            "text": report.text}
+
+
+def _record_doc(rec: ReportRecord, pid: int, frames: _Frames) -> tuple[Doc, list[str]]:
+    """A report from the state's ring (raw pcs) as a JSON record and text."""
+    stack, stack_lines = frames.from_pcs(rec.stack, first_exact=rec.kind in FAULT_KINDS)
+    access = f" {rec.access}" if rec.access else ""
+    function = _first_function(stack)
+    lines = [RULE, f"BUG: KFENCE: {rec.kind}{access} in {function or '<unknown>'}", "",
+             f"{rec.kind}{access} at {rec.address:#x} (thread {rec.thread}, "
+             f"at {rec.time:.6f}s):", *stack_lines]
+    doc: Doc = {"pid": pid, "sequence": rec.sequence, "kind": rec.kind, "access": rec.access,
+                "function": function, "address": rec.address,
+                "distance": rec.distance if rec.kind == "out-of-bounds" else None,
+                "object": None, "stack": stack, "allocated": None, "freed": None}
+    if rec.object is not None:
+        obj_doc, obj_lines = _object_doc(rec.object, frames)
+        doc["object"] = {k: obj_doc[k] for k in ("index", "address", "size", "cache")}
+        doc["allocated"], doc["freed"] = obj_doc["allocated"], obj_doc["freed"]
+        lines += ["", *obj_lines]
+    lines += ["", f"pid {pid}, thread {rec.thread}", RULE]
+    doc["text"] = "\n".join(lines) + "\n"
+    return doc, lines
+
+
+def _reports(snap: Snapshot, symbolizer: Symbolizer | None
+             ) -> Iterator[tuple[Process, list[tuple[Doc, str]]]]:
+    """Per process: (record, text) of each report, from its report file when run kept one."""
+    for p in snap.processes:
+        if p.report_file is not None:
+            try:
+                text = p.report_file.read_text(errors="replace")
+            except OSError:
+                text = None
+            if text is not None:
+                parsed = parse_reports(text)
+                yield p, [(report_doc(r, p.pid, symbolizer),
+                           symbolize_text(r.text, symbolizer) if symbolizer else r.text)
+                          for r in parsed]
+                continue
+        frames = _Frames(p.maps(), symbolizer)
+        out = []
+        for rec in p.view.reports():
+            doc, lines = _record_doc(rec, p.pid, frames)
+            out.append((doc, "\n".join(lines) + "\n"))
+        yield p, out
+
+
+def reports_doc(snap: Snapshot, symbolizer: Symbolizer | None = None) -> Doc:
+    return snap._envelope(reports=[doc for _, items in _reports(snap, symbolizer)
+                                   for doc, _ in items])
+
+
+def reports_text(snap: Snapshot, symbolizer: Symbolizer | None = None) -> str:
+    lines = []
+    for p, items in _reports(snap, symbolizer):
+        lines.append(f"pid {p.pid} ({_state(p)}): {len(items)} report(s)")
+        lines += [text.rstrip("\n") for _, text in items]
+        lines.append("")
+    if not snap.processes:
+        lines.append(f"no process in {snap.source}")
+    lines += snap._trailer()
+    return "\n".join(lines) + "\n"
+
+
+# --- every view, by the path the server serves it at ----------------------
+
+
+@dataclass(frozen=True)
+class View:
+    doc: Callable[..., Doc]
+    text: Callable[..., str]
+    symbolized: bool  # takes a Symbolizer after the snapshot
+
+    def render(self, snap: Snapshot, *, as_json: bool,
+               symbolizer: Symbolizer | None = None) -> str:
+        args = (snap, symbolizer) if self.symbolized else (snap,)
+        if as_json:
+            return json.dumps(self.doc(*args), indent=1) + "\n"
+        return self.text(*args)
+
+
+VIEWS = {
+    "/stats": View(stats_doc, stats_text, symbolized=False),
+    "/objects": View(objects_doc, objects_text, symbolized=True),
+    "/reports": View(reports_doc, reports_text, symbolized=True),
+    "/config": View(config_doc, config_text, symbolized=False),
+}

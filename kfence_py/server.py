@@ -1,0 +1,468 @@
+"""The statistics socket: HTTP/1.1 over a Unix socket, like a debugfs for KFENCE.
+
+    curl --unix-socket S http://kfence/stats
+
+The HTTP is the standard library's (http.server over socketserver's threading
+Unix stream server); this module only routes and renders.  Who may connect is
+decided three times: the socket is 0600 in a directory that must be 0700 and
+ours, and every connection's peer uid (SO_PEERCRED) must be ours, or it gets
+403 — so a socket left in a shared place by mistake still serves no one else.
+Requests are bounded in size (413), in read time (the connection is dropped)
+and in number at once (503).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import socket
+import socketserver
+import stat
+import struct
+import threading
+import time
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from . import __version__
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .metrics import metrics_doc, metrics_text, registry_for
+from .render import PROTOCOL, VIEWS, Snapshot
+from .sources import (
+    ConfigError,
+    DirectorySource,
+    InProcessSource,
+    NoRunningProcess,
+    Source,
+    apply_changes,
+)
+from .state import StateError
+from .symbolize import Symbolizer
+
+log = logging.getLogger("kfence_py")
+
+SUN_PATH_MAX = 107  # sockaddr_un.sun_path is 108 bytes, the last one a NUL
+MAX_BODY = 16 * 1024  # a /config body is a few key=value pairs
+READ_TIMEOUT = 10.0  # seconds a client may take to send each part of a request
+MAX_CLIENTS = 16  # connections served at once; more get 503
+LINGER = 1.0  # seconds a refused connection is drained before it is closed
+PROTOCOL_HEADER = "X-Kfence-Protocol"
+ENDPOINTS = ("/stats", "/objects", "/reports", "/metrics", "/config")
+ALLOW = "GET, HEAD, POST"
+_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+class SocketError(Exception):
+    """The socket cannot be created where asked; the message says why."""
+
+
+def check_socket_path(path: str | os.PathLike[str]) -> bytes:
+    """path as bytes for sun_path, or SocketError when it does not fit."""
+    raw = os.fsencode(path)
+    if len(raw) > SUN_PATH_MAX:
+        raise SocketError(f"socket path {os.fsdecode(raw)!r} is {len(raw)} bytes; a Unix "
+                          f"socket path holds at most {SUN_PATH_MAX}: use a shorter one")
+    if not raw:
+        raise SocketError("empty socket path")
+    return raw
+
+
+def _private_dir(directory: Path) -> None:
+    """Create directory 0700, or check that it exists, is ours and is 0700."""
+    try:
+        directory.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise SocketError(f"cannot create socket directory {directory}: {exc.strerror}") from None
+    st = directory.stat()
+    if not stat.S_ISDIR(st.st_mode):
+        raise SocketError(f"{directory} is not a directory")
+    if st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        raise SocketError(
+            f"socket directory {directory} must be private (yours, mode 0700), it is mode "
+            f"{stat.S_IMODE(st.st_mode):04o} of uid {st.st_uid}: put the socket in a "
+            "directory of its own, e.g. $XDG_RUNTIME_DIR/kfence/stats.sock")
+
+
+def bind_unix_socket(path: str | os.PathLike[str]) -> socket.socket:
+    """A listening socket at path: 0600, in a private directory; a stale one replaced."""
+    raw = check_socket_path(path)
+    _private_dir(Path(os.fsdecode(raw)).absolute().parent)
+    try:
+        st = os.lstat(raw)
+    except FileNotFoundError:
+        pass
+    else:
+        if not stat.S_ISSOCK(st.st_mode):
+            raise SocketError(f"{os.fsdecode(raw)} exists and is not a socket")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(raw)
+        except ConnectionRefusedError:
+            os.unlink(raw)  # nobody listens: left by a server that died
+        else:
+            raise SocketError(f"{os.fsdecode(raw)} is in use by a running server")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(raw)
+        os.chmod(raw, 0o600)  # only in a private directory, so the moment before does not matter
+        sock.listen(64)
+    except OSError as exc:
+        sock.close()
+        raise SocketError(f"cannot listen on {os.fsdecode(raw)}: {exc.strerror}") from None
+    return sock
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the process at the other end, as the kernel saw it at connect."""
+    return _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+
+
+class _Reply(Exception):
+    """Stop handling a request and answer with this status and message."""
+
+    def __init__(self, status: HTTPStatus, message: str,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.headers = headers or {}
+
+
+class StatsHandler(BaseHTTPRequestHandler):
+    """One connection: HTTP/1.1, kept alive between requests."""
+
+    protocol_version = "HTTP/1.1"
+    server_version = f"kfence-py/{__version__}"
+    error_message_format = "%(code)d %(message)s: %(explain)s\n"
+    error_content_type = "text/plain; charset=utf-8"
+    # Answer even an unparsable request line with a status line and headers.
+    default_request_version = "HTTP/1.1"
+    server: StatsServer
+
+    def setup(self) -> None:
+        self.timeout = self.server.read_timeout
+        super().setup()
+        self.peer = peer_credentials(self.request)
+
+    # The client address of a Unix socket is "", which the base class indexes.
+    def address_string(self) -> str:
+        return f"pid {self.peer[0]} uid {self.peer[1]}"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s: %s", self.address_string(), format % args)
+
+    def end_headers(self) -> None:
+        self.send_header(PROTOCOL_HEADER, str(PROTOCOL))
+        super().end_headers()
+
+    # --- methods ------------------------------------------------------------
+
+    def do_GET(self) -> None:
+        self._dispatch(body=None)
+
+    def do_HEAD(self) -> None:
+        self._dispatch(body=None, head=True)
+
+    def do_POST(self) -> None:
+        self._dispatch(body=True)
+
+    def _not_allowed(self) -> None:
+        self._send_error(_Reply(HTTPStatus.METHOD_NOT_ALLOWED,
+                                f"{self.command} is not served here", {"Allow": ALLOW}))
+
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _not_allowed
+
+    # --- dispatch -----------------------------------------------------------
+
+    def _dispatch(self, *, body: bool | None, head: bool = False) -> None:
+        try:
+            if self.peer[1] != os.geteuid():
+                raise _Reply(HTTPStatus.FORBIDDEN, f"uid {self.peer[1]} may not read the "
+                             f"state of uid {os.geteuid()}")
+            if self.headers.defects:
+                # e.g. a header line without a colon, which the parser takes for a body
+                raise _Reply(HTTPStatus.BAD_REQUEST, "malformed header section")
+            url = urlsplit(self.path)
+            query = self._query(url.query)
+            fmt = query.pop("format", "text")
+            if fmt not in ("text", "json"):
+                raise _Reply(HTTPStatus.BAD_REQUEST, f"format must be text or json, not {fmt!r}")
+            pid = self._pid(query.pop("pid", None))
+            if query:
+                raise _Reply(HTTPStatus.BAD_REQUEST,
+                             f"unknown query parameter(s): {', '.join(sorted(query))}")
+            if url.path not in ENDPOINTS:
+                raise _Reply(HTTPStatus.NOT_FOUND,
+                             f"no {url.path}; try one of {', '.join(ENDPOINTS)}")
+            if body and url.path != "/config":
+                raise _Reply(HTTPStatus.METHOD_NOT_ALLOWED, "POST is for /config only",
+                             {"Allow": "GET, HEAD"})
+            if body:
+                self._change_config(self._read_body(), pid)
+            content, ctype = self._render(url.path, fmt, pid)
+        except _Reply as reply:
+            self._send_error(reply)
+            return
+        except StateError as exc:
+            self._send_error(_Reply(HTTPStatus.SERVICE_UNAVAILABLE, str(exc)))
+            return
+        except Exception:
+            log.exception("%s %s failed", self.command, self.path)
+            self.send_error(HTTPStatus.INTERNAL_SERVER_ERROR, "the server failed; see its log")
+            return
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(content)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        if not head:
+            self.wfile.write(content)
+
+    def _send_error(self, reply: _Reply) -> None:
+        # send_error() escapes for HTML; the message stays readable in text/plain.
+        body = f"{int(reply.status)} {reply.status.phrase}: {reply}\n".encode()
+        self.log_error("code %d, %s", reply.status, reply)
+        self.send_response(reply.status)
+        for key, value in reply.headers.items():
+            self.send_header(key, value)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        # A body may be left unread (refused, too large): this connection is done.
+        self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    @staticmethod
+    def _query(text: str) -> dict[str, str]:
+        try:
+            pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=bool(text),
+                              max_num_fields=8)
+        except ValueError as exc:
+            raise _Reply(HTTPStatus.BAD_REQUEST, f"bad query string: {exc}") from None
+        query = dict(pairs)
+        if len(query) != len(pairs):
+            raise _Reply(HTTPStatus.BAD_REQUEST, "a query parameter is repeated")
+        return query
+
+    @staticmethod
+    def _pid(text: str | None) -> int | None:
+        if text is None:
+            return None
+        if not text.isdigit() or len(text) > 10:
+            raise _Reply(HTTPStatus.BAD_REQUEST, f"pid must be a process id, not {text!r}")
+        return int(text)
+
+    def _read_body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding"):
+            raise _Reply(HTTPStatus.LENGTH_REQUIRED, "send the body with a Content-Length")
+        length = self.headers.get("Content-Length")
+        if length is None:
+            raise _Reply(HTTPStatus.LENGTH_REQUIRED, "a POST needs a Content-Length")
+        if not length.isdigit() or len(length) > 12:
+            raise _Reply(HTTPStatus.BAD_REQUEST, f"bad Content-Length {length!r}")
+        if int(length) > MAX_BODY:
+            raise _Reply(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                         f"a body of {length} bytes; at most {MAX_BODY} are read")
+        data = self.rfile.read(int(length))
+        if len(data) != int(length):
+            self.close_connection = True
+            raise _Reply(HTTPStatus.BAD_REQUEST, "the body ended before its Content-Length")
+        return data
+
+    def _change_config(self, data: bytes, pid: int | None) -> None:
+        changes = parse_config_body(data, self.headers.get_content_type())
+        try:
+            apply_changes(self.server.source, changes, pid)
+        except NoRunningProcess as exc:
+            raise _Reply(HTTPStatus.CONFLICT, str(exc)) from None
+        except ConfigError as exc:
+            raise _Reply(HTTPStatus.BAD_REQUEST, str(exc)) from None
+
+    def _render(self, path: str, fmt: str, pid: int | None) -> tuple[bytes, str]:
+        server = self.server
+        if path == "/metrics":
+            if fmt == "json":
+                return _json({"protocol": PROTOCOL, "metrics": metrics_doc(server.registry)})
+            return metrics_text(server.registry), METRICS_CONTENT_TYPE
+        snap = Snapshot.take(server.source, pid)
+        if pid is not None and not snap.processes:
+            raise _Reply(HTTPStatus.NOT_FOUND, f"no state of pid {pid} in {snap.source}")
+        content = VIEWS[path].render(snap, as_json=fmt == "json", symbolizer=server.symbolizer)
+        ctype = "application/json" if fmt == "json" else "text/plain; charset=utf-8"
+        return content.encode(), ctype
+
+
+def _json(doc: Any) -> tuple[bytes, str]:
+    return (json.dumps(doc, indent=1) + "\n").encode(), "application/json"
+
+
+def parse_config_body(data: bytes, content_type: str) -> dict[str, object]:
+    """A /config body: a JSON object, or key=value pairs (form-encoded, or one a line)."""
+    try:
+        text = data.decode()
+    except UnicodeDecodeError:
+        raise _Reply(HTTPStatus.BAD_REQUEST, "the body is not UTF-8") from None
+    if content_type == "application/json" or text.lstrip().startswith("{"):
+        try:
+            doc = json.loads(text)
+        except ValueError as exc:
+            raise _Reply(HTTPStatus.BAD_REQUEST, f"bad JSON body: {exc}") from None
+        if not isinstance(doc, dict):
+            raise _Reply(HTTPStatus.BAD_REQUEST, "the JSON body must be an object")
+        return doc
+    changes: dict[str, object] = {}
+    for part in text.replace("&", "\n").split():
+        key, sep, value = part.partition("=")
+        if not sep or not key:
+            raise _Reply(HTTPStatus.BAD_REQUEST, f"expected key=value, not {part!r}")
+        changes[key] = value
+    if not changes:
+        raise _Reply(HTTPStatus.BAD_REQUEST, "empty body: send key=value pairs")
+    return changes
+
+
+class StatsServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    """The threaded HTTP server of one state source on one Unix socket."""
+
+    daemon_threads = True
+    # server_close() must not wait for a client that holds its connection open.
+    block_on_close = False
+
+    def __init__(self, path: str | os.PathLike[str], source: Source, *,
+                 symbolizer: Symbolizer | None = None, max_clients: int = MAX_CLIENTS,
+                 read_timeout: float = READ_TIMEOUT) -> None:
+        self.source = source
+        self.symbolizer = symbolizer
+        self.registry = registry_for(source)
+        self.read_timeout = read_timeout
+        self._slots = threading.BoundedSemaphore(max_clients)
+        self._closing: list[tuple[socket.socket, float]] = []  # refused, being drained
+        self._thread: threading.Thread | None = None
+        listening = bind_unix_socket(path)
+        self.path = os.fsdecode(check_socket_path(path))
+        self._inode = os.stat(self.path).st_ino
+        # socketserver would bind without our checks: it gets the socket bound above.
+        super().__init__(self.path, StatsHandler, bind_and_activate=False)
+        self.socket.close()
+        self.socket = listening
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self._busy(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def _busy(self, request: socket.socket) -> None:
+        body = b"503 Service Unavailable: too many clients at once; try again\n"
+        head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+                f"Content-Length: {len(body)}\r\nRetry-After: 1\r\n{PROTOCOL_HEADER}: "
+                f"{PROTOCOL}\r\nConnection: close\r\n\r\n").encode()
+        try:
+            # Never blocks the accepting thread: a new socket's buffer takes this at once.
+            request.send(head + body, socket.MSG_DONTWAIT)
+            request.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            log.debug("cannot send 503: %s", exc)
+            request.close()
+            return
+        # Closed with the client's request unread, the socket would reset the
+        # connection under the client's feet: it is drained first, in
+        # service_actions(), until the client closes or a moment has passed.
+        if len(self._closing) >= MAX_CLIENTS:
+            self._closing.pop(0)[0].close()
+        self._closing.append((request, time.monotonic() + LINGER))
+
+    def service_actions(self) -> None:
+        """Between requests: drain and close the sockets refused with 503."""
+        now = time.monotonic()
+        keep = []
+        for sock, deadline in self._closing:
+            try:
+                while sock.recv(4096, socket.MSG_DONTWAIT):
+                    pass
+                done = True  # the client closed its side
+            except BlockingIOError:
+                done = now >= deadline
+            except OSError:
+                done = True
+            if done:
+                sock.close()
+            else:
+                keep.append((sock, deadline))
+        self._closing = keep
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that went away mid-answer is no server error.
+        log.debug("connection ended with an error", exc_info=True)
+
+    def start(self) -> StatsServer:
+        """Serve in a daemon thread; returns self."""
+        self._thread = threading.Thread(target=self.serve_forever, name="kfence-py-server",
+                                        kwargs={"poll_interval": 0.1}, daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        """Stop serving, and remove the socket if it is still ours."""
+        if self._thread is not None:
+            self.shutdown()
+            self._thread.join()
+            self._thread = None
+        self.server_close()
+        for sock, _ in self._closing:
+            sock.close()
+        self._closing.clear()
+        try:
+            if os.stat(self.path).st_ino == self._inode:
+                os.unlink(self.path)
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:
+                log.debug("cannot remove %s: %s", self.path, exc)
+        if self.symbolizer is not None:
+            self.symbolizer.close()
+
+    def __enter__(self) -> StatsServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def serve(path: str | os.PathLike[str], *, symbolize: bool = True,
+          max_clients: int = MAX_CLIENTS) -> StatsServer:
+    """Serve the state of this process on a Unix socket, in a background thread.
+
+    Returns the running server; ``close()`` it (or use it as a context
+    manager) to stop.  Until ``kfence_py.enable()`` has started the library
+    the views list no process.
+    """
+    symbolizer = Symbolizer() if symbolize else None
+    return StatsServer(path, InProcessSource(), symbolizer=symbolizer,
+                       max_clients=max_clients).start()
+
+
+def serve_directory(path: str | os.PathLike[str], state_dir: str | os.PathLike[str], *,
+                    symbolize: bool = True, max_clients: int = MAX_CLIENTS) -> StatsServer:
+    """Serve every process of a state directory (``kfence-py serve``), in a thread."""
+    symbolizer = Symbolizer() if symbolize else None
+    return StatsServer(path, DirectorySource(state_dir), symbolizer=symbolizer,
+                       max_clients=max_clients).start()

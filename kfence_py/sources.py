@@ -1,0 +1,239 @@
+"""Where the controller finds state: a directory of state files, or this process.
+
+A state directory holds ``<pid>.state`` for every process that ran with
+``state_dir`` set (a forked child adds its own), and, when ``kfence-py run``
+manages it, ``report.<pid>``: the printed reports of that process.  Files of
+processes that have exited stay readable (post-mortem).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from .elf import ProcessMaps
+from .options import option_specs
+from .state import StateError, StateView
+
+log = logging.getLogger("kfence_py")
+
+STATE_FILE = re.compile(r"^(?P<pid>\d+)\.state$")
+REPORT_PREFIX = "report"  # run sets report_path=<state_dir>/report: files report.<pid>
+# The control block's fields, by the option that sets each at start.
+CONTROL_FIELDS = {"enabled": "enabled", "sample_interval": "sample_interval_ms",
+                  "sample_rate": "sample_rate", "burst": "burst"}
+
+
+@dataclass
+class Process:
+    """One process's state, as found now."""
+
+    pid: int
+    view: StateView
+    running: bool
+    state_file: Path | None = None  # None: this process's own state
+    report_file: Path | None = None  # its printed reports, when run collected them
+
+    def control(self) -> dict[str, int]:
+        c = self.view.header.control
+        return {"enabled": int(c.enabled), "sample_interval": int(c.sample_interval_ms),
+                "sample_rate": int(c.sample_rate), "burst": int(c.burst)}
+
+    def maps(self) -> ProcessMaps | None:
+        """Its file mappings while it runs, to place raw pcs in modules."""
+        return ProcessMaps.read(self.pid) if self.running else None
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A state file that could not be read, and why."""
+
+    path: Path
+    error: str
+
+
+class StateNotFound(StateError):
+    """No state where one was looked for."""
+
+
+class ConfigError(ValueError):
+    """A configuration change that cannot be applied; the message says why."""
+
+
+class NoRunningProcess(ConfigError):
+    """A configuration change with no running process to take it."""
+
+
+class Source(Protocol):
+    def processes(self, pid: int | None = None) -> tuple[list[Process], list[Unreadable]]:
+        """The processes (only pid's when given) and the files that could not be read."""
+
+    def writable(self, process: Process) -> StateView:
+        """A view of process's state through which its control block can be written."""
+
+    def describe(self) -> str: ...
+
+
+def is_running(pid: int, state_file: Path | None) -> bool:
+    """Whether pid is alive and is the process that maps state_file.
+
+    A recycled pid, or a zombie whose memory is gone, does not count: the
+    state file must appear in its maps (same inode).  When its maps cannot be
+    read (another user's process) a live pid is taken at its word.
+    """
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    if state_file is None:
+        return True
+    maps = ProcessMaps.read(pid)
+    if maps is None:
+        return Path(f"/proc/{pid}").exists()
+    try:
+        inode = state_file.stat().st_ino
+    except OSError:
+        return False
+    return maps.maps_inode(inode)
+
+
+class DirectorySource:
+    """Every ``<pid>.state`` in a state directory, alive or not."""
+
+    def __init__(self, state_dir: str | os.PathLike[str],
+                 report_prefix: str | os.PathLike[str] | None = None) -> None:
+        self.state_dir = Path(state_dir)
+        self.report_prefix = (Path(report_prefix) if report_prefix is not None
+                              else self.state_dir / REPORT_PREFIX)
+
+    def describe(self) -> str:
+        return str(self.state_dir)
+
+    def state_files(self) -> list[tuple[int, Path]]:
+        try:
+            names = os.listdir(self.state_dir)
+        except FileNotFoundError:
+            raise StateNotFound(f"{self.state_dir}: no such state directory") from None
+        except OSError as exc:
+            raise StateError(f"{self.state_dir}: {exc.strerror}") from None
+        found = [(int(m["pid"]), self.state_dir / name)
+                 for name in names if (m := STATE_FILE.match(name))]
+        return sorted(found)
+
+    def processes(self, pid: int | None = None) -> tuple[list[Process], list[Unreadable]]:
+        out, bad = [], []
+        for file_pid, path in self.state_files():
+            if pid is not None and file_pid != pid:
+                continue
+            try:
+                view = StateView.open(path)
+            except StateError as exc:
+                # A file being created right now (a fork child's) is caught half written.
+                bad.append(Unreadable(path, str(exc)))
+                continue
+            report = Path(f"{self.report_prefix}.{file_pid}")
+            out.append(Process(file_pid, view, is_running(file_pid, path), path,
+                               report if report.is_file() else None))
+        return out, bad
+
+    def writable(self, process: Process) -> StateView:
+        assert process.state_file is not None
+        return StateView.open(process.state_file, writable=True)
+
+
+class InProcessSource:
+    """The state of this process (empty until the library has started)."""
+
+    def describe(self) -> str:
+        return f"pid {os.getpid()}"
+
+    def processes(self, pid: int | None = None) -> tuple[list[Process], list[Unreadable]]:
+        view = StateView.in_process()
+        if view is None or (pid is not None and pid != os.getpid()):
+            return [], []
+        return [Process(os.getpid(), view, True)], []
+
+    def writable(self, process: Process) -> StateView:
+        return process.view
+
+
+def parse_changes(changes: Mapping[str, object]) -> dict[str, int]:
+    """Validated control-block changes: option name to value.  ConfigError if bad."""
+    if not changes:
+        raise ConfigError(f"nothing to change; give key=value with a key among "
+                          f"{', '.join(CONTROL_FIELDS)}")
+    specs = option_specs()
+    out = {}
+    for key, value in changes.items():
+        if key not in CONTROL_FIELDS:
+            raise ConfigError(f"{key!r} cannot change at run time; these can: "
+                              f"{', '.join(CONTROL_FIELDS)}")
+        try:
+            out[key] = int(specs[key].normalize(value))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    return out
+
+
+def apply_changes(source: Source, changes: Mapping[str, object],
+                  pid: int | None = None) -> list[Process]:
+    """Write changes into the control block of every running process (or pid's).
+
+    The data plane reads the block on its next sampling decision.  Returns
+    the processes changed; ConfigError when none could be.
+    """
+    values = parse_changes(changes)
+    processes, _ = source.processes(pid)
+    running = [p for p in processes if p.running]
+    if not running:
+        who = f"process {pid}" if pid is not None else "process"
+        raise NoRunningProcess(f"no running {who} in {source.describe()}")
+    for process in running:
+        # The view owns the mapping: keep it referenced while writing through it.
+        view = source.writable(process)
+        for key, value in values.items():
+            setattr(view.header.control, CONTROL_FIELDS[key], value)
+        del view
+        log.info("pid %d: %s", process.pid, ", ".join(f"{k}={v}" for k, v in values.items()))
+    return running
+
+
+def find_state_file(pid: int, state_dir: str | os.PathLike[str] | None) -> Path:
+    """The state file of pid: in state_dir, or the one its maps show.  StateError if none."""
+    if state_dir is not None:
+        path = Path(state_dir) / f"{pid}.state"
+        if not path.exists():
+            raise StateNotFound(f"{path}: no state file for pid {pid}")
+        return path
+    maps = ProcessMaps.read(pid)
+    if maps is not None:
+        for m in maps.mappings:
+            if m.path.endswith(f"/{pid}.state"):
+                return Path(m.path)
+        raise StateNotFound(f"pid {pid} has no state file mapped: start it with "
+                         "KFENCE_OPTIONS=state_dir=DIR, or give --state-dir")
+    raise StateNotFound(f"no process {pid}; give --state-dir DIR to read the state it left")
+
+
+class FileSource(DirectorySource):
+    """The one state file of a pid (``--pid N``)."""
+
+    def __init__(self, pid: int, state_dir: str | os.PathLike[str] | None) -> None:
+        path = find_state_file(pid, state_dir)
+        super().__init__(path.parent)
+        self.pid = pid
+        StateView.open(path)  # a bad file is an error here, not a skipped entry
+
+    def processes(self, pid: int | None = None) -> tuple[list[Process], list[Unreadable]]:
+        if pid is not None and pid != self.pid:
+            return [], []
+        return super().processes(self.pid)

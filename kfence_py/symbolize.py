@@ -1,0 +1,409 @@
+"""module+offset frames to function, file:line and inlined frames.
+
+Three back ends, best first: llvm-symbolizer (one long-lived process for every
+module, JSON output), binutils' addr2line (one long-lived process per module)
+and, when neither tool is installed, the DWARF line table read with pyelftools
+(no inlined frames).  Answers are cached per (module, address).
+
+Frames other than the faulting instruction are return addresses: the call is
+the instruction before, so those are looked up at offset - 1 (as the report
+header and every sanitizer symbolizer do) lest a call at the end of an inlined
+block or before a line change be put on the next line.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import logging
+import os
+import re
+import selectors
+import shutil
+import subprocess
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from elftools.common.exceptions import ELFError
+from elftools.elf.elffile import ELFFile
+from elftools.elf.sections import SymbolTableSection
+
+log = logging.getLogger("kfence_py")
+
+BACKENDS = ("auto", "llvm-symbolizer", "addr2line", "dwarf")
+# A symbolizer that has not answered in this long is stuck: kill it, use the next one.
+TOOL_TIMEOUT = 30.0
+# An address no module has: its answer closes addr2line's output for the real one.
+_SENTINEL = "0xffffffffffffffff"
+
+
+@dataclass(frozen=True)
+class SourceFrame:
+    """One source-level frame; several for one pc when calls were inlined."""
+
+    function: str | None
+    file: str | None
+    line: int | None
+    column: int | None = None
+
+    @property
+    def location(self) -> str | None:
+        if not self.file:
+            return None
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}:{self.column}" if self.line and self.column else where
+
+    def as_dict(self) -> dict[str, object]:
+        return {"function": self.function, "file": self.file, "line": self.line,
+                "column": self.column}
+
+
+class Backend(Protocol):
+    name: str
+
+    def lookup(self, module: str, address: int) -> list[SourceFrame]:
+        """Source frames at address of module, innermost (inlined) first."""
+
+    def close(self) -> None: ...
+
+
+class ToolFailed(Exception):
+    """A symbolizer process died, hung or answered nonsense."""
+
+
+class _LineProcess:
+    """A long-lived tool reading one query per line on stdin."""
+
+    def __init__(self, argv: list[str]) -> None:
+        # Not under kfence_py itself: it would publish a state of its own next to the target's.
+        env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "KFENCE_OPTIONS")}
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, bufsize=0, env=env)
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self.proc.stdout, selectors.EVENT_READ)
+        self._pending = b""
+
+    def send(self, text: str) -> None:
+        try:
+            self.proc.stdin.write(text.encode())
+        except OSError as exc:
+            raise ToolFailed(f"cannot write to {self.proc.args[0]}: {exc}") from None
+
+    def readline(self) -> str:
+        while b"\n" not in self._pending:
+            if not self._selector.select(TOOL_TIMEOUT):
+                raise ToolFailed(f"{self.proc.args[0]} did not answer")
+            chunk = os.read(self.proc.stdout.fileno(), 65536)
+            if not chunk:
+                raise ToolFailed(f"{self.proc.args[0]} exited")
+            self._pending += chunk
+        line, self._pending = self._pending.split(b"\n", 1)
+        return line.decode(errors="replace")
+
+    def close(self) -> None:
+        self._selector.close()
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self.proc.stdin.close()
+        self.proc.stdout.close()
+
+
+def _unknown(value: str | None) -> bool:
+    return not value or value.startswith("??")
+
+
+class LlvmSymbolizer:
+    """llvm-symbolizer: one process for every module, one JSON line per query."""
+
+    name = "llvm-symbolizer"
+
+    def __init__(self, tool: str) -> None:
+        self._proc = _LineProcess([tool, "--output-style=JSON", "--inlines", "--demangle",
+                                   "--functions=linkage"])
+
+    def lookup(self, module: str, address: int) -> list[SourceFrame]:
+        quoted = module.replace('"', "")  # the tool's own quoting has no escapes
+        self._proc.send(f'"{quoted}" {address:#x}\n')
+        try:
+            answer = json.loads(self._proc.readline())
+        except ValueError as exc:
+            raise ToolFailed(f"unreadable answer from llvm-symbolizer: {exc}") from None
+        frames = []
+        for sym in answer.get("Symbol", []):
+            function = None if _unknown(sym.get("FunctionName")) else sym["FunctionName"]
+            file = None if _unknown(sym.get("FileName")) else sym["FileName"]
+            frames.append(SourceFrame(function, file, sym.get("Line") or None,
+                                      sym.get("Column") or None))
+        return [f for f in frames if f.function or f.file]
+
+    def close(self) -> None:
+        self._proc.close()
+
+
+class Addr2Line:
+    """binutils' addr2line: a process per module (it takes one -e)."""
+
+    name = "addr2line"
+
+    def __init__(self, tool: str) -> None:
+        self._tool = tool
+        self._procs: dict[str, _LineProcess] = {}
+
+    def _process(self, module: str) -> _LineProcess:
+        proc = self._procs.get(module)
+        if proc is None:
+            proc = _LineProcess([self._tool, "-a", "-f", "-i", "-C", "-e", module])
+            self._procs[module] = proc
+        return proc
+
+    def lookup(self, module: str, address: int) -> list[SourceFrame]:
+        # -a echoes each address before its frames, and -i prints a varying
+        # number of frames: the echo of a sentinel address marks the end.
+        proc = self._process(module)
+        proc.send(f"{address:#x}\n{_SENTINEL}\n")
+        proc.readline()  # the echo of our address
+        lines = []
+        while (line := proc.readline()) != _SENTINEL:
+            lines.append(line)
+        proc.readline()  # the sentinel's "??" and "??:0"
+        proc.readline()
+        frames = []
+        for function, where in zip(lines[::2], lines[1::2]):
+            file, _, line_text = where.rpartition(":")
+            line_no = line_text.split(" ", 1)[0]  # "12 (discriminator 3)"
+            frames.append(SourceFrame(
+                None if _unknown(function) else function,
+                None if _unknown(file) else file,
+                int(line_no) if line_no.isdigit() and line_no != "0" else None))
+        return [f for f in frames if f.function or f.file]
+
+    def close(self) -> None:
+        for proc in self._procs.values():
+            proc.close()
+        self._procs.clear()
+
+
+class _DwarfModule:
+    """Line table and function symbols of one module, read with pyelftools."""
+
+    def __init__(self, path: str) -> None:
+        self.rows: list[tuple[int, str | None, int | None]] = []  # address, file, line
+        self.functions: list[tuple[int, int, str]] = []  # start, end, name
+        with open(path, "rb") as f:
+            elf = ELFFile(f)
+            for section in elf.iter_sections():
+                if isinstance(section, SymbolTableSection):
+                    for sym in section.iter_symbols():
+                        if sym["st_info"]["type"] == "STT_FUNC" and sym["st_value"]:
+                            start = sym["st_value"]
+                            self.functions.append((start, start + max(sym["st_size"], 1),
+                                                   sym.name))
+            if elf.has_dwarf_info():
+                self._read_lines(elf)
+        self.rows.sort(key=lambda r: r[0])
+        self.functions.sort()
+        self._row_starts = [r[0] for r in self.rows]
+        self._fn_starts = [f[0] for f in self.functions]
+
+    def _read_lines(self, elf: ELFFile) -> None:
+        dwarf = elf.get_dwarf_info()
+        for cu in dwarf.iter_CUs():
+            program = dwarf.line_program_for_CU(cu)
+            if program is None:
+                continue
+            version = program["version"]
+            files = program["file_entry"]
+            dirs = program["include_directory"]
+            for entry in program.get_entries():
+                state = entry.state
+                if state is None:
+                    continue
+                if state.end_sequence:
+                    self.rows.append((state.address, None, None))  # a gap follows
+                    continue
+                index = state.file if version >= 5 else state.file - 1
+                name = None
+                if 0 <= index < len(files):
+                    fe = files[index]
+                    name = fe.name.decode(errors="replace")
+                    dir_index = fe.dir_index if version >= 5 else fe.dir_index - 1
+                    if not name.startswith("/") and 0 <= dir_index < len(dirs):
+                        name = os.path.join(dirs[dir_index].decode(errors="replace"), name)
+                self.rows.append((state.address, name, state.line))
+
+    def lookup(self, address: int) -> list[SourceFrame]:
+        function = None
+        i = bisect.bisect_right(self._fn_starts, address) - 1
+        if i >= 0 and address < self.functions[i][1]:
+            function = self.functions[i][2]
+        file = line = None
+        j = bisect.bisect_right(self._row_starts, address) - 1
+        if j >= 0:
+            _, file, line = self.rows[j]
+        if not function and not file:
+            return []
+        return [SourceFrame(function, file, line)]
+
+
+class DwarfLines:
+    """pyelftools: the DWARF line table and .symtab; no inlined frames."""
+
+    name = "dwarf"
+
+    def __init__(self) -> None:
+        self._modules: dict[str, _DwarfModule | None] = {}
+
+    def lookup(self, module: str, address: int) -> list[SourceFrame]:
+        if module not in self._modules:
+            try:
+                self._modules[module] = _DwarfModule(module)
+            except (OSError, ELFError, ValueError) as exc:
+                log.debug("cannot read %s: %s", module, exc)
+                self._modules[module] = None
+        table = self._modules[module]
+        return table.lookup(address) if table else []
+
+    def close(self) -> None:
+        self._modules.clear()
+
+
+def _make_backend(name: str) -> Backend:
+    if name in ("auto", "llvm-symbolizer") and (tool := shutil.which("llvm-symbolizer")):
+        return LlvmSymbolizer(tool)
+    if name in ("auto", "addr2line") and (tool := shutil.which("addr2line")):
+        return Addr2Line(tool)
+    if name in ("auto", "dwarf"):
+        return DwarfLines()
+    log.warning("%s is not installed; symbolizing with pyelftools", name)
+    return DwarfLines()
+
+
+class Symbolizer:
+    """Source frames for module+offset, cached; safe to share between threads.
+
+    A tool that fails is dropped for the next back end (addr2line, then
+    pyelftools), so a report is never lost to a broken symbolizer.
+    """
+
+    def __init__(self, backend: str = "auto") -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown symbolizer {backend!r}; one of {', '.join(BACKENDS)}")
+        self._wanted = backend
+        self._backend: Backend | None = None  # started at the first lookup
+        self._cache: dict[tuple[str, int], list[SourceFrame]] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def backend(self) -> str:
+        with self._lock:
+            return self._started().name
+
+    def _started(self) -> Backend:
+        if self._backend is None:
+            self._backend = _make_backend(self._wanted)
+        return self._backend
+
+    def lookup(self, module: str, offset: int, *, return_address: bool) -> list[SourceFrame]:
+        """Source frames of module+offset, innermost first; [] when unknown."""
+        address = offset - 1 if return_address and offset else offset
+        key = (module, address)
+        with self._lock:
+            if key in self._cache:
+                return self._cache[key]
+            frames = self._lookup(module, address)
+            self._cache[key] = frames
+            return frames
+
+    def _lookup(self, module: str, address: int) -> list[SourceFrame]:
+        if not module.startswith("/") or not os.path.isfile(module):
+            return []
+        backend = self._started()
+        try:
+            return backend.lookup(module, address)
+        except ToolFailed as exc:
+            log.warning("%s; symbolizing with pyelftools instead", exc)
+            backend.close()
+            self._backend = DwarfLines()
+            return self._backend.lookup(module, address)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._backend is not None:
+                self._backend.close()
+                self._backend = None
+
+    def __enter__(self) -> Symbolizer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --- Report text -----------------------------------------------------------
+
+RULE = "=" * 66
+_FRAME_LINE = re.compile(
+    r"^ #(?P<index>\d+) (?P<pc>0x[0-9a-f]+) in (?P<symbol>\S+) "
+    r"\((?P<module>.*)\+(?P<offset>0x[0-9a-f]+)\)$")
+_HEADER = re.compile(r"^BUG: KFENCE: (?P<kind>[a-z -]+?)(?: (?:read|write))? in ")
+# Kinds whose first frame is the faulting instruction itself, not a return address.
+FAULT_KINDS = ("out-of-bounds", "use-after-free", "invalid")
+
+
+def format_frame(index: int, pc: int, symbol: str | None, module: str | None, offset: int | None,
+                 sources: Iterable[SourceFrame] = ()) -> list[str]:
+    """A frame as report lines; several when calls were inlined into it."""
+    where = f"({module}+{offset:#x})" if module is not None and offset is not None else ""
+    sources = [s for s in sources if s.function or s.location]
+    if symbol and not any(s.location for s in sources):
+        sources = []  # symbol+offset says more than a bare function name
+    if not sources:
+        return [f" #{index} {pc:#014x} in {symbol or '<unknown>'} {where}".rstrip()]
+    lines = []
+    for k, src in enumerate(sources):
+        name = src.function or symbol or "<unknown>"
+        at = f" {src.location}" if src.location else ""
+        tail = where if k == len(sources) - 1 else "(inlined)"
+        lines.append(f" #{index} {pc:#014x} in {name}{at} {tail}".rstrip())
+    return lines
+
+
+def symbolize_lines(lines: Iterable[str], symbolizer: Symbolizer) -> Iterator[str]:
+    """Report text with every module+offset frame symbolized; other lines unchanged.
+
+    Frames are recognised only between the rules of a report.  In a report of
+    a fault, frame #0 of the access stack (the one under the "... at 0x...:"
+    line) is the faulting instruction; every other frame is a return address.
+    """
+    in_report = fault = access_stack = False
+    for line in lines:
+        bare = line.rstrip("\n")
+        if bare == RULE:
+            in_report = not in_report
+            fault = access_stack = False
+            yield line
+            continue
+        match = _FRAME_LINE.match(bare) if in_report else None
+        if match is None:
+            if in_report and (header := _HEADER.match(bare)):
+                fault = header["kind"] in FAULT_KINDS
+            elif in_report and bare.endswith(":") and not bare.startswith(" "):
+                access_stack = not bare.startswith(("allocated by", "freed by"))
+            yield line
+            continue
+        index = int(match["index"])
+        exact = fault and access_stack and index == 0
+        module, offset = match["module"], int(match["offset"], 16)
+        sources = symbolizer.lookup(module, offset, return_address=not exact)
+        symbol = None if match["symbol"] == "<unknown>" else match["symbol"]
+        newline = "\n" if line.endswith("\n") else ""
+        for out in format_frame(index, int(match["pc"], 16), symbol, module, offset, sources):
+            yield out + newline
+
+
+def symbolize_text(text: str, symbolizer: Symbolizer) -> str:
+    """symbolize_lines() over a whole text."""
+    return "".join(symbolize_lines(text.splitlines(keepends=True), symbolizer))
