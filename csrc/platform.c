@@ -6,6 +6,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/random.h>
@@ -138,14 +139,19 @@ const char *kf_os_prepare_state_dir(const char *dir)
 
 void *kf_os_map_state_file(const char *dir, size_t size, void *fixed, const void *initial)
 {
-	char path[320];
+	char path[320], tmp[330];
 	struct kf_buf b = { path, 0, sizeof(path) - 1 };
 	kf_buf_str(&b, dir);
 	kf_buf_str(&b, "/");
 	kf_buf_dec(&b, (uint64_t)getpid());
 	kf_buf_str(&b, ".state");
 	path[b.len] = '\0';
-	int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+	/* With initial contents, write them under another name first: a reader never sees half. */
+	struct kf_buf t = { tmp, 0, sizeof(tmp) - 1 };
+	kf_buf_str(&t, path);
+	kf_buf_str(&t, initial ? ".new" : "");
+	tmp[t.len] = '\0';
+	int fd = open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
 	if (fd < 0)
 		return NULL;
 	if (initial)
@@ -154,6 +160,8 @@ void *kf_os_map_state_file(const char *dir, size_t size, void *fixed, const void
 	if (ftruncate(fd, (off_t)size) == 0)
 		p = mmap(fixed, size, PROT_READ | PROT_WRITE, MAP_SHARED | (fixed ? MAP_FIXED : 0), fd, 0);
 	close(fd);
+	if (p != MAP_FAILED && initial && rename(tmp, path) != 0)
+		unlink(tmp);
 	return p == MAP_FAILED ? NULL : p;
 }
 

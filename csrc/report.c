@@ -277,7 +277,8 @@ int kf_report_fd_open(void)
 	kf_buf_str(&b, ".");
 	kf_buf_dec(&b, (uint64_t)getpid());
 	path[b.len] = '\0';
-	int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+	/* 0600, as the state: stacks and addresses are nobody else's business */
+	int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
 	return fd < 0 ? 2 : fd;
 }
 

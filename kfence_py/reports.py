@@ -165,7 +165,9 @@ def format_record(record: ReportRecord, *, symbolize: bool = True) -> str:
                 for i, pc in enumerate(pcs)]
 
     access = f" {record.access}" if record.access else ""
-    lines = [RULE, f"BUG: KFENCE: {record.kind}{access} at {record.address:#x}", ""]
+    where = describe_pc(record.stack[0]).split()[0] if record.stack and symbolize else "<unknown>"
+    lines = [RULE, f"BUG: KFENCE: {record.kind}{access} in {where}", "",
+             f"at {record.address:#x}"]
     lines += stack(record.stack)
     obj = record.object
     if obj is not None:

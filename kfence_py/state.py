@@ -176,15 +176,11 @@ class StateView:
             size = os.fstat(fd).st_size
             if size == 0:
                 raise StateError(f"{path}: empty state file")
-            access = mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ
+            # cffi views need a writable buffer: read-only is a private copy-on-write map
+            access = mmap.ACCESS_WRITE if writable else mmap.ACCESS_COPY
             mapping = mmap.mmap(fd, size, access=access)
         finally:
             os.close(fd)
-        if not writable:
-            # cffi needs a writable buffer to view; a private copy-on-write map is cheap
-            mapping.close()
-            with open(path, "rb") as f:
-                mapping = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY)
         return cls(mapping, source=str(path), keepalive=mapping)
 
     # --- reading -----------------------------------------------------------
