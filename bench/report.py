@@ -1,0 +1,327 @@
+#!/usr/bin/env python3
+"""Summary table (markdown) and overhead plot (PNG) of a bench/run.py run.
+
+Reads bench/results/{preflight,programs,python_api}.json and writes
+summary.md and overhead.png next to them.
+
+    python bench/report.py [bench/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+import micro_summary
+import pyperf
+
+log = logging.getLogger("report")
+
+DEFAULT_DIR = Path(__file__).resolve().parent / "results"
+
+# Issue 5's and issue 3's targets.
+TARGET_UNSAMPLED_VS_INTERPOSER = 1.03
+TARGET_REAL_DEFAULT = 1.02
+TARGET_TWO_THREADS = 1.8
+TARGET_GUARDED_US = 10.0
+TARGET_PY_ALLOCATOR = 1.03
+
+
+@dataclass
+class Outcome:
+    """The preflight run of one (workload, mode) pair."""
+
+    workload: str
+    mode: str
+    status: str  # "ok", "not installed", "timeout (...)", "crash (...)", "exit N", ...
+    seconds: float = 0.0
+    rss_kib: int = 0
+    samples: int | None = None  # kfence modes: sampled allocations over the run
+    note: str | None = None  # stderr tail when not ok
+
+
+@dataclass
+class Timing:
+    median: float
+    spread: float  # pyperf's standard deviation relative to the median
+    values: int
+
+
+def load_timings(path: Path) -> dict[str, Timing]:
+    if not path.exists():
+        return {}
+    out = {}
+    for bench in pyperf.BenchmarkSuite.load(str(path)).get_benchmarks():
+        values = bench.get_values()
+        median = bench.median()
+        spread = bench.stdev() / median if len(values) > 1 else math.nan
+        out[bench.get_name()] = Timing(median, spread, len(values))
+    return out
+
+
+def geomean(xs: list[float]) -> float:
+    return math.exp(statistics.fmean(math.log(x) for x in xs)) if xs else math.nan
+
+
+class Results:
+    def __init__(self, directory: Path, with_micro: bool = False) -> None:
+        raw = json.loads((directory / "preflight.json").read_text())
+        self.outcomes = {k: Outcome(**v) for k, v in raw.items()}
+        self.timings = load_timings(directory / "programs.json")
+        self.python = load_timings(directory / "python_api.json")
+        micro = directory / "micro.json"
+        self.micro = micro_summary.summarize(micro) if with_micro and micro.exists() else None
+        self.workloads = list(dict.fromkeys(o.workload for o in self.outcomes.values()))
+        self.modes = list(dict.fromkeys(o.mode for o in self.outcomes.values()))
+
+    def get(self, workload: str, mode: str) -> Outcome | None:
+        return self.outcomes.get(f"{workload}/{mode}")
+
+    def time(self, workload: str, mode: str) -> float | None:
+        t = self.timings.get(f"{workload}/{mode}")
+        return t.median if t else None
+
+    def ratio(self, workload: str, mode: str, base: str = "glibc") -> float | None:
+        t, b = self.time(workload, mode), self.time(workload, base)
+        return t / b if t and b else None
+
+    def kinds(self) -> dict[str, str]:
+        """Workload kind from its name, as run.py lists them."""
+        micro = {"malloc32", "mixed", "realloc", "threads-cross", "heap100k"}
+        scale = {"threads1", "threads2"}
+        return {w: "micro" if w in micro else "scale" if w in scale else "real"
+                for w in self.workloads}
+
+
+def cell_time(r: Results, w: str, m: str) -> str:
+    o = r.get(w, m)
+    if o is None:
+        return ""
+    if o.status != "ok":
+        return o.status
+    t = r.timings.get(f"{w}/{m}")
+    base = r.time(w, "glibc")
+    if t is None or not base:
+        return "not timed"
+    spread = "" if math.isnan(t.spread) else f" ±{t.spread * 100:.0f}%"
+    return f"{t.median / base:.2f}x{spread}"
+
+
+def cell_rss(r: Results, w: str, m: str) -> str:
+    o, base = r.get(w, m), r.get(w, "glibc")
+    if o is None:
+        return ""
+    if o.status != "ok":
+        return o.status
+    return f"{o.rss_kib / base.rss_kib:.2f}x" if base and base.rss_kib else "?"
+
+
+def cell_samples(r: Results, w: str, m: str) -> str:
+    o = r.get(w, m)
+    if o is None:
+        return ""
+    if o.status != "ok" or o.samples is None:
+        return o.status if o.status != "ok" else "n/a"
+    return f"{o.samples / o.seconds:,.0f}" if o.seconds else "?"
+
+
+def table(r: Results, modes: list[str], cell, first: str = "mode") -> list[str]:
+    head = f"| {first} | " + " | ".join(r.workloads) + " |"
+    lines = [head, "|---" * (len(r.workloads) + 1) + "|"]
+    for m in modes:
+        cells = [cell(r, w, m) for w in r.workloads]
+        lines.append(f"| {m} | " + " | ".join(c or "-" for c in cells) + " |")
+    return lines
+
+
+def fmt(x: float | None, spec: str = ".3f", suffix: str = "x") -> str:
+    return "n/a" if x is None or math.isnan(x) else f"{x:{spec}}{suffix}"
+
+
+def verdict(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("**met**" if ok else "**missed**")
+
+
+def targets(r: Results) -> list[str]:
+    lines = ["| target | measured | verdict |", "|---|---|---|"]
+    unsampled = r.ratio("malloc32", "kfence-default", "interposer")
+    lines.append(f"| unsampled malloc(32)+free ≤ {TARGET_UNSAMPLED_VS_INTERPOSER}x "
+                 f"interposer (whole process) | {fmt(unsampled)} (interposer "
+                 f"{fmt(r.ratio('malloc32', 'interposer'))} glibc) | "
+                 f"{verdict(None if unsampled is None else unsampled <= 1.03)} |")
+    reals = [w for w, k in r.kinds().items() if k == "real"]
+    worst = [(r.ratio(w, "kfence-default"), w) for w in reals]
+    worst = [(x, w) for x, w in worst if x is not None]
+    if worst:
+        x, w = max(worst)
+        lines.append(f"| real programs at default ≤ {TARGET_REAL_DEFAULT}x glibc each | "
+                     f"worst {x:.3f}x ({w}) | {verdict(x <= TARGET_REAL_DEFAULT)} |")
+    beats = []
+    for w in reals:
+        k, s = r.ratio(w, "kfence-default"), r.ratio(w, "scudo+gwp-asan")
+        if k is not None and s is not None:
+            beats.append((k < s, w, k, s))
+    if beats:
+        lost = [f"{w} ({k:.3f}x vs {s:.3f}x)" for ok, w, k, s in beats if not ok]
+        lines.append("| default below Scudo+GWP-ASan(5000) on every real workload | "
+                     + (f"lost on {', '.join(lost)}" if lost else
+                        f"below on all {len(beats)}") + f" | {verdict(not lost)} |")
+    for m in ("glibc", "interposer", "kfence-default", "kfence-sample_rate=1"):
+        t1, t2 = r.time("threads1", m), r.time("threads2", m)
+        if t1 and t2:
+            scale = 2 * t1 / t2
+            lines.append(f"| two threads ≥ {TARGET_TWO_THREADS}x one thread ({m}) | "
+                         f"{scale:.2f}x | {verdict(scale >= TARGET_TWO_THREADS)} |")
+    g = r.python.get("buffer/kfence_py.alloc+free")
+    if g:
+        us = g.median * 1e6
+        lines.append(f"| kfence_py.alloc+free ≤ {TARGET_GUARDED_US:.0f} µs | {us:.1f} µs | "
+                     f"{verdict(us <= TARGET_GUARDED_US)} |")
+    py = []
+    for name in sorted({n.split("/")[1] for n in r.python if n.startswith("workload/")}):
+        a = r.python.get(f"workload/{name}/plain")
+        b = r.python.get(f"workload/{name}/python_allocator")
+        if a and b:
+            py.append((b.median / a.median, name))
+    if py:
+        x, w = max(py)
+        lines.append(f"| python_allocator=True ≤ {TARGET_PY_ALLOCATOR}x plain, each | "
+                     f"worst {x:.3f}x ({w}); geomean {geomean([p for p, _ in py]):.3f}x | "
+                     f"{verdict(x <= TARGET_PY_ALLOCATOR)} |")
+    return lines
+
+
+def python_table(r: Results) -> list[str]:
+    if not r.python:
+        return []
+    lines = ["| benchmark | median | spread | ratio |", "|---|---|---|---|"]
+    for name, t in r.python.items():
+        ratio = ""
+        if name.endswith("/python_allocator"):
+            plain = r.python.get(name.rsplit("/", 1)[0] + "/plain")
+            ratio = f"{t.median / plain.median:.3f}x plain" if plain else ""
+        elif name == "buffer/kfence_py.alloc+free" and "buffer/mmap+close" in r.python:
+            ratio = f"{t.median / r.python['buffer/mmap+close'].median:.2f}x mmap"
+        spread = "" if math.isnan(t.spread) else f"±{t.spread * 100:.0f}%"
+        lines.append(f"| {name} | {pyperf_fmt(t.median)} | {spread} | {ratio} |")
+    return lines
+
+
+def pyperf_fmt(seconds: float) -> str:
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6), ("ns", 1e-9)):
+        if seconds >= scale:
+            return f"{seconds / scale:.3g} {unit}"
+    return f"{seconds:.3g} s"
+
+
+def summary(r: Results, command_line: str, plot_name: str | None) -> str:
+    glibc = " · ".join(f"{w} {r.time(w, 'glibc') or 0:.2f} s" for w in r.workloads)
+    kfence_modes = [m for m in r.modes if m.startswith("kfence")]
+    out = [
+        "# kfence_py overhead", "",
+        f"Command: `{command_line}`", "",
+        "## Time, median as a ratio to glibc (± pyperf's standard deviation)", "",
+        f"glibc medians: {glibc}.", "",
+        *table(r, r.modes, cell_time), "",
+        "## Peak RSS as a ratio to glibc (one run, wait4 ru_maxrss)", "",
+        *table(r, r.modes, cell_rss), "",
+        "## Sampled allocations per second (kfence modes, from the state file)", "",
+        *table(r, kfence_modes, cell_samples), "",
+    ]
+    py = python_table(r)
+    if py:
+        out += ["## Python API (pyperf bench_time_func)", "", *py, ""]
+    out += ["## Targets", "", *targets(r), ""]
+    if plot_name:
+        out += [f"![overhead against sample interval]({plot_name})", ""]
+    if r.micro is not None:
+        out += ["## Per-call costs (micro_bench.py)", "", "```", r.micro.rstrip(), "```", ""]
+    notes = [f"- {k}: {o.status}: `{o.note}`" for k, o in r.outcomes.items()
+             if o.status not in ("ok", "not installed") and o.note]
+    if notes:
+        out += ["## Notes on runs that did not finish", "", *notes, ""]
+    return "\n".join(out)
+
+
+# === Plot ===
+
+PEERS = ("interposer", "kfence-sample_rate=5000", "kfence-sample_rate=100",
+         "kfence-sample_rate=1", "scudo", "scudo+gwp-asan", "scudo+gwp-asan-rate=1",
+         "electric-fence", "duma")
+
+
+def plot(r: Results, path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("matplotlib is not installed: no plot (pip install '.[bench]')")
+        return False
+    intervals = {"kfence-sample_interval=1": 1.0, "kfence-sample_interval=10": 10.0,
+                 "kfence-default": 10.0, "kfence-sample_interval=100": 100.0}
+    workloads = [w for w, k in r.kinds().items() if k != "scale"]
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=90)
+    for w in workloads:
+        pts = sorted({(x, r.ratio(w, m)) for m, x in intervals.items()
+                      if r.ratio(w, m) is not None})
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", lw=0.8,
+                    alpha=0.6, label=f"kfence: {w}")
+    xs = sorted(set(intervals.values()))
+    gm = []
+    for x in xs:
+        vals = [r.ratio(w, m) for w in workloads for m, v in intervals.items() if v == x]
+        vals = [v for v in vals if v is not None]
+        gm.append(geomean(vals) if vals else math.nan)
+    ax.plot(xs, gm, color="black", lw=2.5, marker="o", label="kfence: geomean")
+    cmap = plt.get_cmap("tab10")
+    for i, m in enumerate(p for p in PEERS if p in r.modes):
+        vals = [r.ratio(w, m) for w in workloads]
+        done = [v for v in vals if v is not None]
+        if not done:
+            continue
+        label = f"{m} (geomean of {len(done)}/{len(vals)} workloads)"
+        ax.axhline(geomean(done), color=cmap(i % 10), ls="--", lw=1.2, label=label)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xticks(xs, [f"{x:g} ms" for x in xs])
+    ax.set_xlabel("kfence sample_interval (time gate)")
+    ax.set_ylabel("run time / glibc (log)")
+    ax.set_title("Overhead against sample interval, peers as horizontal lines")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=6.5, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
+    return True
+
+
+def write_report(directory: Path, command_line: str, with_micro: bool = False) -> str:
+    r = Results(directory, with_micro)
+    png = directory / "overhead.png"
+    text = summary(r, command_line, png.name if plot(r, png) else None)
+    (directory / "summary.md").write_text(text)
+    return text
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("directory", type=Path, nargs="?", default=DEFAULT_DIR)
+    parser.add_argument("--command", default="python bench/run.py",
+                        help="the command line to show in the summary")
+    parser.add_argument("--micro", action="store_true",
+                        help="include micro_bench.py's table (micro.json in the directory)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    print(write_report(args.directory, args.command, args.micro))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
