@@ -10,6 +10,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <gnu/lib-names.h>
+#include <link.h>
 #include <malloc.h>
 #include <stdlib.h>
 #include <string.h>
@@ -59,14 +60,43 @@ void *malloc(size_t size)
 	return __libc_malloc(size);
 }
 
-/* Hidden name of our malloc: compared with what the process resolves "malloc" to. */
-extern __typeof(malloc) kf_malloc_self __attribute__((alias("malloc"), copy(malloc), visibility("hidden")));
+struct kf_order {
+	uintptr_t ours, libcs;  /* an address in each module */
+	int ours_at, libc_at;   /* their places in the load order, -1 unknown */
+	int at;
+};
+
+static int kf_find_order(struct dl_phdr_info *info, size_t size, void *data)
+{
+	(void)size;
+	struct kf_order *o = data;
+	for (int i = 0; i < info->dlpi_phnum; i++) {
+		const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+		uintptr_t lo = info->dlpi_addr + ph->p_vaddr;
+		if (ph->p_type != PT_LOAD || !(ph->p_flags & PF_X))
+			continue;
+		if (o->ours >= lo && o->ours < lo + ph->p_memsz)
+			o->ours_at = o->at;
+		if (o->libcs >= lo && o->libcs < lo + ph->p_memsz)
+			o->libc_at = o->at;
+	}
+	o->at++;
+	return 0;
+}
 
 bool kf_detect_interposing(void)
 {
-	/* Read through the GOT, so this is the process's malloc, not necessarily ours. */
-	void *(*volatile resolved)(size_t) = malloc;
-	return resolved == kf_malloc_self;
+	/*
+	 * Symbols resolve in load order, so our malloc is the process's exactly
+	 * when we were loaded before libc (LD_PRELOAD, or linked in by the
+	 * program); a dlopen()ed copy comes after it.  Comparing function
+	 * addresses instead fails in non-PIE programs, where &malloc is the
+	 * executable's own PLT entry.
+	 */
+	struct kf_order o = { (uintptr_t)&kf_detect_interposing, (uintptr_t)&__libc_malloc,
+			      -1, -1, 0 };
+	dl_iterate_phdr(kf_find_order, &o);
+	return o.ours_at >= 0 && o.libc_at >= 0 && o.ours_at < o.libc_at;
 }
 
 void free(void *p)

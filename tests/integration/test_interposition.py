@@ -49,3 +49,20 @@ def test_cxx_new_and_delete(programs):
     assert run.returncode == 0 and "c++ checks passed" in run.stdout, run.stdout + run.stderr
     counters = run.counters()
     assert counters["allocs"] >= 4 and not run.reports
+
+
+def test_non_pie_program_that_takes_malloc_address(programs, tmp_path):
+    """In a non-PIE executable &malloc is its own PLT entry: still preloaded, still sampled."""
+    source = tmp_path / "nopie.c"
+    source.write_text("""
+#include "kftest.h"
+void *(*volatile alloc_fn)(size_t) = malloc;
+int main(void) {
+    char *p = alloc_fn(64);
+    printf("guarded=%d\\n", kf_test_guarded(p));
+    free(p);
+    return 0;
+}
+""")
+    run = programs.run(programs.build(source, flags=("-no-pie", "-fno-pie")), options=EVERY)
+    assert "guarded=1" in run.stdout, run.stdout + run.stderr
