@@ -182,8 +182,9 @@ static PyTypeObject GuardedBufferType = {
 static PyMemAllocatorEx kf_prev[3];      /* RAW, MEM, OBJ before us */
 static int kf_hooked;                     /* hooks installed (they stay: see install) */
 static volatile int kf_sampling;          /* send samples to the pool */
-static _Thread_local int32_t kf_countdown;
-static _Thread_local int kf_in_hook;      /* the traceback capture allocates */
+/* initial-exec: no __tls_get_addr call per allocation in this dlopen()ed module */
+static _Thread_local int32_t kf_countdown __attribute__((tls_model("initial-exec")));
+static _Thread_local int kf_in_hook __attribute__((tls_model("initial-exec"))); /* the traceback capture allocates */
 
 #define KF_NOTE_SIZE 512
 
