@@ -290,7 +290,7 @@ def drive(args: argparse.Namespace, b: Build, plan: Plan) -> int:
     ]
     runs = [("base", 0, plan.base_pyperf)]
     runs += [("loop", r, plan.loop_pyperf) for r in range(args.rounds)]
-    merged: dict[str, pyperf.Benchmark] = {}
+    parts = []
     for phase, rnd, pyperf_args in runs:
         log.info("pyperf run: phase %s, round %d (%s)", phase, rnd, " ".join(pyperf_args))
         out = round_json(args.json, phase, rnd)
@@ -298,12 +298,8 @@ def drive(args: argparse.Namespace, b: Build, plan: Plan) -> int:
         subprocess.run(
             [*common, "--phase", phase, "--round", str(rnd), *pyperf_args], check=True
         )
-        for bench in pyperf.BenchmarkSuite.load(str(out)).get_benchmarks():
-            if bench.get_name() in merged:
-                merged[bench.get_name()].add_runs(bench)
-            else:
-                merged[bench.get_name()] = bench
-        out.unlink()
+        parts.append(out)
+    merged = merge_rounds(parts)
 
     order = [m.name for m in all_modes] + [BASE_PREFIX + m.name for m in all_modes]
     pyperf.BenchmarkSuite([merged[n] for n in order]).dump(str(args.json), replace=True)
@@ -312,6 +308,21 @@ def drive(args: argparse.Namespace, b: Build, plan: Plan) -> int:
     print(f"Command: {shlex.join(['python', *sys.argv])}")
     print(summarize(args.json))
     return 0
+
+
+def merge_rounds(parts: list[Path]) -> dict[str, pyperf.Benchmark]:
+    """One benchmark per name with the runs of every round file; the files are removed."""
+    merged: dict[str, pyperf.Benchmark] = {}
+    for part in parts:
+        if not part.exists():
+            continue
+        for bench in pyperf.BenchmarkSuite.load(str(part)).get_benchmarks():
+            if bench.get_name() in merged:
+                merged[bench.get_name()].add_runs(bench)
+            else:
+                merged[bench.get_name()] = bench
+        part.unlink()
+    return merged
 
 
 def main() -> int:

@@ -52,7 +52,14 @@ from pathlib import Path
 
 import pyperf
 from gen_inputs import generate
-from micro_bench import LOOP_CFLAGS, WARN_CFLAGS, build, find_libkfence, run_cc
+from micro_bench import (
+    LOOP_CFLAGS,
+    WARN_CFLAGS,
+    build,
+    find_libkfence,
+    merge_rounds,
+    run_cc,
+)
 from report import Outcome, write_report
 
 log = logging.getLogger("run")
@@ -364,16 +371,7 @@ def pyperf_run(pairs: dict[str, list[str]], out: Path, pyperf_args: list[str]) -
 
 def merge(parts: list[Path], out: Path) -> None:
     """One benchmark per pair, with the runs of every round."""
-    merged: dict[str, pyperf.Benchmark] = {}
-    for part in parts:
-        if not part.exists():
-            continue
-        for bench in pyperf.BenchmarkSuite.load(str(part)).get_benchmarks():
-            if bench.get_name() in merged:
-                merged[bench.get_name()].add_runs(bench)
-            else:
-                merged[bench.get_name()] = bench
-        part.unlink()
+    merged = merge_rounds(parts)
     if merged:
         pyperf.BenchmarkSuite(list(merged.values())).dump(str(out), replace=True)
 

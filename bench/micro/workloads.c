@@ -61,17 +61,24 @@ static void *xmalloc(size_t size)
 
 #define WINDOW 256
 
+/* n times: free a random one of live[count] and put a new object of min..min+span-1 there. */
+static void churn(void **live, unsigned count, unsigned long n, uint64_t *seed, size_t min,
+		  size_t span)
+{
+	for (unsigned long i = 0; i < n; i++) {
+		unsigned slot = next_rand(seed) % count;
+		free(live[slot]);
+		live[slot] = xmalloc(min + next_rand(seed) % span);
+	}
+	for (unsigned i = 0; i < count; i++)
+		free(live[i]);
+}
+
 static int run_mixed(unsigned long n)
 {
 	void *live[WINDOW] = { 0 };
 	uint64_t seed = 0x9e3779b97f4a7c15ull;
-	for (unsigned long i = 0; i < n; i++) {
-		unsigned slot = next_rand(&seed) % WINDOW;
-		free(live[slot]);
-		live[slot] = xmalloc(1 + next_rand(&seed) % 4096);
-	}
-	for (unsigned i = 0; i < WINDOW; i++)
-		free(live[i]);
+	churn(live, WINDOW, n, &seed, 1, 4096);
 	return 0;
 }
 
@@ -190,13 +197,7 @@ static int run_heap(unsigned long n)
 	uint64_t seed = 0xda942042e4dd58b5ull;
 	for (unsigned i = 0; i < HEAP_OBJECTS; i++)
 		heap[i] = xmalloc(16 + next_rand(&seed) % 241);
-	for (unsigned long i = 0; i < n; i++) {
-		unsigned slot = next_rand(&seed) % HEAP_OBJECTS;
-		free(heap[slot]);
-		heap[slot] = xmalloc(16 + next_rand(&seed) % 241);
-	}
-	for (unsigned i = 0; i < HEAP_OBJECTS; i++)
-		free(heap[i]);
+	churn(heap, HEAP_OBJECTS, n, &seed, 16, 241);
 	free(heap);
 	return 0;
 }
