@@ -15,7 +15,8 @@ from setuptools.command.build_ext import build_ext
 
 HERE = Path(__file__).resolve().parent
 CSRC = HERE / "csrc"
-LIB_SOURCES = ["core.c", "fault.c", "leak.c", "malloc.c", "options.c", "platform.c", "report.c"]
+LIB_SOURCES = ["core.c", "fault.c", "leak.c", "malloc.c", "options.c", "platform.c", "report.c",
+               "state.c"]
 CFLAGS = [
     "-std=gnu11", "-O2", "-g", "-fPIC", "-Wall", "-Wextra",
     # Calls into glibc through the GOT: no PLT stub on the hot path.

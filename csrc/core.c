@@ -11,12 +11,16 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <dlfcn.h>
 #include <execinfo.h>
 #include <link.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sched.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -110,10 +114,15 @@ static size_t kf_free_head, kf_free_count;   /* kf_lock */
 static _Atomic uint8_t *kf_guard_open;       /* num_slots + 1 flags */
 static _Atomic uint8_t *kf_own_mapping;      /* per slot: its data page is its own mapping */
 static bool kf_interposing;
-/* Bugs inherited from the parent at fork: the child's exit status is about its own. */
-static uint64_t kf_bugs_before_fork;
-/* The state is a <state_dir>/<pid>.state file mapping (else private memory). */
-static bool kf_state_shared;
+
+/*
+ * Which process the state belongs to.  The word lives in a page the kernel
+ * zeroes in a child (MADV_WIPEONFORK), so a process made by fork() or by a
+ * raw clone() (which runs no atfork handler) sees 0 at its first slow path
+ * and takes the state for its own before it writes any (kf_check_owner).
+ */
+static uint8_t kf_owner_fallback = 1;
+volatile uint8_t *kf_owner_token = &kf_owner_fallback;
 
 /* Time gate: the next time a sample may be taken, and the burst left. */
 static _Atomic uint64_t kf_next_sample_ns;
@@ -164,6 +173,42 @@ bool kf_in_self(uintptr_t pc)
 		if (pc >= kf_internal[i].lo && pc < kf_internal[i].hi)
 			return true;
 	return false;
+}
+
+/*
+ * The unwinder's own code (libgcc_s).  It calls malloc and free while it
+ * holds its lock on registered frames (__register_frame_info, used by JITs);
+ * unwinding from there would wait on that lock forever.  So what it
+ * allocates is never sampled, and what it frees gets no stack.
+ */
+static struct {
+	uintptr_t lo, hi;
+} kf_unwinder;
+
+bool kf_unwind_safe(uintptr_t caller)
+{
+	return !(caller >= kf_unwinder.lo && caller < kf_unwinder.hi);
+}
+
+static int kf_find_unwinder(struct dl_phdr_info *info, size_t size, void *data)
+{
+	(void)size;
+	(void)data;
+	const char *base = strrchr(info->dlpi_name, '/');
+	if (strncmp(base ? base + 1 : info->dlpi_name, "libgcc_s.so", 11) != 0)
+		return 0;
+	uintptr_t range[3] = { 0, UINTPTR_MAX, 0 };
+	for (int i = 0; i < info->dlpi_phnum; i++) {
+		const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+		uintptr_t s = info->dlpi_addr + ph->p_vaddr;
+		if (ph->p_type != PT_LOAD || !(ph->p_flags & PF_X))
+			continue;
+		range[1] = s < range[1] ? s : range[1];
+		range[2] = s + ph->p_memsz > range[2] ? s + ph->p_memsz : range[2];
+	}
+	kf_unwinder.lo = range[1];
+	kf_unwinder.hi = range[2];
+	return 1;
 }
 
 void kf_capture_stack(struct kfence_stack *st)
@@ -222,7 +267,8 @@ static bool kf_time_gate(const struct kfence_control *c, int32_t *countdown)
 	return false;
 }
 
-void *kf_sample_alloc(int32_t *countdown, size_t size, size_t align, int cache, bool zero)
+void *kf_sample_alloc(int32_t *countdown, size_t size, size_t align, int cache, bool zero,
+		      uintptr_t caller)
 {
 	int st = atomic_load_explicit(&kf_init_state, memory_order_acquire);
 	if (KF_UNLIKELY(st != 2)) {
@@ -230,11 +276,12 @@ void *kf_sample_alloc(int32_t *countdown, size_t size, size_t align, int cache, 
 		*countdown = st == -1 ? INT32_MAX : 1;
 		return NULL;
 	}
-	if (kf_self.in_lib) {
-		/* malloc from inside the library (unwinder, dladdr): straight to glibc. */
+	if (kf_self.in_lib || !kf_unwind_safe(caller)) {
+		/* malloc from inside the library (dladdr) or the unwinder: straight to glibc. */
 		*countdown = 1;
 		return NULL;
 	}
+	kf_check_owner();
 	const struct kfence_control *c = &kf_state->control;
 	uint32_t rate = *(volatile uint32_t *)&c->sample_rate;
 	if (!*(volatile uint32_t *)&c->enabled) {
@@ -258,7 +305,7 @@ void *kfence_sample(int32_t *countdown, size_t size, size_t align, int cache, in
 {
 	if (cache < 0 || cache >= KFENCE_CACHE_KINDS || (align & (align - 1)))
 		return NULL;
-	return kf_sample_alloc(countdown, size, align, cache, zero != 0);
+	return kf_sample_alloc(countdown, size, align, cache, zero != 0, 0);
 }
 
 int kfence_object_size(const void *ptr, size_t *size)
@@ -315,6 +362,7 @@ void *kf_guarded_alloc(size_t size, size_t align, int placement, int cache, bool
 		errno = EINVAL;
 		return NULL;
 	}
+	kf_check_owner();
 	bool was_in_lib = kf_self.in_lib;
 	kf_self.in_lib = true;
 	long slot = kf_freelist_pop();
@@ -322,6 +370,13 @@ void *kf_guarded_alloc(size_t size, size_t align, int placement, int cache, bool
 		kf_self.in_lib = was_in_lib;
 		kf_count(KFENCE_COUNTER_SKIP_CAPACITY, 1);
 		errno = ENOSPC;
+		return NULL;
+	}
+	if (!kf_state_back_slot((size_t)slot)) {
+		/* No room for its metadata in the state file: the slot is not used again. */
+		kf_self.in_lib = was_in_lib;
+		kf_count(KFENCE_COUNTER_SKIP_MAP_FAILED, 1);
+		errno = ENOMEM;
 		return NULL;
 	}
 	struct kfence_slot *m = &kf_slots[slot];
@@ -377,8 +432,7 @@ void *kf_guarded_alloc(size_t size, size_t align, int placement, int cache, bool
 	m->free_note[0] = '\0';
 	kf_capture_stack(&m->alloc_stack);
 	atomic_store_explicit((_Atomic uint32_t *)&m->reported, 0, memory_order_relaxed);
-	atomic_store_explicit((_Atomic uint32_t *)&m->state, KFENCE_SLOT_ALLOCATED,
-			      memory_order_release);
+	kf_slot_publish((size_t)slot, KFENCE_SLOT_ALLOCATED);
 	kf_count(KFENCE_COUNTER_ALLOCS, 1);
 	kf_count(KFENCE_COUNTER_ALLOCATED, 1);
 	kf_self.in_lib = was_in_lib;
@@ -387,10 +441,9 @@ void *kf_guarded_alloc(size_t size, size_t align, int placement, int cache, bool
 
 bool kf_pool_live(const void *p, size_t *size)
 {
-	long slot = kf_addr_slot((uintptr_t)p);
-	if (slot < 0)
+	struct kfence_slot *m = kf_slot_meta(kf_addr_slot((uintptr_t)p));
+	if (!m)
 		return false;
-	struct kfence_slot *m = &kf_slots[slot];
 	if (atomic_load_explicit((_Atomic uint32_t *)&m->state, memory_order_acquire) !=
 		    KFENCE_SLOT_ALLOCATED ||
 	    m->addr != (uintptr_t)p)
@@ -443,14 +496,15 @@ static void kf_check_canary(long slot, const struct kfence_slot *m)
 	kf_report(&in);
 }
 
-static void kf_report_invalid_free(const void *p)
+static void kf_report_invalid_free(const void *p, uintptr_t caller)
 {
 	long slot = kf_addr_slot((uintptr_t)p);
-	if (slot >= 0 &&
+	if (!kf_slot_meta(slot) ||
 	    atomic_load((_Atomic uint32_t *)&kf_slots[slot].state) == KFENCE_SLOT_UNUSED)
 		slot = -1;
-	struct kfence_stack st;
-	kf_capture_stack(&st);
+	struct kfence_stack st = { .depth = 1, .pc = { caller } };
+	if (kf_unwind_safe(caller))
+		kf_capture_stack(&st);
 	struct kf_report_in in = {
 		.kind = KFENCE_BUG_INVALID_FREE, .access = KFENCE_ACCESS_NONE,
 		.addr = (uintptr_t)p, .slot = slot, .stack = &st,
@@ -458,31 +512,34 @@ static void kf_report_invalid_free(const void *p)
 	kf_report(&in);
 }
 
-void kf_pool_free(void *p)
+void kf_pool_free(void *p, uintptr_t caller)
 {
+	kf_check_owner();
 	bool was_in_lib = kf_self.in_lib;
 	kf_self.in_lib = true;
 	long slot = kf_addr_slot((uintptr_t)p);
 	uint32_t expected = KFENCE_SLOT_ALLOCATED;
-	struct kfence_slot *m = slot >= 0 ? &kf_slots[slot] : NULL;
+	struct kfence_slot *m = kf_slot_meta(slot);
 	/* The CAS makes exactly one of two racing frees the real one. */
 	if (!m || m->addr != (uintptr_t)p ||
 	    !atomic_compare_exchange_strong((_Atomic uint32_t *)&m->state, &expected,
 					    KFENCE_SLOT_BUSY)) {
-		kf_report_invalid_free(p);
+		kf_report_invalid_free(p, caller);
 		kf_self.in_lib = was_in_lib;
 		return;
 	}
 	m->free_tid = kf_tid();
 	m->free_ns = kf_now_ns() - kf_state->start_ns;
-	kf_capture_stack(&m->free_stack);
+	if (kf_unwind_safe(caller))
+		kf_capture_stack(&m->free_stack);
+	else
+		m->free_stack = (struct kfence_stack){ .depth = 1, .pc = { caller } };
 	kf_check_canary(slot, m);
 
 	uintptr_t page = kf_slot_page((size_t)slot);
 	if (kf_os_discard(page, kf_page) != 0)
 		kf_count(KFENCE_COUNTER_SKIP_MAP_FAILED, 1);
-	atomic_store_explicit((_Atomic uint32_t *)&m->state, KFENCE_SLOT_FREED,
-			      memory_order_release);
+	kf_slot_publish((size_t)slot, KFENCE_SLOT_FREED);
 	kf_count(KFENCE_COUNTER_FREES, 1);
 	kf_count(KFENCE_COUNTER_ALLOCATED, -1);
 	kf_freelist_push((uint32_t)slot);
@@ -543,20 +600,87 @@ static void kf_atfork_parent(void)
 	pthread_mutex_unlock(&kf_lock);
 }
 
-static void kf_atfork_child(void)
+/*
+ * A new process (fork, or raw clone) takes the state for its own: a file of
+ * its own with a copy of the slots in use (the objects it inherited), or a
+ * private copy; its own counters and reports start from zero.
+ */
+void kf_become_owner(void)
 {
-	pthread_mutex_unlock(&kf_lock);
+	static _Atomic int adopting;
+	int expected = 0;
+	if (!atomic_compare_exchange_strong(&adopting, &expected, 1)) {
+		while (atomic_load(&adopting))  /* another thread of the new process is at it */
+			sched_yield();
+		return;
+	}
+	bool was_in_lib = kf_self.in_lib;
+	kf_self.in_lib = true;
+	/* After a raw clone the lock may be held by a thread this process does not have. */
+	kf_lock = (pthread_mutex_t)PTHREAD_MUTEX_INITIALIZER;
 	kf_report_atfork_child();
 	kf_self.tid = 0;
 	kf_self.rng = 0;
-	/* The child gets a state of its own: a new file, or else a private copy. */
-	if (kf_state_shared &&
-	    !kf_os_map_state_file(kf_opt.state_dir, kf_state->total_size, kf_state, kf_state)) {
-		kf_state_shared = false;
-		kf_os_privatize(kf_state, kf_state->total_size);
+	struct kfence_state *s = kf_state;
+	if (kf_state_shared) {
+		int err = kf_state_publish(s, kf_opt.state_dir);
+		if (err) {
+			bool priv = kf_state_privatize(s) == 0;
+			kf_warn("cannot publish the state of a new process in ", kf_opt.state_dir, ": ",
+				strerror(err), priv ? "; keeping it private" : "", NULL);
+		}
 	}
-	kf_state->pid = (uint32_t)getpid();
-	kf_bugs_before_fork = kf_state->counters[KFENCE_COUNTER_BUGS];
+	s->pid = (uint32_t)getpid();
+	memset(s->counters, 0, sizeof(s->counters));
+	/* The objects it inherited are its own; the parent's count may have moved on. */
+	for (size_t i = 0; i < s->num_slots; i++)
+		s->counters[KFENCE_COUNTER_ALLOCATED] += kf_shadow[i].state == KFENCE_SLOT_ALLOCATED;
+	struct kfence_report *r = (struct kfence_report *)((char *)s + s->reports_offset);
+	for (uint32_t i = 0; i < s->max_reports; i++)
+		r[i].sequence = 0;
+	s->reports_written = 0;
+	*kf_owner_token = 1;
+	kf_self.in_lib = was_in_lib;
+	atomic_store(&adopting, 0);
+}
+
+static void kf_atfork_child(void)
+{
+	pthread_mutex_unlock(&kf_lock);
+	/* Now, not lazily: the state must be the one that matches the child's memory. */
+	kf_become_owner();
+}
+
+/* The exit status a process leaves with: exitcode when it reported a bug itself. */
+static int kf_exit_status(int status)
+{
+	if (atomic_load(&kf_init_state) != 2 || !*kf_owner_token ||
+	    kf_state->pid != (uint32_t)getpid())  /* a vfork child: its parent's state */
+		return status;
+	return kf_state->counters[KFENCE_COUNTER_BUGS] ? (int)kf_opt.exitcode : status;
+}
+
+typedef void kf_exit_fn(int);
+static kf_exit_fn *kf_libc_exit, *kf_libc_quick_exit;
+
+/* _exit and _Exit skip exit handlers (and so kf_on_exit): the status is set here. */
+void _exit(int status)
+{
+	status = kf_exit_status(status);
+	if (kf_libc_exit)
+		kf_libc_exit(status);
+	for (;;)
+		syscall(SYS_exit_group, status);
+}
+
+void _Exit(int status) __attribute__((alias("_exit"), noreturn));
+
+void quick_exit(int status)
+{
+	status = kf_exit_status(status);
+	if (kf_libc_quick_exit)
+		kf_libc_quick_exit(status);
+	_exit(status);
 }
 
 static void kf_on_exit(int status, void *arg)
@@ -566,12 +690,14 @@ static void kf_on_exit(int status, void *arg)
 	if (atomic_load(&kf_init_state) != 2)
 		return;
 	kf_self.in_lib = true;
+	kf_check_owner();
 	if (kf_opt.leak_check)
 		kf_leak_check();
-	if (kf_state->counters[KFENCE_COUNTER_BUGS] > kf_bugs_before_fork) {
+	int code = kf_exit_status(0);
+	if (code) {
 		/* We run after every other exit handler; stdio is flushed after us. */
 		fflush(NULL);
-		_exit((int)kf_opt.exitcode);
+		_exit(code);
 	}
 	kf_self.in_lib = false;
 }
@@ -607,18 +733,9 @@ static int kf_start(const char *options, const char *origin)
 	size_t state_size = sizeof(struct kfence_state) + n * sizeof(struct kfence_slot) +
 			    KF_MAX_REPORTS * sizeof(struct kfence_report);
 	state_size = (state_size + kf_page - 1) & ~(kf_page - 1);
-	size_t priv_size = n * sizeof(uint32_t) + (n + 1) + n;
-	struct kfence_state *s = NULL;
-	if (pool && kf_opt.state_dir[0]) {
-		const char *why = kf_os_prepare_state_dir(kf_opt.state_dir);
-		s = why ? NULL : kf_os_map_state_file(kf_opt.state_dir, state_size, NULL, NULL);
-		if (!s)
-			kf_warn("cannot publish the state in ", kf_opt.state_dir, ": ",
-				why ? why : strerror(errno), "; keeping it private", NULL);
-		kf_state_shared = s != NULL;
-	}
-	if (pool && !s)
-		s = kf_os_map(state_size);
+	/* Private to this process: shadows, freelist, open guards, own mappings, backed slots. */
+	size_t priv_size = n * sizeof(struct kf_shadow) + n * sizeof(uint32_t) + (n + 1) + n + n;
+	struct kfence_state *s = pool ? kf_os_map(state_size) : NULL;
 	void *priv = s ? kf_os_map(priv_size) : NULL;
 	if (!priv) {
 		kf_warn("cannot map the pool; running without detection", NULL);
@@ -652,20 +769,41 @@ static int kf_start(const char *options, const char *origin)
 	s->control.sample_rate = (uint32_t)kf_opt.sample_rate;
 	s->control.burst = (uint32_t)kf_opt.burst;
 
-	kf_freelist = priv;
-	kf_guard_open = (_Atomic uint8_t *)((char *)priv + n * sizeof(uint32_t));
+	kf_shadow = priv;
+	kf_freelist = (uint32_t *)(kf_shadow + n);
+	kf_guard_open = (_Atomic uint8_t *)(kf_freelist + n);
 	kf_own_mapping = kf_guard_open + n + 1;
+	kf_slot_backed = (uint8_t *)(kf_own_mapping + n);
+	memset(kf_slot_backed, 1, n);  /* private memory: every slot can be written */
 	for (size_t i = 0; i < n; i++)
 		kf_freelist[i] = (uint32_t)i;
 	kf_free_head = 0;
 	kf_free_count = n;
 	kf_slots = (struct kfence_slot *)((char *)s + s->slots_offset);
 	kf_state = s;
+	if (kf_opt.state_dir[0]) {
+		const char *why = kf_os_prepare_state_dir(kf_opt.state_dir);
+		int err = why ? 0 : kf_state_publish(s, kf_opt.state_dir);
+		if (why || err)
+			kf_warn("cannot publish the state in ", kf_opt.state_dir, ": ",
+				why ? why : strerror(err), "; keeping it private", NULL);
+	}
+	/* One page the kernel zeroes in a child: see kf_owner_token. */
+	uint8_t *token = kf_os_map(kf_page);
+	if (token && madvise(token, kf_page, MADV_WIPEONFORK) == 0) {
+		token[0] = 1;
+		kf_owner_token = token;
+	} else if (token) {
+		kf_os_unmap(token, kf_page);  /* old kernel: fork() is still seen by atfork */
+	}
 
 	/* The unwinder loads libgcc_s and allocates on first use: not in a fault. */
 	void *warm[4];
 	backtrace(warm, 4);
+	dl_iterate_phdr(kf_find_unwinder, NULL);
 	kf_resolve_libc();
+	kf_libc_exit = (kf_exit_fn *)dlsym(RTLD_NEXT, "_exit");
+	kf_libc_quick_exit = (kf_exit_fn *)dlsym(RTLD_NEXT, "quick_exit");
 	uintptr_t self_range[3] = { (uintptr_t)&kf_start, 0, 0 };
 	dl_iterate_phdr(kf_find_module, self_range);
 	kf_self_lo = self_range[1];
@@ -747,7 +885,7 @@ void kfence_free(void *ptr)
 {
 	extern void free(void *);
 	if (kf_is_pool_address(ptr))
-		kf_pool_free(ptr);
+		kf_pool_free(ptr, (uintptr_t)__builtin_return_address(0));
 	else
 		free(ptr);
 }

@@ -83,6 +83,25 @@ KF_HIDDEN extern KF_TLS struct kf_thread kf_self;
 
 KF_HIDDEN extern struct kfence_state *kf_state;
 KF_HIDDEN extern struct kfence_slot *kf_slots;
+/* Per slot: its metadata may be read and written (state.c); all 1 in private memory. */
+KF_HIDDEN extern uint8_t *kf_slot_backed;
+
+/* Slot metadata, or NULL for no slot or one the state file has no room for yet. */
+static inline struct kfence_slot *kf_slot_meta(long slot)
+{
+	return slot >= 0 && kf_slot_backed[slot] ? &kf_slots[slot] : NULL;
+}
+
+/* Zero in a process made by fork or raw clone until it took the state for its own. */
+KF_HIDDEN extern volatile uint8_t *kf_owner_token;
+KF_HIDDEN void kf_become_owner(void);
+
+/* Before writing the state: a new process first makes it its own. */
+static inline void kf_check_owner(void)
+{
+	if (KF_UNLIKELY(!*kf_owner_token))
+		kf_become_owner();
+}
 KF_HIDDEN extern _Atomic int kf_init_state; /* 0 none, 1 running, 2 ready, -1 failed */
 /* Text range of this library, for dropping our own frames from stacks. */
 KF_HIDDEN extern uintptr_t kf_self_lo, kf_self_hi;
@@ -95,23 +114,28 @@ static inline void kf_count(int counter, int64_t delta)
 
 /* === Core (core.c) === */
 
-/* The slow path behind every allocation entry point: NULL means "use glibc". */
+/*
+ * The slow path behind every allocation entry point: NULL means "use glibc".
+ * caller: the return address of the entry point (0 if unknown).
+ */
 KF_HIDDEN void *kf_sample_alloc(int32_t *countdown, size_t size, size_t align, int cache,
-				 bool zero);
+				 bool zero, uintptr_t caller);
 /*
  * A guarded object whatever the sampling decision; NULL with errno set.
  * align: right-placed objects start at a multiple of it (0: the align option).
  */
 KF_HIDDEN void *kf_guarded_alloc(size_t size, size_t align, int placement,
 				 int cache, bool zero);
-/* Free of a pool pointer (guarded path); reports invalid frees. */
-KF_HIDDEN void kf_pool_free(void *p);
+/* Free of a pool pointer (guarded path); reports invalid frees.  caller as above. */
+KF_HIDDEN void kf_pool_free(void *p, uintptr_t caller);
 /* True when p is the start of a live pool object; its size in *size. */
 KF_HIDDEN bool kf_pool_live(const void *p, size_t *size);
 KF_HIDDEN uint64_t kf_now_ns(void);
 KF_HIDDEN uint32_t kf_tid(void);
 /* Stack of the caller, our own frames left out. */
 KF_HIDDEN void kf_capture_stack(struct kfence_stack *st);
+/* False when code at pc may hold the unwinder's lock: do not unwind from there. */
+KF_HIDDEN bool kf_unwind_safe(uintptr_t pc);
 KF_HIDDEN uintptr_t kf_slot_page(size_t slot);
 /* A guard page the fault handler opened, to close again at the next alloc. */
 KF_HIDDEN void kf_mark_guard_open(size_t guard_index);
@@ -168,6 +192,25 @@ KF_HIDDEN void kf_warn(const char *first, ...) __attribute__((sentinel));
 
 KF_HIDDEN int kf_install_fault_handler(void);
 
+/* === State file (state.c) === */
+
+/* The state is a <state_dir>/<pid>.state file mapping (else private memory). */
+KF_HIDDEN extern bool kf_state_shared;
+/* Move s into a new <dir>/<pid>.state (header, slots in use, empty ring): 0 or an errno. */
+KF_HIDDEN int kf_state_publish(struct kfence_state *s, const char *dir);
+/* Replace the shared mapping s by a private copy in place; 0 or -1. */
+KF_HIDDEN int kf_state_privatize(struct kfence_state *s);
+/* What this process knows of each slot, in private memory: a fork copies it as it is. */
+struct kf_shadow {
+	uint32_t state, generation;
+	uint64_t addr, size;
+};
+KF_HIDDEN extern struct kf_shadow *kf_shadow;
+/* Store a slot's new state (ALLOCATED or FREED; release order), bumping its generation. */
+KF_HIDDEN void kf_slot_publish(size_t slot, uint32_t state);
+/* Reserve file space for a slot's metadata before its first use; false if impossible. */
+KF_HIDDEN bool kf_state_back_slot(size_t slot);
+
 /* === Leak check (leak.c) === */
 
 KF_HIDDEN void kf_leak_check(void);
@@ -186,10 +229,6 @@ KF_HIDDEN void kf_os_unmap(void *addr, size_t size);
 KF_HIDDEN void kf_os_write_all(int fd, const void *s, size_t n);
 /* NULL if dir exists (or was made) 0700 and ours, else why not. */
 KF_HIDDEN const char *kf_os_prepare_state_dir(const char *dir);
-/* A shared mapping of <dir>/<pid>.state (0600), at fixed if not NULL, filled from initial. */
-KF_HIDDEN void *kf_os_map_state_file(const char *dir, size_t size, void *fixed, const void *initial);
-/* Replace a shared mapping by a private copy of it, in place. */
-KF_HIDDEN int kf_os_privatize(void *addr, size_t size);
 KF_HIDDEN uint32_t kf_os_gettid(void);
 KF_HIDDEN uint64_t kf_os_random64(void);
 KF_HIDDEN long kf_os_max_map_count(void);

@@ -74,7 +74,7 @@ struct kfence_slot {
 	uint32_t cache;      /* enum kfence_cache */
 	uint32_t alloc_tid;
 	uint32_t free_tid;
-	uint32_t reserved;
+	uint32_t generation; /* bumped at each allocation and free of the slot */
 	uint64_t alloc_ns;   /* ns since kfence_state.start_ns */
 	uint64_t free_ns;
 	struct kfence_stack alloc_stack;

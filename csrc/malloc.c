@@ -45,15 +45,19 @@ static inline bool kf_tick(void)
 }
 
 /* Sampling decision behind an expired countdown; NULL means glibc serves it. */
-static __attribute__((noinline)) void *kf_slow(size_t size, size_t align, int cache, bool zero)
+static __attribute__((noinline)) void *kf_slow(size_t size, size_t align, int cache, bool zero,
+						uintptr_t caller)
 {
-	return kf_sample_alloc(&kf_self.countdown, size, align, cache, zero);
+	return kf_sample_alloc(&kf_self.countdown, size, align, cache, zero, caller);
 }
+
+/* The return address of the entry point: who allocates (the unwinder must not be sampled). */
+#define KF_CALLER ((uintptr_t)__builtin_return_address(0))
 
 void *malloc(size_t size)
 {
 	if (kf_tick()) {
-		void *p = kf_slow(size, 0, KFENCE_CACHE_MALLOC, false);
+		void *p = kf_slow(size, 0, KFENCE_CACHE_MALLOC, false, KF_CALLER);
 		if (p)
 			return p;
 	}
@@ -103,7 +107,7 @@ void free(void *p)
 {
 	if (KF_UNLIKELY(kf_is_pool_address(p))) {
 		int saved = errno;
-		kf_pool_free(p);
+		kf_pool_free(p, KF_CALLER);
 		errno = saved;
 		return;
 	}
@@ -116,7 +120,7 @@ void *calloc(size_t nmemb, size_t size)
 {
 	size_t total;
 	if (kf_tick() && !__builtin_mul_overflow(nmemb, size, &total)) {
-		void *p = kf_slow(total, 0, KFENCE_CACHE_CALLOC, true);
+		void *p = kf_slow(total, 0, KFENCE_CACHE_CALLOC, true, KF_CALLER);
 		if (p)
 			return p;
 	}
@@ -127,7 +131,7 @@ static void *kf_realloc_pool(void *p, size_t size)
 {
 	size_t old;
 	if (!kf_pool_live(p, &old)) {
-		kf_pool_free(p);  /* reports the invalid free */
+		kf_pool_free(p, 0);  /* reports the invalid free */
 		errno = EINVAL;
 		return NULL;
 	}
@@ -151,7 +155,7 @@ void *realloc(void *p, size_t size)
 		return malloc(size);
 	/* Sampling a glibc chunk needs its size to copy: skip if we could not look it up. */
 	if (kf_tick() && size && kf_libc_usable_size) {
-		void *q = kf_slow(size, 0, KFENCE_CACHE_REALLOC, false);
+		void *q = kf_slow(size, 0, KFENCE_CACHE_REALLOC, false, KF_CALLER);
 		if (q) {
 			size_t old = kf_libc_usable_size(p);
 			memcpy(q, p, old < size ? old : size);
@@ -183,20 +187,20 @@ static size_t kf_norm_align(size_t align)
 	return a;
 }
 
-static void *kf_aligned_sample(size_t align, size_t size)
+static void *kf_aligned_sample(size_t align, size_t size, uintptr_t caller)
 {
 	size_t a = kf_norm_align(align);
 	if (!a)
 		return NULL;  /* glibc's error to give */
 	if (a < kf_opt.align)
 		a = kf_opt.align;  /* the align option is a minimum here too */
-	return kf_slow(size, a, KFENCE_CACHE_MEMALIGN, false);
+	return kf_slow(size, a, KFENCE_CACHE_MEMALIGN, false, caller);
 }
 
 void *memalign(size_t align, size_t size)
 {
 	if (kf_tick()) {
-		void *p = kf_aligned_sample(align, size);
+		void *p = kf_aligned_sample(align, size, KF_CALLER);
 		if (p)
 			return p;
 	}
@@ -207,7 +211,7 @@ void *aligned_alloc(size_t align, size_t size)
 {
 	/* Newer glibc refuses alignments that are not powers of two: ask it. */
 	if (kf_tick() && align && !(align & (align - 1))) {
-		void *p = kf_aligned_sample(align, size);
+		void *p = kf_aligned_sample(align, size, KF_CALLER);
 		if (p)
 			return p;
 	}
@@ -220,7 +224,7 @@ int posix_memalign(void **out, size_t align, size_t size)
 {
 	if (align == 0 || align % sizeof(void *) || (align / sizeof(void *)) & (align / sizeof(void *) - 1))
 		return EINVAL;
-	void *p = kf_tick() ? kf_aligned_sample(align, size) : NULL;
+	void *p = kf_tick() ? kf_aligned_sample(align, size, KF_CALLER) : NULL;
 	if (!p)
 		p = __libc_memalign(align, size);
 	if (!p)
@@ -232,7 +236,7 @@ int posix_memalign(void **out, size_t align, size_t size)
 void *valloc(size_t size)
 {
 	if (kf_tick()) {
-		void *p = kf_aligned_sample(kf_page, size);
+		void *p = kf_aligned_sample(kf_page, size, KF_CALLER);
 		if (p)
 			return p;
 	}
@@ -243,7 +247,7 @@ void *pvalloc(size_t size)
 {
 	/* pvalloc rounds the size up to whole pages; one page fits a slot. */
 	if (kf_tick() && size <= kf_page && kf_page) {
-		void *p = kf_slow(kf_page, kf_page, KFENCE_CACHE_MEMALIGN, false);
+		void *p = kf_slow(kf_page, kf_page, KFENCE_CACHE_MEMALIGN, false, KF_CALLER);
 		if (p)
 			return p;
 	}

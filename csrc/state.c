@@ -1,0 +1,248 @@
+/*
+ * The state file: with state_dir, the state lives in <state_dir>/<pid>.state,
+ * a shared mapping the controller reads and writes the control block of.
+ *
+ * A file mapping can kill its host: a write through it into a page the file
+ * system cannot back (a full disk, a full tmpfs) is a SIGBUS, and growing a
+ * file past RLIMIT_FSIZE is a SIGXFSZ.  So the file is sized only within
+ * that limit, and nothing is written through the mapping into a page that
+ * was not reserved first (fallocate): the header and the report ring when
+ * the file is made, a slot's metadata when the slot is first used.  On tmpfs
+ * even a read of a hole allocates, so unreserved slots are not read either
+ * (kf_slot_backed).  The file stays sparse: it costs what is in use.
+ *
+ * A new process (fork, or a raw clone() that ran no atfork handler) must not
+ * write its parent's file: kf_state_publish() gives it a file of its own,
+ * with a copy of the header and the slots in use.  The parent goes on
+ * changing its file meanwhile, so the copy is checked against the child's
+ * own record of each slot (kf_shadow, private memory, which the kernel
+ * copied at the fork): a slot the parent has changed since is put back to
+ * what the child's memory holds, without the stacks it can no longer know.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "kf_internal.h"
+
+bool kf_state_shared;
+uint8_t *kf_slot_backed;
+struct kf_shadow *kf_shadow;
+
+static char kf_state_path[320];
+static ino_t kf_state_ino;
+static dev_t kf_state_dev;
+static _Atomic bool kf_state_full;  /* a slot could not be reserved: use no new ones */
+
+static void kf_page_range(uint64_t off, uint64_t len, off_t *lo, off_t *n)
+{
+	uint64_t a = off & ~(uint64_t)(kf_page - 1);
+	uint64_t b = (off + len + kf_page - 1) & ~(uint64_t)(kf_page - 1);
+	*lo = (off_t)a;
+	*n = (off_t)(b - a);
+}
+
+/* Reserve the whole pages under [off, off + len): a page partly reserved can still SIGBUS. */
+static int kf_reserve(int fd, uint64_t off, uint64_t len)
+{
+	off_t lo, n;
+	kf_page_range(off, len, &lo, &n);
+	int rc;
+	do
+		rc = fallocate(fd, 0, lo, n);
+	while (rc != 0 && errno == EINTR);
+	return rc;
+}
+
+static int kf_pwrite_all(int fd, const void *data, size_t n, off_t off)
+{
+	const char *s = data;
+	while (n > 0) {
+		ssize_t w = pwrite(fd, s, n, off);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0)
+			return -1;
+		s += w;
+		n -= (size_t)w;
+		off += w;
+	}
+	return 0;
+}
+
+static uint64_t kf_slot_offset(const struct kfence_state *s, size_t slot)
+{
+	return s->slots_offset + slot * sizeof(struct kfence_slot);
+}
+
+/*
+ * A slot this process has used, by its own record: the mapping is not read
+ * (a hole of a full tmpfs is a SIGBUS even to read).
+ */
+static bool kf_slot_in_use(size_t i)
+{
+	return kf_slot_backed[i] && kf_shadow[i].generation;
+}
+
+void kf_slot_publish(size_t slot, uint32_t state)
+{
+	struct kfence_slot *m = &kf_slots[slot];
+	struct kf_shadow *sh = &kf_shadow[slot];
+	sh->generation++;
+	sh->state = state;
+	sh->addr = m->addr;
+	sh->size = m->size;
+	m->generation = sh->generation;
+	atomic_store_explicit((_Atomic uint32_t *)&m->state, state, memory_order_release);
+}
+
+/* Make a copy of slot i made in a new process agree with what this process holds. */
+static void kf_slot_agree(struct kfence_slot *m, size_t i)
+{
+	const struct kf_shadow *sh = &kf_shadow[i];
+	if (m->generation == sh->generation)
+		return;
+	memset(m, 0, sizeof(*m));
+	m->state = sh->state;
+	m->addr = sh->addr;
+	m->size = sh->size;
+	m->generation = sh->generation;
+}
+
+/*
+ * Size the file and write what s holds: the header and the slots in use.
+ * The report ring is reserved and left empty (a new process starts with no
+ * reports of its own), every other slot is a hole.  0 or an errno.
+ */
+static int kf_fill_file(int fd, const struct kfence_state *s)
+{
+	struct rlimit lim;
+	/* Past RLIMIT_FSIZE, ftruncate and pwrite raise SIGXFSZ: never go there. */
+	if (getrlimit(RLIMIT_FSIZE, &lim) == 0 && lim.rlim_cur != RLIM_INFINITY &&
+	    lim.rlim_cur < s->total_size)
+		return EFBIG;
+	if (ftruncate(fd, (off_t)s->total_size) != 0 || kf_reserve(fd, 0, s->slots_offset) != 0 ||
+	    kf_reserve(fd, s->reports_offset, s->total_size - s->reports_offset) != 0 ||
+	    kf_pwrite_all(fd, s, s->header_size, 0) != 0)
+		return errno;
+	const struct kfence_slot *slots = (const struct kfence_slot *)((const char *)s + s->slots_offset);
+	for (size_t i = 0; i < s->num_slots; i++) {
+		if (!kf_slot_in_use(i))
+			continue;
+		uint64_t off = kf_slot_offset(s, i);
+		struct kfence_slot copy = slots[i];
+		kf_slot_agree(&copy, i);
+		if (kf_reserve(fd, off, sizeof(copy)) != 0 ||
+		    kf_pwrite_all(fd, &copy, sizeof(copy), (off_t)off) != 0)
+			return errno;
+	}
+	return 0;
+}
+
+/* After kf_fill_file: the new file backs the slots in use, and only those. */
+static void kf_mark_backed(const struct kfence_state *s)
+{
+	for (size_t i = 0; i < s->num_slots; i++)
+		kf_slot_backed[i] = kf_slot_in_use(i);
+}
+
+int kf_state_publish(struct kfence_state *s, const char *dir)
+{
+	char tmp[sizeof(kf_state_path) + 8];
+	struct kf_buf b = { kf_state_path, 0, sizeof(kf_state_path) - 1 };
+	kf_buf_str(&b, dir);
+	kf_buf_str(&b, "/");
+	kf_buf_dec(&b, (uint64_t)getpid());
+	kf_buf_str(&b, ".state");
+	kf_state_path[b.len] = '\0';
+	/* Filled under another name first: a reader never sees half a file. */
+	struct kf_buf t = { tmp, 0, sizeof(tmp) - 1 };
+	kf_buf_str(&t, kf_state_path);
+	kf_buf_str(&t, ".new");
+	tmp[t.len] = '\0';
+	if (b.len >= b.cap || t.len >= t.cap)
+		return ENAMETOOLONG;
+	int fd = open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return errno;
+	struct stat st;
+	int err = fstat(fd, &st) != 0 ? errno : !S_ISREG(st.st_mode) ? EINVAL : kf_fill_file(fd, s);
+	void *m = err ? MAP_FAILED : mmap(NULL, s->total_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	err = err ? err : m == MAP_FAILED ? errno : 0;
+	close(fd);
+	/* In one step over the old state, which stays whole if this fails. */
+	if (!err && mremap(m, s->total_size, s->total_size, MREMAP_MAYMOVE | MREMAP_FIXED, s) ==
+			    MAP_FAILED) {
+		err = errno;
+		munmap(m, s->total_size);
+	}
+	if (err || rename(tmp, kf_state_path) != 0) {
+		err = err ? err : errno;
+		unlink(tmp);
+		return err;
+	}
+	kf_mark_backed(s);
+	kf_state_ino = st.st_ino;
+	kf_state_dev = st.st_dev;
+	kf_state_shared = true;
+	atomic_store(&kf_state_full, false);
+	return 0;
+}
+
+bool kf_state_back_slot(size_t slot)
+{
+	if (!kf_state_shared || kf_slot_backed[slot])
+		return true;
+	if (atomic_load_explicit(&kf_state_full, memory_order_relaxed))
+		return false;
+	int fd = open(kf_state_path, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+	struct stat st;
+	bool ok = fd >= 0 && fstat(fd, &st) == 0 && st.st_ino == kf_state_ino &&
+		  st.st_dev == kf_state_dev &&
+		  kf_reserve(fd, kf_slot_offset(kf_state, slot), sizeof(struct kfence_slot)) == 0;
+	int err = errno;
+	if (fd >= 0)
+		close(fd);
+	if (ok) {
+		kf_slot_backed[slot] = 1;
+		return true;
+	}
+	/*
+	 * The pool shrinks to the slots already backed.  Switching to private
+	 * memory now would race with other threads writing the mapping.
+	 */
+	if (!atomic_exchange(&kf_state_full, true))
+		kf_warn("cannot grow the state file ", kf_state_path, ": ", strerror(err),
+			"; no new pool slots will be used", NULL);
+	return false;
+}
+
+int kf_state_privatize(struct kfence_state *s)
+{
+	struct kfence_state *copy = kf_os_map(s->total_size);
+	if (!copy)
+		return -1;
+	/* Only what is backed: a hole of a full tmpfs would SIGBUS even when read. */
+	memcpy(copy, s, s->header_size);
+	for (size_t i = 0; i < s->num_slots; i++) {
+		uint64_t off = kf_slot_offset(s, i);
+		if (!kf_slot_backed[i])
+			continue;
+		memcpy((char *)copy + off, (const char *)s + off, sizeof(struct kfence_slot));
+		kf_slot_agree((struct kfence_slot *)((char *)copy + off), i);
+	}
+	if (mremap(copy, s->total_size, s->total_size, MREMAP_MAYMOVE | MREMAP_FIXED, s) ==
+	    MAP_FAILED) {
+		kf_os_unmap(copy, s->total_size);
+		return -1;
+	}
+	memset(kf_slot_backed, 1, s->num_slots);
+	kf_state_shared = false;
+	return 0;
+}

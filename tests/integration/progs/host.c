@@ -1,0 +1,182 @@
+/*
+ * Correct programs (and one bug) that preloaded tools have broken: a JIT's
+ * registered unwind frames, raw clone(), exits that skip exit handlers,
+ * fork with a state file.  argv[1] names the scenario.
+ */
+#include "kftest.h"
+
+#include <execinfo.h>
+#include <link.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+extern void __register_frame_info(const void *begin, void *object);
+extern void *__deregister_frame_info(const void *begin);
+
+static const void *eh_frame;
+
+/* The executable's .eh_frame, found through its PT_GNU_EH_FRAME header. */
+static int find_eh_frame(struct dl_phdr_info *info, size_t size, void *data)
+{
+	(void)size;
+	(void)data;
+	for (int i = 0; i < info->dlpi_phnum; i++) {
+		if (info->dlpi_phdr[i].p_type != PT_GNU_EH_FRAME)
+			continue;
+		const unsigned char *hdr =
+			(const unsigned char *)(info->dlpi_addr + info->dlpi_phdr[i].p_vaddr);
+		int32_t rel;
+		memcpy(&rel, hdr + 4, 4); /* eh_frame_ptr, encoded pc-relative sdata4 */
+		eh_frame = hdr + 4 + rel;
+		return 1;
+	}
+	return 0;
+}
+
+/* What LLVM-based JITs do: register frames with libgcc, then unwind (backtrace, throw). */
+static int jit_unwind(void)
+{
+	static long object[16]; /* libgcc's struct object, opaque */
+	dl_iterate_phdr(find_eh_frame, NULL);
+	if (!eh_frame)
+		return 2;
+	__register_frame_info(eh_frame, object);
+	void *pcs[32];
+	int depth = 0;
+	for (int i = 0; i < 200; i++) {
+		depth = backtrace(pcs, 32);
+		free(malloc(16 + (size_t)i));
+	}
+	__deregister_frame_info(eh_frame);
+	printf("depth %d\n", depth);
+	return depth > 1 ? 0 : 1;
+}
+
+/* A child made with the raw system call runs no atfork handler; both free what they hold. */
+static int raw_clone(void)
+{
+	enum { N = 64 };
+	char *objs[N];
+	for (int i = 0; i < N; i++) {
+		objs[i] = malloc(32);
+		memset(objs[i], i, 32);
+	}
+	long pid = syscall(SYS_clone, SIGCHLD, 0, 0, 0, 0);
+	if (pid < 0)
+		return 2;
+	for (int i = 0; i < N; i++)
+		free(objs[i]);
+	for (int i = 0; i < N; i++)  /* and allocate anew, in both */
+		free(malloc(48));
+	if (pid == 0)
+		_exit(0);
+	int status;
+	waitpid((pid_t)pid, &status, 0);
+	printf("child status %d\n", WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+	return 0;
+}
+
+/* An out-of-bounds write on a right-placed object, then one way or another out. */
+static NOINLINE void overflow(void)
+{
+	char *volatile p = malloc(16);
+	p[16] = 'x';
+	free(p);
+}
+
+static int exits(const char *how)
+{
+	overflow();
+	fflush(stdout);
+	if (!strcmp(how, "_exit"))
+		_exit(0);
+	if (!strcmp(how, "_Exit"))
+		_Exit(0);
+	if (!strcmp(how, "quick_exit"))
+		quick_exit(0);
+	if (!strcmp(how, "vfork")) {  /* a vfork child shares its buggy parent's state */
+		pid_t pid = vfork();
+		if (pid == 0)
+			_exit(0);
+		int status;
+		waitpid(pid, &status, 0);
+		printf("child status %d\n", WEXITSTATUS(status));
+		fflush(stdout);
+		_exit(0);
+	}
+	return 0;
+}
+
+/*
+ * Fork with live objects: the child stops until the test has looked at its
+ * state file, frees what it inherited (no report: they are its own), and
+ * exits 0 although its parent reported a bug.
+ */
+static int fork_state(const char *fifo)
+{
+	enum { N = 8 };
+	char *objs[N];
+	for (int i = 0; i < N; i++)
+		objs[i] = malloc(64);
+	overflow();
+	pid_t pid = fork();
+	if (pid == 0) {
+		printf("child %d\n", (int)getpid());
+		fflush(stdout);
+		char c;
+		FILE *f = fopen(fifo, "r");  /* the test opens it for writing when done */
+		if (f) {
+			c = (char)fgetc(f);
+			(void)c;
+			fclose(f);
+		}
+		for (int i = 0; i < N; i++)
+			free(objs[i]);
+		exit(0);
+	}
+	for (int i = 0; i < N; i++)
+		free(objs[i]);
+	int status;
+	waitpid(pid, &status, 0);
+	printf("child status %d\n", WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+	return 0;
+}
+
+/* n forks whose children exit at once, as a shell's $(...) does. */
+static int forks(int n)
+{
+	for (int i = 0; i < n; i++) {
+		free(malloc(24));
+		pid_t pid = fork();
+		if (pid == 0)
+			_exit(0);
+		waitpid(pid, NULL, 0);
+	}
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	const char *what = argc > 1 ? argv[1] : "";
+	if (!strcmp(what, "jit"))
+		return jit_unwind();
+	if (!strcmp(what, "clone"))
+		return raw_clone();
+	if (!strcmp(what, "exit") && argc > 2)
+		return exits(argv[2]);
+	if (!strcmp(what, "fork") && argc > 2)
+		return fork_state(argv[2]);
+	if (!strcmp(what, "forks") && argc > 2)
+		return forks(atoi(argv[2]));
+	if (!strcmp(what, "hello")) {
+		for (int i = 0; i < 100; i++)
+			free(malloc(100));
+		puts("hello");
+		return 0;
+	}
+	return 2;
+}
