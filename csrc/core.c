@@ -441,6 +441,7 @@ void *kf_guarded_alloc(size_t size, size_t align, int placement, int cache, bool
 
 bool kf_pool_live(const void *p, size_t *size)
 {
+	kf_check_owner();
 	struct kfence_slot *m = kf_slot_meta(kf_addr_slot((uintptr_t)p));
 	if (!m)
 		return false;
@@ -622,21 +623,20 @@ void kf_become_owner(void)
 	kf_self.tid = 0;
 	kf_self.rng = 0;
 	struct kfence_state *s = kf_state;
-	if (kf_state_shared) {
-		int err = kf_state_publish(s, kf_opt.state_dir);
-		if (err) {
-			bool priv = kf_state_privatize(s) == 0;
-			kf_warn("cannot publish the state of a new process in ", kf_opt.state_dir, ": ",
-				strerror(err), priv ? "; keeping it private" : "", NULL);
-		}
+	int err = kf_state_shared ? kf_state_publish(s, kf_opt.state_dir) : -1;
+	if (err > 0) {
+		bool priv = kf_state_privatize(s) == 0;
+		kf_warn("cannot publish the state of a new process in ", kf_opt.state_dir, ": ",
+			strerror(err), priv ? "; keeping it private" : "", NULL);
 	}
 	s->pid = (uint32_t)getpid();
 	memset(s->counters, 0, sizeof(s->counters));
 	/* The objects it inherited are its own; the parent's count may have moved on. */
 	for (size_t i = 0; i < s->num_slots; i++)
 		s->counters[KFENCE_COUNTER_ALLOCATED] += kf_shadow[i].state == KFENCE_SLOT_ALLOCATED;
+	/* A new file's ring is empty already (and touching it costs a page fault a page). */
 	struct kfence_report *r = (struct kfence_report *)((char *)s + s->reports_offset);
-	for (uint32_t i = 0; i < s->max_reports; i++)
+	for (uint32_t i = 0; err && i < s->max_reports; i++)
 		r[i].sequence = 0;
 	s->reports_written = 0;
 	*kf_owner_token = 1;
@@ -647,8 +647,13 @@ void kf_become_owner(void)
 static void kf_atfork_child(void)
 {
 	pthread_mutex_unlock(&kf_lock);
-	/* Now, not lazily: the state must be the one that matches the child's memory. */
-	kf_become_owner();
+	/*
+	 * Lazily, at the child's first slow path (a child that execs or exits
+	 * at once never pays for a state of its own); kf_shadow keeps what the
+	 * child's memory holds until then.  The page is wiped already where
+	 * MADV_WIPEONFORK works; this is for the kernels without it.
+	 */
+	*kf_owner_token = 0;
 }
 
 /* The exit status a process leaves with: exitcode when it reported a bug itself. */

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -157,6 +158,7 @@ def test_forked_child_state_is_its_own_and_sparse(host, tmp_path):
     proc = subprocess.Popen([str(host), "fork", str(fifo)], env=preload_env(
         f"sample_rate=1:placement=right:num_objects=4096:state_dir={sd}"),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child = 0
     try:
         line = proc.stdout.readline()
         assert line.startswith("child "), line
@@ -179,6 +181,8 @@ def test_forked_child_state_is_its_own_and_sparse(host, tmp_path):
         out, err = proc.communicate(timeout=30)
     finally:
         proc.kill()
+        if child and proc.returncode is None:
+            os.kill(child, signal.SIGKILL)  # stopped at the FIFO
     assert "child status 0" in out
     reports = parse_reports(err)
     assert [r.kind for r in reports] == ["out-of-bounds"]  # the parent's, once

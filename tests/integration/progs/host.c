@@ -146,14 +146,16 @@ static int fork_state(const char *fifo)
 	return 0;
 }
 
-/* n forks whose children exit at once, as a shell's $(...) does. */
+/* n forks whose children allocate once and exit, as a shell's $(...) does. */
 static int forks(int n)
 {
 	for (int i = 0; i < n; i++) {
 		free(malloc(24));
 		pid_t pid = fork();
-		if (pid == 0)
+		if (pid == 0) {
+			free(malloc(24));
 			_exit(0);
+		}
 		waitpid(pid, NULL, 0);
 	}
 	return 0;

@@ -1,0 +1,88 @@
+#!/usr/bin/env python3
+"""What a fork costs a preloaded process, with and without state_dir (pyperf).
+
+One command runs, side by side and interleaved by pyperf's worker processes,
+`forks N` (bench/micro/forks.c: N times fork, the child allocates once and
+_exit()s, the parent waits) under plain glibc and under libkfence.so in these
+modes, and prints each as a ratio to kfence without state_dir:
+
+    kfence                     default options
+    kfence+state_dir           with state_dir (every child publishes a file)
+    kfence+state_dir+4096      the same with num_objects=4096
+    kfence+state_dir+rate1     sample_rate=1:num_objects=4096 (the child's
+                               inherited slots are copied into its file)
+
+    python bench/fork_bench.py [--quick] [--forks N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pyperf
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+import kfence_py  # noqa: E402
+
+MODES = {
+    "glibc": None,
+    "kfence": "",
+    "kfence+state_dir": "state_dir={dir}",
+    "kfence+state_dir+4096": "num_objects=4096:state_dir={dir}",
+    "kfence+state_dir+rate1": "sample_rate=1:num_objects=4096:state_dir={dir}",
+}
+
+
+def build(out: Path) -> Path:
+    exe = out / "forks"
+    if not exe.exists():
+        subprocess.run(["cc", "-O2", str(HERE / "micro" / "forks.c"), "-o", str(exe)],
+                       check=True)
+    return exe
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer values (rough figures)")
+    parser.add_argument("--forks", type=int, default=200, help="forks per run (default 200)")
+    args, rest = parser.parse_known_args()
+    work = HERE / "results" / "forks"  # shared by pyperf's worker processes
+    work.mkdir(parents=True, exist_ok=True)
+    exe = build(work)
+    out = work / "forks.json"
+    runner = pyperf.Runner(processes=4 if args.quick else 10, values=3, warmups=1,
+                           add_cmdline_args=lambda cmd, _: cmd.extend(
+                               ["--forks", str(args.forks)]))
+    worker = "--worker" in rest
+    if not worker:
+        out.unlink(missing_ok=True)
+        rest += ["--output", str(out)]
+    sys.argv = [sys.argv[0], *rest]
+    runner.parse_args()
+    lib = kfence_py.lib_path()
+    for name, options in MODES.items():
+        cmd = ["env", "-u", "LD_PRELOAD", "-u", "KFENCE_OPTIONS"]
+        if options is not None:
+            state = work / name
+            state.mkdir(mode=0o700, exist_ok=True)
+            cmd += [f"LD_PRELOAD={lib}", f"KFENCE_OPTIONS={options.format(dir=state)}"]
+        runner.bench_command(name, [*cmd, str(exe), str(args.forks)])
+    if worker:
+        return
+    suite = pyperf.BenchmarkSuite.load(str(out))
+    base = suite.get_benchmark("kfence").median()
+    print(f"\n{args.forks} forks; ratio to kfence without state_dir (median, ±stdev):")
+    for bench in suite.get_benchmarks():
+        print(f"  {bench.get_name():26s} {bench.median() / base:5.2f}x "
+              f"±{bench.stdev() / bench.median():4.0%}  ({bench.median() * 1e3:.1f} ms)")
+    for name in MODES:
+        shutil.rmtree(work / name, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
