@@ -6,7 +6,6 @@
  */
 #define _GNU_SOURCE
 #include <stdarg.h>
-#include <stdlib.h>
 #include <string.h>
 #include <sys/auxv.h>
 
@@ -228,17 +227,16 @@ static int kf_parse_into(struct kf_options *o, const char *text, const char *ori
  * Checks of the whole set, once it is parsed.  secure_getenv() semantics for
  * paths: in a setuid, setgid or file-capability program (AT_SECURE) the
  * environment belongs to a less privileged user, who must not choose where
- * the privileged process creates and writes files.  Options the program
- * passes itself (kfence_init()) are its own choice and are kept.
+ * the privileged process creates and writes files.  Options passed to
+ * kfence_init() count too: the Python package adds KFENCE_OPTIONS to them.
  */
-static void kf_options_check_set(const char *text)
+static void kf_options_check_set(void)
 {
-	if (getauxval(AT_SECURE) && text && text == getenv("KFENCE_OPTIONS") &&
-	    (kf_opt.report_path[0] || kf_opt.state_dir[0])) {
+	if (getauxval(AT_SECURE) && (kf_opt.report_path[0] || kf_opt.state_dir[0])) {
 		kf_opt.report_path[0] = '\0';
 		kf_opt.state_dir[0] = '\0';
-		kf_warn("report_path and state_dir ignored: KFENCE_OPTIONS comes from the "
-			"environment of a setuid/setgid/capability program (AT_SECURE)", NULL);
+		kf_warn("report_path and state_dir ignored in a setuid/setgid/capability program "
+			"(AT_SECURE): its environment may be another user's", NULL);
 	}
 	/* Below malloc's alignment only right-placed objects can end up (random: half of them). */
 	if (kf_opt.align < 2 * sizeof(void *) && kf_opt.placement != KF_PLACE_LEFT) {
@@ -256,7 +254,7 @@ static void kf_options_check_set(const char *text)
 void kf_options_parse(const char *text, const char *origin)
 {
 	kf_parse_into(&kf_opt, text, origin);
-	kf_options_check_set(text);
+	kf_options_check_set();
 }
 
 int kfence_options_check(const char *text)
