@@ -432,7 +432,8 @@ static void kf_record(const struct kf_report_in *in, const struct kfence_slot *m
 /*
  * The report lock timed out (another thread is stuck writing, or we faulted
  * while reporting): one short line instead, written only if the report file
- * or stderr takes it now.  A full pipe, the likely reason for the timeout, gets nothing.
+ * or stderr takes it at once.  A full pipe, the likely reason for the
+ * timeout, gets nothing.
  */
 static void kf_report_fallback(const struct kf_report_in *in)
 {

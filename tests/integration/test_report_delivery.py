@@ -66,3 +66,20 @@ def test_align_below_malloc_alignment_warns_once(programs, options, warned):
     (warning,) = run.warnings
     assert f"align={options['align']} with placement={options['placement']}" in warning
     assert "malloc's 16 bytes" in warning and "crash" in warning
+
+
+def test_report_that_loses_the_lock_prints_a_short_line(programs):
+    """
+    The report lock's holder waits for the dynamic loader's lock (another
+    thread is in dlopen()); stderr is writable, so the report that times out
+    leaves one short line, and both bugs count.
+    """
+    lib = programs.build("slow_ctor.c", flags=["-shared", "-fPIC"])
+    run = programs.run(programs.build("lock_fallback.c"), str(lib), options=GUARD, timeout=60)
+    assert "guarded 1 1" in run.stdout, run.stdout
+    (full,) = run.reports
+    assert full.kind == "use-after-free" and full.function == "use_after_free"
+    (line,) = run.warnings
+    assert "use-after-free at 0x" in line and "full report not printed" in line
+    assert run.counters()["bugs"] == 2
+    assert run.returncode == 66
