@@ -6,9 +6,12 @@
  * are not scanned, and mappings over 1 GiB are skipped (reservations, not
  * data), as are shared mappings; objects allocated during the scan (by
  * threads still running) are not judged.  So a leak can be missed, but a
- * referenced object is rarely blamed.
+ * referenced object is rarely blamed.  Where process_vm_readv() is refused
+ * (seccomp), memory is read through /proc/self/mem; where that fails too,
+ * or /proc/self/maps cannot be read, nothing is judged: one warning.
  */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <fcntl.h>
 #include <string.h>
 #include <sys/uio.h>
@@ -38,26 +41,54 @@ static void kf_scan_words(const uintptr_t *buf, size_t n, uintptr_t base)
 	}
 }
 
+static int kf_mem_fd = -1;  /* /proc/self/mem, once process_vm_readv() is refused */
+
 /*
- * Copy the range out with process_vm_readv() rather than reading it: a page
- * that cannot be read (a truncated file mapping, a guard) then is an error
- * code, not a SIGBUS or SIGSEGV in the middle of exit.
+ * Copy len bytes at address a into buf without touching them ourselves: a
+ * page that cannot be read (a truncated file mapping, a guard) then is an
+ * error code, not a SIGBUS or SIGSEGV in the middle of exit.  Returns the
+ * bytes copied, 0 for an unreadable page (skipped), -1 when reading memory
+ * is refused altogether (seccomp: EPERM, ENOSYS), which leaves the scan
+ * incomplete.
  */
-static void kf_scan_range(uintptr_t lo, uintptr_t hi)
+static ssize_t kf_read_memory(void *buf, size_t len, uintptr_t a)
+{
+	ssize_t got;
+	if (kf_mem_fd < 0) {
+		struct iovec local = { buf, len }, remote = { (void *)a, len };
+		got = process_vm_readv(getpid(), &local, 1, &remote, 1, 0);
+		if (got >= 0 || errno == EFAULT)
+			return got < 0 ? 0 : got;
+		/* Refused: /proc/self/mem reads the same memory through another door. */
+		kf_mem_fd = open("/proc/self/mem", O_RDONLY | O_CLOEXEC);
+		if (kf_mem_fd < 0)
+			return -1;
+	}
+	do
+		got = pread(kf_mem_fd, buf, len, (off_t)a);
+	while (got < 0 && errno == EINTR);
+	if (got >= 0 || errno == EIO || errno == EFAULT)
+		return got < 0 ? 0 : got;  /* EIO: a page the kernel cannot read for us */
+	return -1;
+}
+
+/* Scan [lo, hi); false if memory could not be read at all. */
+static bool kf_scan_range(uintptr_t lo, uintptr_t hi)
 {
 	static uintptr_t buf[8192];
-	pid_t self = getpid();
 	for (uintptr_t a = (lo + 7) & ~(uintptr_t)7; a + 8 <= hi;) {
 		size_t len = hi - a < sizeof(buf) ? (size_t)(hi - a) & ~(size_t)7 : sizeof(buf);
-		struct iovec local = { buf, len }, remote = { (void *)a, len };
-		ssize_t got = process_vm_readv(self, &local, 1, &remote, 1, 0);
-		if (got <= 0) {
+		ssize_t got = kf_read_memory(buf, len, a);
+		if (got < 0)
+			return false;
+		if (got == 0) {
 			a = (a + kf_page) & ~(uintptr_t)(kf_page - 1);  /* skip the bad page */
 			continue;
 		}
 		kf_scan_words(buf, (size_t)got / 8, a);
 		a += (uintptr_t)got & ~(uintptr_t)7;
 	}
+	return true;
 }
 
 static uintptr_t kf_parse_hex(const char **s)
@@ -72,53 +103,65 @@ static uintptr_t kf_parse_hex(const char **s)
 	}
 }
 
-/* One line of /proc/self/maps: scan it if it is ordinary writable memory. */
-static void kf_scan_line(const char *line, uintptr_t stack_floor, uintptr_t skip_lo, uintptr_t skip_hi)
+/* One line of /proc/self/maps: scan it if it is ordinary writable memory; false if refused. */
+static bool kf_scan_line(const char *line, uintptr_t stack_floor, uintptr_t skip_lo, uintptr_t skip_hi)
 {
 	const char *s = line;
 	uintptr_t lo = kf_parse_hex(&s);
 	if (*s++ != '-')
-		return;
+		return true;
 	uintptr_t hi = kf_parse_hex(&s);
 	/* private writable memory only: a shared mapping is someone else's data too */
 	if (*s++ != ' ' || s[0] != 'r' || s[1] != 'w' || s[3] != 'p')
-		return;
+		return true;
 	const char *path = strchr(s, '/');
 	if ((path && strncmp(path, "/dev/", 5) == 0) || hi - lo > KF_SCAN_MAX_MAPPING)
-		return;
+		return true;
 	if (lo < skip_hi && hi > skip_lo)
-		return;  /* our own state */
+		return true;  /* our own state */
 	if (stack_floor >= lo && stack_floor < hi)
 		lo = stack_floor;  /* our own frames hold the addresses we test */
-	kf_scan_range(lo, hi);
+	return kf_scan_range(lo, hi);
 }
 
-static void kf_scan_maps(uintptr_t stack_floor)
+/* Scan every mapping worth it; NULL when done, else why the scan is incomplete. */
+static const char *kf_scan_maps(uintptr_t stack_floor)
 {
 	static char buf[8192];
 	uintptr_t skip_lo = (uintptr_t)kf_state, skip_hi = skip_lo + kf_state->total_size;
+	const char *why = NULL;
 	int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
-		return;
+		return "cannot open /proc/self/maps";
 	size_t have = 0;
-	for (;;) {
+	while (!why) {
 		ssize_t n = read(fd, buf + have, sizeof(buf) - 1 - have);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			why = "cannot read /proc/self/maps";
 		if (n <= 0)
 			break;
 		have += (size_t)n;
 		buf[have] = '\0';
 		char *start = buf, *nl;
-		while ((nl = strchr(start, '\n'))) {
+		while (!why && (nl = strchr(start, '\n'))) {
 			*nl = '\0';
-			kf_scan_line(start, stack_floor, skip_lo, skip_hi);
+			if (!kf_scan_line(start, stack_floor, skip_lo, skip_hi))
+				why = "cannot read this process's memory (process_vm_readv and "
+				      "/proc/self/mem refused)";
 			start = nl + 1;
 		}
 		have = (size_t)(buf + have - start);
 		memmove(buf, start, have);
 		if (have == sizeof(buf) - 1)
-			have = 0;  /* a line longer than the buffer: drop it */
+			why = "a line of /proc/self/maps is too long";
 	}
 	close(fd);
+	if (kf_mem_fd >= 0)
+		close(kf_mem_fd);
+	kf_mem_fd = -1;
+	return why;
 }
 
 __attribute__((noinline)) void kf_leak_check(void)
@@ -129,8 +172,15 @@ __attribute__((noinline)) void kf_leak_check(void)
 		return;
 	/* Threads still running may allocate while we scan: judge only older objects. */
 	uint64_t started = kf_now_ns() - kf_state->start_ns;
-	kf_scan_maps((uintptr_t)__builtin_frame_address(0));
-	for (size_t i = 0; i < n; i++) {
+	const char *why = kf_scan_maps((uintptr_t)__builtin_frame_address(0));
+	/*
+	 * A range not scanned could hold the only pointer to any object: after
+	 * an incomplete scan, an unmarked object proves nothing.  (A single
+	 * unreadable page is different: it cannot hold a pointer either.)
+	 */
+	if (why)
+		kf_warn("leak_check skipped: ", why, NULL);
+	for (size_t i = 0; i < n && !why; i++) {
 		if (kf_slots[i].state != KFENCE_SLOT_ALLOCATED || kf_slots[i].alloc_ns >= started)
 			continue;
 		if (kf_marked[i]) {

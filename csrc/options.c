@@ -4,8 +4,10 @@
  * preload's constructor, or inside the first malloc), so it never allocates
  * and never fails: a bad item gets one warning line and the default stays.
  */
+#define _GNU_SOURCE
 #include <stdarg.h>
 #include <string.h>
+#include <sys/auxv.h>
 
 #include "kf_internal.h"
 
@@ -221,9 +223,38 @@ static int kf_parse_into(struct kf_options *o, const char *text, const char *ori
 	return refused;
 }
 
+/*
+ * Checks of the whole set, once it is parsed.  secure_getenv() semantics for
+ * paths: in a setuid, setgid or file-capability program (AT_SECURE) the
+ * environment belongs to a less privileged user, who must not choose where
+ * the privileged process creates and writes files.  Options passed to
+ * kfence_init() count too: the Python package adds KFENCE_OPTIONS to them.
+ */
+static void kf_options_check_set(void)
+{
+	if (getauxval(AT_SECURE) && (kf_opt.report_path[0] || kf_opt.state_dir[0])) {
+		kf_opt.report_path[0] = '\0';
+		kf_opt.state_dir[0] = '\0';
+		kf_warn("report_path and state_dir ignored in a setuid/setgid/capability program "
+			"(AT_SECURE): its environment may be another user's", NULL);
+	}
+	/* Below malloc's alignment only right-placed objects can end up (random: half of them). */
+	if (kf_opt.align < 2 * sizeof(void *) && kf_opt.placement != KF_PLACE_LEFT) {
+		char a[24], g[24];
+		struct kf_buf ba = { a, 0, sizeof(a) - 1 }, bg = { g, 0, sizeof(g) - 1 };
+		kf_buf_dec(&ba, kf_opt.align);
+		kf_buf_dec(&bg, 2 * sizeof(void *));
+		a[ba.len] = g[bg.len] = '\0';
+		kf_warn("align=", a, " with placement=", kf_placement_names[kf_opt.placement],
+			": guarded objects may be aligned to less than malloc's ", g,
+			" bytes; programs that rely on it may crash (CPython does)", NULL);
+	}
+}
+
 void kf_options_parse(const char *text, const char *origin)
 {
 	kf_parse_into(&kf_opt, text, origin);
+	kf_options_check_set();
 }
 
 int kfence_options_check(const char *text)

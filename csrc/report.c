@@ -6,8 +6,10 @@
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <elf.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <link.h>
+#include <poll.h>
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
@@ -267,6 +269,14 @@ static void kf_report_unlock(void)
 	atomic_store(&kf_report_owner, 0);
 }
 
+/* Why the report file was refused, said once per process; reports go to stderr. */
+static void kf_report_file_refused(const char *path, const char *why)
+{
+	static _Atomic bool warned;
+	if (!atomic_exchange(&warned, true))
+		kf_warn("not writing reports to ", path, ": ", why, "; reporting to stderr", NULL);
+}
+
 int kf_report_fd_open(void)
 {
 	if (!kf_opt.report_path[0])
@@ -277,9 +287,35 @@ int kf_report_fd_open(void)
 	kf_buf_str(&b, ".");
 	kf_buf_dec(&b, (uint64_t)getpid());
 	path[b.len] = '\0';
-	/* 0600, as the state: stacks and addresses are nobody else's business */
-	int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
-	return fd < 0 ? 2 : fd;
+	/*
+	 * Whoever can write to the directory can plant a name there before we
+	 * open it: a symbolic link (a root process would append its report to
+	 * any file) or a FIFO (open and write would block in the SIGSEGV
+	 * handler for good).  So no links, no waiting, and a regular file of
+	 * our own, not a second name of another file.  0600, as the state:
+	 * stacks and addresses are nobody else's business.
+	 */
+	int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC,
+		      0600);
+	if (fd < 0) {
+		/* strerror() is not async-signal-safe: name the likely causes ourselves. */
+		kf_report_file_refused(path, errno == ELOOP ? "it is a symbolic link" :
+					     errno == ENXIO ? "it is a FIFO or socket" :
+					     errno == EACCES || errno == EPERM ? "permission denied" :
+					     "it cannot be opened");
+		return 2;
+	}
+	struct stat st;
+	const char *why = fstat(fd, &st) != 0 ? "fstat failed" :
+			  !S_ISREG(st.st_mode) ? "it is not a regular file" :
+			  st.st_uid != geteuid() ? "it belongs to another user" :
+			  st.st_nlink != 1 ? "it has other hard links" : NULL;
+	if (why) {
+		close(fd);
+		kf_report_file_refused(path, why);
+		return 2;
+	}
+	return fd;
 }
 
 void kf_report_fd_close(int fd)
@@ -363,24 +399,17 @@ static void kf_buf_what(struct kf_buf *b, const struct kf_report_in *in)
 	kf_buf_str(b, ":\n");
 }
 
-bool kf_report(const struct kf_report_in *in)
+/*
+ * Record a report in the shared ring.  The slot is claimed by the atomic
+ * add, so no lock is needed: a reader sees the bug even if it is never
+ * printed.  (Only 64 reports in flight at once could share a slot.)
+ */
+static void kf_record(const struct kf_report_in *in, const struct kfence_slot *m)
 {
-	struct kfence_slot *m = in->slot >= 0 ? &kf_slots[in->slot] : NULL;
-	if (m) {
-		uint32_t bit = 1u << in->kind;
-		if (atomic_fetch_or((_Atomic uint32_t *)&m->reported, bit) & bit)
-			return false;
-	}
-	if (!kf_report_lock())
-		return false;
-	bool was_in_lib = kf_self.in_lib;
-	kf_self.in_lib = true;
-
-	/* Record it in the shared state first: a reader sees it even if printing fails. */
 	uint64_t seq = atomic_fetch_add((_Atomic uint64_t *)&kf_state->reports_written, 1) + 1;
 	struct kfence_report *r = (struct kfence_report *)((char *)kf_state + kf_state->reports_offset) +
 				  (seq - 1) % kf_state->max_reports;
-	r->sequence = 0;
+	atomic_store_explicit((_Atomic uint64_t *)&r->sequence, 0, memory_order_relaxed);
 	r->kind = (uint32_t)in->kind;
 	r->access = (uint32_t)in->access;
 	r->addr = in->addr;
@@ -398,8 +427,39 @@ bool kf_report(const struct kf_report_in *in)
 		memcpy(r->corrupted, in->corrupted, sizeof(r->corrupted));
 	r->corrupted_mask = in->corrupted_mask;
 	atomic_store_explicit((_Atomic uint64_t *)&r->sequence, seq, memory_order_release);
-	kf_count(KFENCE_COUNTER_BUGS, 1);
+}
 
+/*
+ * The report lock timed out (another thread is stuck writing, or we faulted
+ * while reporting): one short line instead, written only if the report file
+ * or stderr takes it at once.  A full pipe, the likely reason for the
+ * timeout, gets nothing.
+ */
+static void kf_report_fallback(const struct kf_report_in *in)
+{
+	char line[160];
+	struct kf_buf b = { line, 0, sizeof(line) - 1 };
+	kf_buf_str(&b, "kfence: BUG: KFENCE: ");
+	kf_buf_str(&b, kfence_bug_name(in->kind));
+	kf_buf_str(&b, " at ");
+	kf_buf_hex(&b, in->addr, 12);
+	kf_buf_str(&b, " in pid ");
+	kf_buf_dec(&b, (uint64_t)getpid());
+	kf_buf_str(&b, " (full report not printed: another report is being written)");
+	line[b.len++] = '\n';
+	int saved = errno, fd = kf_report_fd_open();
+	struct pollfd p = { .fd = fd, .events = POLLOUT };
+	if (poll(&p, 1, 0) == 1 && (p.revents & POLLOUT)) {
+		ssize_t w = write(fd, line, b.len);  /* once: a short write is let go */
+		(void)w;
+	}
+	kf_report_fd_close(fd);
+	errno = saved;
+}
+
+/* The full report, under the report lock (which it releases). */
+static void kf_print(const struct kf_report_in *in, const struct kfence_slot *m)
+{
 	struct kf_buf b = { kf_report_text, 0, sizeof(kf_report_text) - 80 };
 	const char *rule = "==================================================================\n";
 	kf_buf_str(&b, rule);
@@ -446,9 +506,33 @@ bool kf_report(const struct kf_report_in *in)
 	int fd = kf_report_fd_open();
 	kf_os_write_all(fd, kf_report_text, b.len);
 	kf_report_fd_close(fd);
-	kf_self.in_lib = was_in_lib;
 	kf_report_unlock();
+}
+
+bool kf_report(const struct kf_report_in *in)
+{
+	struct kfence_slot *m = in->slot >= 0 ? &kf_slots[in->slot] : NULL;
+	if (m) {
+		uint32_t bit = 1u << in->kind;
+		if (atomic_fetch_or((_Atomic uint32_t *)&m->reported, bit) & bit)
+			return false;
+	}
+	bool was_in_lib = kf_self.in_lib;
+	kf_self.in_lib = true;
+	/*
+	 * Recorded and counted before the print lock: the once-per-object bit
+	 * is set, so a report the lock loses would otherwise be lost for good,
+	 * and with it the exit status.
+	 */
+	kf_record(in, m);
+	kf_count(KFENCE_COUNTER_BUGS, 1);
+	bool printed = kf_report_lock();
+	if (printed)
+		kf_print(in, m);
+	else
+		kf_report_fallback(in);
+	kf_self.in_lib = was_in_lib;
 	if (kf_opt.halt_on_error && in->kind != KFENCE_BUG_LEAK)
 		abort();
-	return true;
+	return printed;
 }
