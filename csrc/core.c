@@ -102,6 +102,7 @@ struct kfence_slot *kf_slots;
 size_t kf_page;
 _Atomic int kf_init_state;
 uintptr_t kf_self_lo, kf_self_hi;
+struct kf_range kf_private;
 
 /*
  * The freelist: a ring of slot indices, oldest-freed first, so the slot that
@@ -775,6 +776,7 @@ static int kf_start(const char *options, const char *origin)
 	s->control.burst = (uint32_t)kf_opt.burst;
 
 	kf_shadow = priv;
+	kf_private = (struct kf_range){ (uintptr_t)priv, (uintptr_t)priv + priv_size };
 	kf_freelist = (uint32_t *)(kf_shadow + n);
 	kf_guard_open = (_Atomic uint8_t *)(kf_freelist + n);
 	kf_own_mapping = kf_guard_open + n + 1;

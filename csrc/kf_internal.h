@@ -83,6 +83,10 @@ KF_HIDDEN extern KF_TLS struct kf_thread kf_self;
 
 KF_HIDDEN extern struct kfence_state *kf_state;
 KF_HIDDEN extern struct kfence_slot *kf_slots;
+/* The library's private records (shadows, freelist...), which the leak scan skips. */
+KF_HIDDEN extern struct kf_range {
+	uintptr_t lo, hi;
+} kf_private;
 /* Per slot: its metadata may be read and written (state.c); all 1 in private memory. */
 KF_HIDDEN extern uint8_t *kf_slot_backed;
 

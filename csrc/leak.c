@@ -33,9 +33,9 @@ static void kf_scan_words(const uintptr_t *buf, size_t n, uintptr_t base)
 		long slot = kf_addr_slot(w);
 		if (slot < 0)
 			continue;
-		const struct kfence_slot *m = &kf_slots[slot];
+		const struct kfence_slot *m = kf_slot_meta(slot);
 		/* Interior pointers count; a pointer inside the object itself does not. */
-		if (m->state == KFENCE_SLOT_ALLOCATED && w >= m->addr && w <= m->addr + m->size &&
+		if (m && m->state == KFENCE_SLOT_ALLOCATED && w >= m->addr && w <= m->addr + m->size &&
 		    (a < kf_slot_page((size_t)slot) || a >= kf_slot_page((size_t)slot) + kf_page))
 			kf_marked[slot] = 1;
 	}
@@ -104,7 +104,7 @@ static uintptr_t kf_parse_hex(const char **s)
 }
 
 /* One line of /proc/self/maps: scan it if it is ordinary writable memory; false if refused. */
-static bool kf_scan_line(const char *line, uintptr_t stack_floor, uintptr_t skip_lo, uintptr_t skip_hi)
+static bool kf_scan_line(const char *line, uintptr_t stack_floor)
 {
 	const char *s = line;
 	uintptr_t lo = kf_parse_hex(&s);
@@ -117,8 +117,10 @@ static bool kf_scan_line(const char *line, uintptr_t stack_floor, uintptr_t skip
 	const char *path = strchr(s, '/');
 	if ((path && strncmp(path, "/dev/", 5) == 0) || hi - lo > KF_SCAN_MAX_MAPPING)
 		return true;
-	if (lo < skip_hi && hi > skip_lo)
-		return true;  /* our own state */
+	uintptr_t state = (uintptr_t)kf_state;
+	if ((lo < state + kf_state->total_size && hi > state) ||
+	    (lo < kf_private.hi && hi > kf_private.lo))
+		return true;  /* our own state and records: they point at every object */
 	if (stack_floor >= lo && stack_floor < hi)
 		lo = stack_floor;  /* our own frames hold the addresses we test */
 	return kf_scan_range(lo, hi);
@@ -128,7 +130,6 @@ static bool kf_scan_line(const char *line, uintptr_t stack_floor, uintptr_t skip
 static const char *kf_scan_maps(uintptr_t stack_floor)
 {
 	static char buf[8192];
-	uintptr_t skip_lo = (uintptr_t)kf_state, skip_hi = skip_lo + kf_state->total_size;
 	const char *why = NULL;
 	int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
@@ -147,7 +148,7 @@ static const char *kf_scan_maps(uintptr_t stack_floor)
 		char *start = buf, *nl;
 		while (!why && (nl = strchr(start, '\n'))) {
 			*nl = '\0';
-			if (!kf_scan_line(start, stack_floor, skip_lo, skip_hi))
+			if (!kf_scan_line(start, stack_floor))
 				why = "cannot read this process's memory (process_vm_readv and "
 				      "/proc/self/mem refused)";
 			start = nl + 1;
@@ -181,7 +182,8 @@ __attribute__((noinline)) void kf_leak_check(void)
 	if (why)
 		kf_warn("leak_check skipped: ", why, NULL);
 	for (size_t i = 0; i < n && !why; i++) {
-		if (kf_slots[i].state != KFENCE_SLOT_ALLOCATED || kf_slots[i].alloc_ns >= started)
+		const struct kfence_slot *m = kf_slot_meta((long)i);
+		if (!m || m->state != KFENCE_SLOT_ALLOCATED || m->alloc_ns >= started)
 			continue;
 		if (kf_marked[i]) {
 			kf_count(KFENCE_COUNTER_LEAK_REFERENCED, 1);
@@ -189,7 +191,7 @@ __attribute__((noinline)) void kf_leak_check(void)
 		}
 		struct kf_report_in in = {
 			.kind = KFENCE_BUG_LEAK, .access = KFENCE_ACCESS_NONE,
-			.addr = kf_slots[i].addr, .slot = (long)i, .stack = &kf_slots[i].alloc_stack,
+			.addr = m->addr, .slot = (long)i, .stack = &m->alloc_stack,
 		};
 		kf_report(&in);
 	}
