@@ -14,6 +14,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <dlfcn.h>
 #include <errno.h>
 #include <string.h>
 
@@ -179,9 +180,32 @@ static PyTypeObject GuardedBufferType = {
 
 /* === CPython allocator hooks === */
 
+/*
+ * Who owns a pool object matters more than anything else here: one that
+ * reaches an allocator other than ours is freed by glibc (abort) when
+ * libkfence.so is not the process's malloc.  Our hooks sit above the
+ * allocator they found (kf_prev) and pool objects only come back to us while
+ * they stay in the chain.  A tool installed after us that later restores the
+ * allocator it found puts ours back: safe.  A tool installed before us that
+ * restores the allocator it saved removes ours: tracemalloc does exactly that,
+ * so the Python side restarts it above us before calling install (api.py),
+ * and refuses to hook in-process over an allocator that is not CPython's own
+ * (python_allocator_name()).  What is left, a removal by some other tool, is
+ * detected on the sampled path (sampling then stops) and repaired from Python
+ * (repair_python_hooks()); frees in between are not covered.
+ */
 static PyMemAllocatorEx kf_prev[3];      /* RAW, MEM, OBJ before us */
 static int kf_hooked;                     /* hooks installed (they stay: see install) */
 static volatile int kf_sampling;          /* send samples to the pool */
+static volatile int kf_removed;           /* a domain was found without our hooks */
+/*
+ * MEM and OBJ: a layer below us may hand out blocks inside a RAW-domain pool
+ * object of ours (CPython's debug hooks put their header in front of a block
+ * pymalloc took from PyMem_RawMalloc).  Such a pointer is that layer's, not
+ * ours: only the recorded start of a pool object is.  1 when the allocator
+ * below has a context, as the debug hooks do (pymalloc and malloc have none).
+ */
+static int kf_pass_down[3];
 /* initial-exec: no __tls_get_addr call per allocation in this dlopen()ed module */
 static _Thread_local int32_t kf_countdown __attribute__((tls_model("initial-exec")));
 static _Thread_local int kf_in_hook __attribute__((tls_model("initial-exec"))); /* the traceback capture allocates */
@@ -244,8 +268,57 @@ static void kf_note(void *ptr, int which, int domain)
 		kfence_annotate(ptr, which, note);
 }
 
+/*
+ * 1 when ptr, a pool address, is the start recorded for its slot (a live or
+ * freed object of ours: kfence_free() frees or reports it), 0 when it lies
+ * inside an object as a block of the layer below (see kf_pass_down).
+ */
+static int kf_pool_start(const void *ptr)
+{
+	const struct kfence_state *st = kfence_state();
+	uintptr_t p = (uintptr_t)ptr;
+	if (!st || p < st->pool_start || st->page_size == 0)
+		return 0;
+	uint64_t page = (p - st->pool_start) / st->page_size;
+	if (!(page & 1))
+		return 0;  /* a guard page */
+	uint64_t slot = (page - 1) / 2;
+	if (slot >= st->num_slots)
+		return 0;
+	const struct kfence_slot *m = (const struct kfence_slot *)(
+		(const char *)st + st->slots_offset + slot * st->slot_size);
+	uint32_t state = __atomic_load_n(&m->state, __ATOMIC_ACQUIRE);
+	return state != KFENCE_SLOT_UNUSED && m->addr == p;
+}
+
+static int kf_owns(int domain, void *ptr)
+{
+	return kfence_is_pool_address(ptr) && (!kf_pass_down[domain] || kf_pool_start(ptr));
+}
+
+static const PyMemAllocatorDomain kf_domains[3] = {
+	PYMEM_DOMAIN_RAW, PYMEM_DOMAIN_MEM, PYMEM_DOMAIN_OBJ };
+
+/* 1 when domain d holds again exactly the allocator we wrapped: someone removed us. */
+static int kf_domain_restored(int d)
+{
+	PyMemAllocatorEx cur;
+	PyMem_GetAllocator(kf_domains[d], &cur);
+	return memcmp(&cur, &kf_prev[d], sizeof(cur)) == 0;
+}
+
 static void *kf_hook_alloc(int domain, size_t size, int zero)
 {
+	/*
+	 * Sampled path only: if a tool restored the allocator below us in some
+	 * domain, objects from here could be freed through it.  Stop sampling;
+	 * the Python side warns and repairs (repair_python_hooks).
+	 */
+	if (kf_domain_restored(0) || kf_domain_restored(1) || kf_domain_restored(2)) {
+		kf_removed = 1;
+		kf_sampling = 0;
+		return NULL;
+	}
 	/* pymalloc's alignment guarantee is 16 bytes: ask for it whatever `align` says. */
 	void *p = kfence_sample(&kf_countdown, size, 16, KFENCE_CACHE_PYMEM, zero);
 	if (p)
@@ -281,7 +354,7 @@ static void *kf_calloc(void *ctx, size_t nelem, size_t elsize)
 static void kf_free(void *ctx, void *ptr)
 {
 	int domain = (int)(intptr_t)ctx;
-	if (kfence_is_pool_address(ptr)) {
+	if (kf_owns(domain, ptr)) {
 		if (!kf_in_hook)
 			kf_note(ptr, 1, domain);
 		kfence_free(ptr);
@@ -293,7 +366,7 @@ static void kf_free(void *ctx, void *ptr)
 static void *kf_realloc(void *ctx, void *ptr, size_t size)
 {
 	int domain = (int)(intptr_t)ctx;
-	if (kfence_is_pool_address(ptr)) {
+	if (kf_owns(domain, ptr)) {
 		size_t old;
 		if (kfence_object_size(ptr, &old) != 0) {
 			kfence_free(ptr);  /* reports the invalid free */
@@ -313,6 +386,13 @@ static void *kf_realloc(void *ctx, void *ptr, size_t size)
 	return kf_prev[domain].realloc(kf_prev[domain].ctx, ptr, size);
 }
 
+static void kf_install_domain(int d)
+{
+	PyMemAllocatorEx hook = { (void *)(intptr_t)kf_domains[d], kf_malloc, kf_calloc,
+				  kf_realloc, kf_free };
+	PyMem_SetAllocator(kf_domains[d], &hook);
+}
+
 static PyObject *kf_set_python_sampling(PyObject *mod, PyObject *arg)
 {
 	(void)mod;
@@ -325,15 +405,18 @@ static PyObject *kf_set_python_sampling(PyObject *mod, PyObject *arg)
 		 * Installed once and never removed: objects already in the pool must
 		 * keep reaching kfence_free().  Switching off only stops sampling.
 		 */
-		static const PyMemAllocatorDomain domains[3] = {
-			PYMEM_DOMAIN_RAW, PYMEM_DOMAIN_MEM, PYMEM_DOMAIN_OBJ };
-		for (int i = 0; i < 3; i++) {
-			PyMemAllocatorEx hook = { (void *)(intptr_t)domains[i], kf_malloc, kf_calloc,
-						  kf_realloc, kf_free };
-			PyMem_GetAllocator(domains[i], &kf_prev[domains[i]]);
-			PyMem_SetAllocator(domains[i], &hook);
+		for (int d = 0; d < 3; d++) {
+			PyMem_GetAllocator(kf_domains[d], &kf_prev[d]);
+			kf_pass_down[d] = kf_domains[d] != PYMEM_DOMAIN_RAW && kf_prev[d].ctx != NULL;
 		}
+		for (int d = 0; d < 3; d++)
+			kf_install_domain(d);
 		kf_hooked = 1;
+	}
+	if (on && kf_removed) {
+		PyErr_SetString(PyExc_RuntimeError, "kfence_py's allocator hooks were removed: "
+				"call repair_python_hooks() first");
+		return NULL;
 	}
 	kf_sampling = on;
 	Py_RETURN_NONE;
@@ -346,11 +429,83 @@ static PyObject *kf_python_sampling(PyObject *mod, PyObject *unused)
 	return PyBool_FromLong(kf_sampling);
 }
 
+/* The object file holding code address fn, or NULL. */
+static const void *kf_image_of(const void *fn)
+{
+	Dl_info info;
+	return fn && dladdr(fn, &info) ? info.dli_fbase : NULL;
+}
+
+static PyObject *kf_python_allocator_name(PyObject *mod, PyObject *unused)
+{
+	(void)mod;
+	(void)unused;
+	/* CPython's own answer where it exports it (3.8 to 3.12 at least). */
+	const char *(*name_of)(void) =
+		(const char *(*)(void))dlsym(RTLD_DEFAULT, "_PyMem_GetCurrentAllocatorName");
+	if (name_of) {
+		const char *name = name_of();
+		if (name)
+			return PyUnicode_FromString(name);
+		Py_RETURN_NONE;
+	}
+	/* Else: every function of every domain lies in CPython's own image. */
+	const void *cpython = kf_image_of((const void *)PyMem_Malloc);
+	for (int d = 0; d < 3; d++) {
+		PyMemAllocatorEx cur;
+		PyMem_GetAllocator(kf_domains[d], &cur);
+		const void *fns[4] = { (const void *)cur.malloc, (const void *)cur.calloc,
+				       (const void *)cur.realloc, (const void *)cur.free };
+		for (int i = 0; i < 4; i++)
+			if (!cpython || kf_image_of(fns[i]) != cpython)
+				Py_RETURN_NONE;
+	}
+	return PyUnicode_FromString("cpython");
+}
+
+static PyObject *kf_python_hooks(PyObject *mod, PyObject *unused)
+{
+	(void)mod;
+	(void)unused;
+	if (!kf_hooked)
+		return PyUnicode_FromString("absent");
+	int removed = kf_removed;
+	for (int d = 0; d < 3; d++)
+		removed |= kf_domain_restored(d);
+	return PyUnicode_FromString(removed ? "removed" : "installed");
+}
+
+static PyObject *kf_repair_python_hooks(PyObject *mod, PyObject *unused)
+{
+	(void)mod;
+	(void)unused;
+	int repaired = 0;
+	if (kf_hooked) {
+		for (int d = 0; d < 3; d++) {
+			if (kf_domain_restored(d)) {
+				kf_install_domain(d);
+				repaired++;
+			}
+		}
+		kf_removed = 0;
+	}
+	return PyLong_FromLong(repaired);
+}
+
 static PyMethodDef kf_methods[] = {
 	{ "set_python_sampling", kf_set_python_sampling, METH_O,
 	  "Sample CPython's allocator domains into the pool (True) or stop (False)." },
 	{ "python_sampling", kf_python_sampling, METH_NOARGS,
 	  "True while CPython's allocator is sampled." },
+	{ "python_allocator_name", kf_python_allocator_name, METH_NOARGS,
+	  "CPython's name for the allocator in place ('pymalloc', 'malloc_debug', ...), "
+	  "'cpython' when only known to be CPython's own, None when another tool hooked it." },
+	{ "python_hooks", kf_python_hooks, METH_NOARGS,
+	  "'absent', 'installed', or 'removed' when some domain holds again the allocator "
+	  "our hooks wrapped (another tool restored it)." },
+	{ "repair_python_hooks", kf_repair_python_hooks, METH_NOARGS,
+	  "Put our hooks back in each domain that holds again the allocator they wrapped; "
+	  "returns how many." },
 	{ NULL, NULL, 0, NULL },
 };
 
