@@ -296,25 +296,46 @@ static int kf_owns(int domain, void *ptr)
 	return kfence_is_pool_address(ptr) && (!kf_pass_down[domain] || kf_pool_start(ptr));
 }
 
+static void *kf_malloc(void *ctx, size_t size);
+
 static const PyMemAllocatorDomain kf_domains[3] = {
 	PYMEM_DOMAIN_RAW, PYMEM_DOMAIN_MEM, PYMEM_DOMAIN_OBJ };
 
-/* 1 when domain d holds again exactly the allocator we wrapped: someone removed us. */
-static int kf_domain_restored(int d)
+/* The object file holding code address fn, or NULL. */
+static const void *kf_image_of(const void *fn)
 {
-	PyMemAllocatorEx cur;
-	PyMem_GetAllocator(kf_domains[d], &cur);
-	return memcmp(&cur, &kf_prev[d], sizeof(cur)) == 0;
+	Dl_info info;
+	return fn && dladdr(fn, &info) ? info.dli_fbase : NULL;
+}
+
+static const void *kf_cpython_image;      /* libpython or the executable; set at install */
+
+/*
+ * 1 when domain d no longer goes through our hooks, as far as can be told:
+ * it holds again exactly the allocator we wrapped, or one of CPython's leaf
+ * allocators (pymalloc or malloc: no context, calling nothing above them).
+ * Another tool's hooks on top are taken to wrap ours: they cannot be seen
+ * through.  The current allocator goes to *cur.
+ */
+static int kf_domain_lost(int d, PyMemAllocatorEx *cur)
+{
+	PyMem_GetAllocator(kf_domains[d], cur);
+	if (cur->malloc == kf_malloc)
+		return 0;
+	if (memcmp(cur, &kf_prev[d], sizeof(*cur)) == 0)
+		return 1;
+	return cur->ctx == NULL && kf_image_of((const void *)cur->malloc) == kf_cpython_image;
 }
 
 static void *kf_hook_alloc(int domain, size_t size, int zero)
 {
 	/*
-	 * Sampled path only: if a tool restored the allocator below us in some
-	 * domain, objects from here could be freed through it.  Stop sampling;
+	 * Sampled path only: if a tool removed our hooks from some domain,
+	 * objects from here could be freed without them.  Stop sampling;
 	 * the Python side warns and repairs (repair_python_hooks).
 	 */
-	if (kf_domain_restored(0) || kf_domain_restored(1) || kf_domain_restored(2)) {
+	PyMemAllocatorEx cur;
+	if (kf_domain_lost(0, &cur) || kf_domain_lost(1, &cur) || kf_domain_lost(2, &cur)) {
 		kf_removed = 1;
 		kf_sampling = 0;
 		return NULL;
@@ -386,8 +407,11 @@ static void *kf_realloc(void *ctx, void *ptr, size_t size)
 	return kf_prev[domain].realloc(kf_prev[domain].ctx, ptr, size);
 }
 
-static void kf_install_domain(int d)
+/* Our hooks over allocator below in domain d. */
+static void kf_install_domain(int d, const PyMemAllocatorEx *below)
 {
+	kf_prev[d] = *below;
+	kf_pass_down[d] = kf_domains[d] != PYMEM_DOMAIN_RAW && below->ctx != NULL;
 	PyMemAllocatorEx hook = { (void *)(intptr_t)kf_domains[d], kf_malloc, kf_calloc,
 				  kf_realloc, kf_free };
 	PyMem_SetAllocator(kf_domains[d], &hook);
@@ -401,16 +425,16 @@ static PyObject *kf_set_python_sampling(PyObject *mod, PyObject *arg)
 		return NULL;
 	if (on && !kf_hooked) {
 		kfence_register_internal((const void *)kf_malloc);
+		kf_cpython_image = kf_image_of((const void *)PyMem_Malloc);
 		/*
 		 * Installed once and never removed: objects already in the pool must
 		 * keep reaching kfence_free().  Switching off only stops sampling.
 		 */
-		for (int d = 0; d < 3; d++) {
-			PyMem_GetAllocator(kf_domains[d], &kf_prev[d]);
-			kf_pass_down[d] = kf_domains[d] != PYMEM_DOMAIN_RAW && kf_prev[d].ctx != NULL;
-		}
+		PyMemAllocatorEx below[3];
 		for (int d = 0; d < 3; d++)
-			kf_install_domain(d);
+			PyMem_GetAllocator(kf_domains[d], &below[d]);
+		for (int d = 0; d < 3; d++)
+			kf_install_domain(d, &below[d]);
 		kf_hooked = 1;
 	}
 	if (on && kf_removed) {
@@ -427,13 +451,6 @@ static PyObject *kf_python_sampling(PyObject *mod, PyObject *unused)
 	(void)mod;
 	(void)unused;
 	return PyBool_FromLong(kf_sampling);
-}
-
-/* The object file holding code address fn, or NULL. */
-static const void *kf_image_of(const void *fn)
-{
-	Dl_info info;
-	return fn && dladdr(fn, &info) ? info.dli_fbase : NULL;
 }
 
 static PyObject *kf_python_allocator_name(PyObject *mod, PyObject *unused)
@@ -470,8 +487,9 @@ static PyObject *kf_python_hooks(PyObject *mod, PyObject *unused)
 	if (!kf_hooked)
 		return PyUnicode_FromString("absent");
 	int removed = kf_removed;
+	PyMemAllocatorEx cur;
 	for (int d = 0; d < 3; d++)
-		removed |= kf_domain_restored(d);
+		removed |= kf_domain_lost(d, &cur);
 	return PyUnicode_FromString(removed ? "removed" : "installed");
 }
 
@@ -481,9 +499,17 @@ static PyObject *kf_repair_python_hooks(PyObject *mod, PyObject *unused)
 	(void)unused;
 	int repaired = 0;
 	if (kf_hooked) {
+		/*
+		 * Over whatever is there now, which calls nothing of ours (see
+		 * kf_domain_lost): the domain ends as if that tool had been started
+		 * after us.  Only with the GIL; a RAW call of another thread still in
+		 * our old hook could read kf_prev[d] while it changes, but the domain
+		 * has not been sending anything to us since it was lost.
+		 */
 		for (int d = 0; d < 3; d++) {
-			if (kf_domain_restored(d)) {
-				kf_install_domain(d);
+			PyMemAllocatorEx cur;
+			if (kf_domain_lost(d, &cur)) {
+				kf_install_domain(d, &cur);
 				repaired++;
 			}
 		}
@@ -501,10 +527,10 @@ static PyMethodDef kf_methods[] = {
 	  "CPython's name for the allocator in place ('pymalloc', 'malloc_debug', ...), "
 	  "'cpython' when only known to be CPython's own, None when another tool hooked it." },
 	{ "python_hooks", kf_python_hooks, METH_NOARGS,
-	  "'absent', 'installed', or 'removed' when some domain holds again the allocator "
-	  "our hooks wrapped (another tool restored it)." },
+	  "'absent', 'installed', or 'removed' when another tool took our hooks out of "
+	  "some domain (it restored the allocator it had saved)." },
 	{ "repair_python_hooks", kf_repair_python_hooks, METH_NOARGS,
-	  "Put our hooks back in each domain that holds again the allocator they wrapped; "
+	  "Put our hooks back on top of each domain where another tool removed them; "
 	  "returns how many." },
 	{ NULL, NULL, 0, NULL },
 };

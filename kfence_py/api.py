@@ -180,7 +180,7 @@ def is_enabled() -> bool:
 
 def python_allocator_sampled() -> bool:
     """True while CPython's allocator domains are sampled."""
-    return bool(_pyext.python_sampling())
+    return bool(_pyext.python_sampling()) and _pyext.python_hooks() == "installed"
 
 
 @contextmanager
