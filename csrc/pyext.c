@@ -191,13 +191,12 @@ static PyTypeObject GuardedBufferType = {
  * so the Python side restarts it above us before calling install (api.py),
  * and refuses to hook in-process over an allocator that is not CPython's own
  * (python_allocator_name()).  What is left, a removal by some other tool, is
- * detected on the sampled path (sampling then stops) and repaired from Python
- * (repair_python_hooks()); frees in between are not covered.
+ * seen on the sampled path (no sample while it lasts) and repaired from
+ * Python (repair_python_hooks()); frees in between are not covered.
  */
 static PyMemAllocatorEx kf_prev[3];      /* RAW, MEM, OBJ before us */
 static int kf_hooked;                     /* hooks installed (they stay: see install) */
 static volatile int kf_sampling;          /* send samples to the pool */
-static volatile int kf_removed;           /* a domain was found without our hooks */
 /*
  * MEM and OBJ: a layer below us may hand out blocks inside a RAW-domain pool
  * object of ours (CPython's debug hooks put their header in front of a block
@@ -330,16 +329,15 @@ static int kf_domain_lost(int d, PyMemAllocatorEx *cur)
 static void *kf_hook_alloc(int domain, size_t size, int zero)
 {
 	/*
-	 * Sampled path only: if a tool removed our hooks from some domain,
-	 * objects from here could be freed without them.  Stop sampling;
-	 * the Python side warns and repairs (repair_python_hooks).
+	 * Sampled path only: while a tool has our hooks out of some domain, an
+	 * object from here could be freed without them (PyObject_Free ends in
+	 * PyMem_RawFree).  No sample then; the Python side warns and repairs
+	 * (repair_python_hooks).  CPython itself swaps RAW to its default for a
+	 * moment in a few init and exit paths: sampling resumes after them.
 	 */
 	PyMemAllocatorEx cur;
-	if (kf_domain_lost(0, &cur) || kf_domain_lost(1, &cur) || kf_domain_lost(2, &cur)) {
-		kf_removed = 1;
-		kf_sampling = 0;
+	if (kf_domain_lost(0, &cur) || kf_domain_lost(1, &cur) || kf_domain_lost(2, &cur))
 		return NULL;
-	}
 	/* pymalloc's alignment guarantee is 16 bytes: ask for it whatever `align` says. */
 	void *p = kfence_sample(&kf_countdown, size, 16, KFENCE_CACHE_PYMEM, zero);
 	if (p)
@@ -437,11 +435,6 @@ static PyObject *kf_set_python_sampling(PyObject *mod, PyObject *arg)
 			kf_install_domain(d, &below[d]);
 		kf_hooked = 1;
 	}
-	if (on && kf_removed) {
-		PyErr_SetString(PyExc_RuntimeError, "kfence_py's allocator hooks were removed: "
-				"call repair_python_hooks() first");
-		return NULL;
-	}
 	kf_sampling = on;
 	Py_RETURN_NONE;
 }
@@ -486,7 +479,7 @@ static PyObject *kf_python_hooks(PyObject *mod, PyObject *unused)
 	(void)unused;
 	if (!kf_hooked)
 		return PyUnicode_FromString("absent");
-	int removed = kf_removed;
+	int removed = 0;
 	PyMemAllocatorEx cur;
 	for (int d = 0; d < 3; d++)
 		removed |= kf_domain_lost(d, &cur);
@@ -513,7 +506,6 @@ static PyObject *kf_repair_python_hooks(PyObject *mod, PyObject *unused)
 				repaired++;
 			}
 		}
-		kf_removed = 0;
 	}
 	return PyLong_FromLong(repaired);
 }

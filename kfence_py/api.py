@@ -124,11 +124,12 @@ def _repair_python_hooks() -> bool:
     if _pyext.python_hooks() != "removed":
         return True
     repaired = _pyext.repair_python_hooks()
-    _warn_once("removed", "another tool removed kfence_py's hooks on CPython's allocator "
-               "(it restored the allocator it had saved before kfence_py.enable()); "
-               "reinstalled them in %d domain(s): guarded objects freed in between went "
-               "to an allocator that does not own them. Start such tools after "
-               "kfence_py.enable(), or preload libkfence.so (kfence-py run)", repaired)
+    if repaired:
+        _warn_once("removed", "another tool removed kfence_py's hooks on CPython's allocator "
+                   "(it restored the allocator it had saved before kfence_py.enable()); "
+                   "reinstalled them in %d domain(s): guarded objects freed in between "
+                   "went to an allocator that does not own them. Start such tools after "
+                   "kfence_py.enable(), or preload libkfence.so (kfence-py run)", repaired)
     return _pyext.python_hooks() == "installed"
 
 

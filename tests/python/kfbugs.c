@@ -75,21 +75,25 @@ static PyObject *foreign_hook(PyObject *self, PyObject *arg)
 	Py_RETURN_NONE;
 }
 
-static PyObject *foreign_unhook(PyObject *self, PyObject *arg)
+/* foreign_unhook(domain=None): restore the saved allocator of one domain, or of all. */
+static PyObject *foreign_unhook(PyObject *self, PyObject *args)
 {
 	(void)self;
-	(void)arg;
+	int only = -1;
+	if (!PyArg_ParseTuple(args, "|i", &only))
+		return NULL;
 	if (foreign_hooked) {
 		for (int d = 0; d < 3; d++)
-			PyMem_SetAllocator((PyMemAllocatorDomain)d, &foreign_saved[d]);
-		foreign_hooked = 0;
+			if (only < 0 || only == d)
+				PyMem_SetAllocator((PyMemAllocatorDomain)d, &foreign_saved[d]);
+		foreign_hooked = only >= 0;
 	}
 	Py_RETURN_NONE;
 }
 
 static PyMethodDef methods[] = {
 	{ "foreign_hook", foreign_hook, METH_NOARGS, NULL },
-	{ "foreign_unhook", foreign_unhook, METH_NOARGS, NULL },
+	{ "foreign_unhook", foreign_unhook, METH_VARARGS, NULL },
 	{ "use_after_decref", use_after_decref, METH_NOARGS, NULL },
 	{ "overrun_pymem", overrun_pymem, METH_O, NULL },
 	{ NULL, NULL, 0, NULL },

@@ -214,3 +214,37 @@ def test_removal_by_foreign_hooks_below_is_detected_and_repaired(run_python):
     assert "sampling again True" in run.stdout
     assert run.stderr.count("another tool removed kfence_py's hooks") == 1, run.stderr
     assert run.reports == []
+
+
+def test_no_sample_while_one_domain_lost_our_hooks(run_python):
+    """Only OBJ taken out: the sampled path of RAW and MEM sees it and hands out nothing."""
+    run = run_python("""
+        import kfbugs
+        import kfence_py
+        from kfence_py import _pyext
+
+        def pymem_samples_since(t0):
+            return sum(o.cache == "pymem" and o.alloc_time > t0
+                       for o in kfence_py.objects())
+
+        def now():
+            return max((o.alloc_time for o in kfence_py.objects()), default=0.0)
+
+        kfbugs.foreign_hook()
+        kfence_py.enable(python_allocator=True, sample_rate=1)
+        kfbugs.foreign_unhook(2)  # PYMEM_DOMAIN_OBJ
+        t0 = now()
+        bufs = [b"x" * (i % 300) for i in range(3000)]  # PyObject_Malloc: no hook
+        raw = [bytearray(i % 300) for i in range(3000)]  # PyMem_Malloc: our hook
+        print("lost", _pyext.python_hooks(), "samples", pymem_samples_since(t0))
+        kfence_py.enable(python_allocator=True, sample_rate=1)
+        t0 = now()
+        more = [bytearray(i % 300) for i in range(3000)]
+        print("repaired", _pyext.python_hooks(), "sampling", pymem_samples_since(t0) > 0)
+        del bufs, raw, more
+    """, env={"LD_PRELOAD": str(kfence_py.lib_path())})
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "lost removed samples 0" in run.stdout, run.stdout + run.stderr
+    assert "repaired installed sampling True" in run.stdout
+    assert "reinstalled them in 1 domain(s)" in run.stderr
+    assert run.reports == []
