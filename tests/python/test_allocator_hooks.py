@@ -112,6 +112,9 @@ def test_x_tracemalloc_with_pytest_kfence(pytester: pytest.Pytester, native_dir,
     assert result.ret == 0, result.stdout.str() + result.stderr.str()
     result.assert_outcomes(passed=3)
     assert "munmap_chunk" not in result.stderr.str()
+    # The warning is shown, though pytest captured the logging of the test.
+    result.stdout.fnmatch_lines(["*= kfence_py =*",
+                                 "warning: tracemalloc was restarted above kfence_py's*"])
 
 
 @pytest.mark.parametrize("how", [
