@@ -27,6 +27,17 @@ static PyObject *overrun_pymem(PyObject *self, PyObject *arg)
 	Py_RETURN_NONE;
 }
 
+/* Frees a PyMem_Malloc buffer of n bytes twice. */
+static PyObject *double_free_pymem(PyObject *self, PyObject *arg)
+{
+	(void)self;
+	Py_ssize_t n = PyLong_AsSsize_t(arg);
+	char *p = PyMem_Malloc((size_t)n);
+	PyMem_Free(p);
+	PyMem_Free(p);
+	Py_RETURN_NONE;
+}
+
 /*
  * "Another tool", as tracemalloc or a memory profiler is: foreign_hook()
  * saves the allocator of each domain and installs pass-through hooks over it;
@@ -96,6 +107,7 @@ static PyMethodDef methods[] = {
 	{ "foreign_unhook", foreign_unhook, METH_VARARGS, NULL },
 	{ "use_after_decref", use_after_decref, METH_NOARGS, NULL },
 	{ "overrun_pymem", overrun_pymem, METH_O, NULL },
+	{ "double_free_pymem", double_free_pymem, METH_O, NULL },
 	{ NULL, NULL, 0, NULL },
 };
 

@@ -149,6 +149,26 @@ def test_cpython_debug_hooks_and_malloc(run_python, how):
     assert run.reports == []
 
 
+@pytest.mark.parametrize("pythonmalloc", ["pymalloc", "debug"])
+@pytest.mark.parametrize("bug, kind", [
+    ("use_after_decref()", "use-after-free"),
+    ("overrun_pymem(64)", "out-of-bounds"),
+    ("double_free_pymem(64)", "invalid free"),
+])
+def test_bugs_are_reported_under_debug_hooks(run_python, pythonmalloc, bug, kind):
+    """Our own objects stay ours above the debug hooks: bugs on them are reported."""
+    run = run_python(f"""
+        import kfbugs
+        import kfence_py
+        kfence_py.enable(python_allocator=True, sample_rate=1, placement="right")
+        kfbugs.{bug}
+        print("reported", kfence_py.stats().total_bugs)
+    """, env={"PYTHONMALLOC": pythonmalloc})
+    kinds = [r.kind for r in run.reports]
+    assert kinds and all(k == kind for k in kinds), run.stderr[-3000:]
+    assert "Fatal Python error" not in run.stderr
+
+
 def test_foreign_hooks_below_are_refused_in_process(run_python):
     """A tool hooked before us may restore its saved allocator: we do not go above it."""
     run = run_python("""
