@@ -111,6 +111,7 @@ def enable(*, python_allocator: bool = False, **options: object) -> None:
 
 
 _warned: set[str] = set()
+_refused_below = False  # another tool's hooks were found below ours
 
 
 def _warn_once(key: str, message: str, *args: object) -> None:
@@ -135,6 +136,7 @@ def _repair_python_hooks() -> bool:
 
 def _sample_python_allocator() -> None:
     """Install the PyMem hooks once, where nothing can remove them, and sample."""
+    global _refused_below
     if _pyext.python_hooks() != "absent":
         if _repair_python_hooks():
             _pyext.set_python_sampling(True)
@@ -142,14 +144,19 @@ def _sample_python_allocator() -> None:
     # tracemalloc (-X tracemalloc, PYTHONTRACEMALLOC, or started earlier) sits above
     # the allocator it saved and restores it at stop(), also at exit: that would take
     # our hooks out with it.  Restarted above ours, it restores ours instead.
-    limit = tracemalloc.get_traceback_limit() if tracemalloc.is_tracing() else 0
-    if limit:
+    tracing = tracemalloc.is_tracing()
+    if tracing and _refused_below:
+        return  # looked below it already: not again, each look drops its traces
+    limit = tracemalloc.get_traceback_limit()
+    if tracing:
         tracemalloc.stop()
+    installed = False
     try:
         name = _pyext.python_allocator_name()
         if name is None and not lib.kfence_is_interposing():
             # Another tool's hooks below ours could remove them at any time, and the
             # guarded objects would then reach glibc's free(), which aborts on them.
+            _refused_below = True
             _warn_once("unknown", "CPython's allocator is hooked by another tool "
                        "(not CPython's own allocator): not sampling it in-process, as "
                        "that tool could remove kfence_py's hooks. Start such tools after "
@@ -157,12 +164,15 @@ def _sample_python_allocator() -> None:
                        "with which this is safe")
             return
         _pyext.set_python_sampling(True)
+        installed = True
     finally:
-        if limit:
+        if tracing:
             tracemalloc.start(limit)
             _warn_once("tracemalloc", "tracemalloc was restarted above kfence_py's "
                        "allocator hooks (else tracemalloc.stop() would remove them): "
-                       "traces of earlier allocations are lost")
+                       "traces of earlier allocations are lost" if installed else
+                       "tracemalloc was restarted (kfence_py looked at the allocator "
+                       "below it): traces of earlier allocations are lost")
 
 
 def disable() -> None:

@@ -187,6 +187,25 @@ def test_foreign_hooks_below_are_refused_in_process(run_python):
     assert run.stderr.count("hooked by another tool") == 1, run.stderr
 
 
+def test_foreign_hooks_below_tracemalloc_are_looked_at_once(run_python):
+    run = run_python("""
+        import tracemalloc
+        import kfbugs
+        import kfence_py
+        kfbugs.foreign_hook()
+        tracemalloc.start()
+        kfence_py.enable(python_allocator=True, sample_rate=1)
+        keep = [str(i) * 9 for i in range(100)]
+        kfence_py.enable(python_allocator=True, sample_rate=1)  # tracemalloc left alone
+        print("traced", tracemalloc.get_object_traceback(keep[-1]) is not None,
+              "sampled", kfence_py.python_allocator_sampled())
+    """)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "traced True sampled False" in run.stdout
+    assert run.stderr.count("hooked by another tool") == 1, run.stderr
+    assert run.stderr.count("tracemalloc was restarted (kfence_py looked") == 1, run.stderr
+
+
 def test_foreign_hooks_above_may_restore_what_they_found(run_python):
     run = run_python("""
         import kfbugs
