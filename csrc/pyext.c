@@ -294,12 +294,16 @@ static int kf_freed_start(const void *ptr)
  * of one of our objects in MEM and OBJ when the layer below may embed (see
  * kf_pass_down).  Called for every free: the pool test comes first.
  */
-static int kf_owns(int domain, void *ptr)
+static __attribute__((noinline, cold)) int kf_owns_pool_address(int domain, void *ptr)
 {
 	size_t size;
-	return kfence_is_pool_address(ptr) &&
-	       (!kf_pass_down[domain] || kfence_object_size(ptr, &size) == 0 ||
-		kf_freed_start(ptr));
+	return !kf_pass_down[domain] || kfence_object_size(ptr, &size) == 0 ||
+	       kf_freed_start(ptr);
+}
+
+static inline int kf_owns(int domain, void *ptr)
+{
+	return kfence_is_pool_address(ptr) && kf_owns_pool_address(domain, ptr);
 }
 
 static void *kf_malloc(void *ctx, size_t size);
