@@ -87,7 +87,11 @@ def enable(*, python_allocator: bool = False, **options: object) -> None:
     When the library is already running (preloaded, or enabled before), the
     sampling options (sample_interval, sample_rate, burst) change at once and
     the others, fixed at start, are ignored with a warning.  With
-    ``python_allocator=True`` CPython's own allocations are sampled too.
+    ``python_allocator=True`` CPython's own allocations are sampled too,
+    through hooks installed once above the allocator in place: a running
+    tracemalloc is restarted above them (its earlier traces are lost, with a
+    warning), and in-process (libkfence.so not preloaded) they are refused,
+    with a warning, over another tool's hooks, which could remove them.
     """
     normalized = {k: option_specs()[k].normalize(v) if k in option_specs() else v
                   for k, v in options.items()}
