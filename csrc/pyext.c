@@ -14,6 +14,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <dlfcn.h>
 #include <errno.h>
 #include <string.h>
 
@@ -179,9 +180,31 @@ static PyTypeObject GuardedBufferType = {
 
 /* === CPython allocator hooks === */
 
+/*
+ * Who owns a pool object matters more than anything else here: one that
+ * reaches an allocator other than ours is freed by glibc (abort) when
+ * libkfence.so is not the process's malloc.  Our hooks sit above the
+ * allocator they found (kf_prev) and pool objects only come back to us while
+ * they stay in the chain.  A tool installed after us that later restores the
+ * allocator it found puts ours back: safe.  A tool installed before us that
+ * restores the allocator it saved removes ours: tracemalloc does exactly that,
+ * so the Python side restarts it above us before calling install (api.py),
+ * and refuses to hook in-process over an allocator that is not CPython's own
+ * (python_allocator_name()).  What is left, a removal by some other tool, is
+ * seen on the sampled path (no sample while it lasts) and repaired from
+ * Python (repair_python_hooks()); frees in between are not covered.
+ */
 static PyMemAllocatorEx kf_prev[3];      /* RAW, MEM, OBJ before us */
 static int kf_hooked;                     /* hooks installed (they stay: see install) */
 static volatile int kf_sampling;          /* send samples to the pool */
+/*
+ * MEM and OBJ: a layer below us may hand out blocks inside a RAW-domain pool
+ * object of ours (CPython's debug hooks put their header in front of a block
+ * pymalloc took from PyMem_RawMalloc).  Such a pointer is that layer's, not
+ * ours: only the recorded start of a pool object is.  1 when the allocator
+ * below has a context, as the debug hooks do (pymalloc and malloc have none).
+ */
+static int kf_pass_down[3];
 /* initial-exec: no __tls_get_addr call per allocation in this dlopen()ed module */
 static _Thread_local int32_t kf_countdown __attribute__((tls_model("initial-exec")));
 static _Thread_local int kf_in_hook __attribute__((tls_model("initial-exec"))); /* the traceback capture allocates */
@@ -244,8 +267,88 @@ static void kf_note(void *ptr, int which, int domain)
 		kfence_annotate(ptr, which, note);
 }
 
+/*
+ * 1 when ptr is the start of a freed object of the pool (a double free, which
+ * kfence_free() reports).  Reads the shared state, with the pool layout of
+ * kf_addr_slot() (kf_internal.h: slot i on page 2i+1); were that to change,
+ * the answer would be 0 and the pointer go to the layer below, not astray.
+ */
+static int kf_freed_start(const void *ptr)
+{
+	const struct kfence_state *st = kfence_state();
+	uintptr_t p = (uintptr_t)ptr;
+	if (!st || p < st->pool_start || st->page_size == 0)
+		return 0;
+	uint64_t page = (p - st->pool_start) / st->page_size;
+	if (!(page & 1) || (page - 1) / 2 >= st->num_slots)
+		return 0;
+	const struct kfence_slot *m = (const struct kfence_slot *)(
+		(const char *)st + st->slots_offset + (page - 1) / 2 * st->slot_size);
+	return __atomic_load_n(&m->state, __ATOMIC_ACQUIRE) == KFENCE_SLOT_FREED &&
+	       m->addr == p;
+}
+
+/*
+ * Whether ptr, freed or reallocated through our hook of domain, is ours: any
+ * pool address in RAW (nothing below it allocates from us), only the start
+ * of one of our objects in MEM and OBJ when the layer below may embed (see
+ * kf_pass_down).  Called for every free: the pool test comes first.
+ */
+static __attribute__((noinline, cold)) int kf_owns_pool_address(int domain, void *ptr)
+{
+	size_t size;
+	return !kf_pass_down[domain] || kfence_object_size(ptr, &size) == 0 ||
+	       kf_freed_start(ptr);
+}
+
+static inline int kf_owns(int domain, void *ptr)
+{
+	return kfence_is_pool_address(ptr) && kf_owns_pool_address(domain, ptr);
+}
+
+static void *kf_malloc(void *ctx, size_t size);
+
+static const PyMemAllocatorDomain kf_domains[3] = {
+	PYMEM_DOMAIN_RAW, PYMEM_DOMAIN_MEM, PYMEM_DOMAIN_OBJ };
+
+/* The object file holding code address fn, or NULL. */
+static const void *kf_image_of(const void *fn)
+{
+	Dl_info info;
+	return fn && dladdr(fn, &info) ? info.dli_fbase : NULL;
+}
+
+static const void *kf_cpython_image;      /* libpython or the executable; set at install */
+
+/*
+ * 1 when domain d no longer goes through our hooks, as far as can be told:
+ * it holds again exactly the allocator we wrapped, or one of CPython's leaf
+ * allocators (pymalloc or malloc: no context, calling nothing above them).
+ * Another tool's hooks on top are taken to wrap ours: they cannot be seen
+ * through.  The current allocator goes to *cur.
+ */
+static int kf_domain_lost(int d, PyMemAllocatorEx *cur)
+{
+	PyMem_GetAllocator(kf_domains[d], cur);
+	if (cur->malloc == kf_malloc)
+		return 0;
+	if (memcmp(cur, &kf_prev[d], sizeof(*cur)) == 0)
+		return 1;
+	return cur->ctx == NULL && kf_image_of((const void *)cur->malloc) == kf_cpython_image;
+}
+
 static void *kf_hook_alloc(int domain, size_t size, int zero)
 {
+	/*
+	 * Sampled path only: while a tool has our hooks out of some domain, an
+	 * object from here could be freed without them (PyObject_Free ends in
+	 * PyMem_RawFree).  No sample then; the Python side warns and repairs
+	 * (repair_python_hooks).  CPython itself swaps RAW to its default for a
+	 * moment in a few init and exit paths: sampling resumes after them.
+	 */
+	PyMemAllocatorEx cur;
+	if (kf_domain_lost(0, &cur) || kf_domain_lost(1, &cur) || kf_domain_lost(2, &cur))
+		return NULL;
 	/* pymalloc's alignment guarantee is 16 bytes: ask for it whatever `align` says. */
 	void *p = kfence_sample(&kf_countdown, size, 16, KFENCE_CACHE_PYMEM, zero);
 	if (p)
@@ -281,7 +384,7 @@ static void *kf_calloc(void *ctx, size_t nelem, size_t elsize)
 static void kf_free(void *ctx, void *ptr)
 {
 	int domain = (int)(intptr_t)ctx;
-	if (kfence_is_pool_address(ptr)) {
+	if (kf_owns(domain, ptr)) {
 		if (!kf_in_hook)
 			kf_note(ptr, 1, domain);
 		kfence_free(ptr);
@@ -293,7 +396,7 @@ static void kf_free(void *ctx, void *ptr)
 static void *kf_realloc(void *ctx, void *ptr, size_t size)
 {
 	int domain = (int)(intptr_t)ctx;
-	if (kfence_is_pool_address(ptr)) {
+	if (kf_owns(domain, ptr)) {
 		size_t old;
 		if (kfence_object_size(ptr, &old) != 0) {
 			kfence_free(ptr);  /* reports the invalid free */
@@ -313,6 +416,16 @@ static void *kf_realloc(void *ctx, void *ptr, size_t size)
 	return kf_prev[domain].realloc(kf_prev[domain].ctx, ptr, size);
 }
 
+/* Our hooks over allocator below in domain d. */
+static void kf_install_domain(int d, const PyMemAllocatorEx *below)
+{
+	kf_prev[d] = *below;
+	kf_pass_down[d] = kf_domains[d] != PYMEM_DOMAIN_RAW && below->ctx != NULL;
+	PyMemAllocatorEx hook = { (void *)(intptr_t)kf_domains[d], kf_malloc, kf_calloc,
+				  kf_realloc, kf_free };
+	PyMem_SetAllocator(kf_domains[d], &hook);
+}
+
 static PyObject *kf_set_python_sampling(PyObject *mod, PyObject *arg)
 {
 	(void)mod;
@@ -321,18 +434,16 @@ static PyObject *kf_set_python_sampling(PyObject *mod, PyObject *arg)
 		return NULL;
 	if (on && !kf_hooked) {
 		kfence_register_internal((const void *)kf_malloc);
+		kf_cpython_image = kf_image_of((const void *)PyMem_Malloc);
 		/*
 		 * Installed once and never removed: objects already in the pool must
 		 * keep reaching kfence_free().  Switching off only stops sampling.
 		 */
-		static const PyMemAllocatorDomain domains[3] = {
-			PYMEM_DOMAIN_RAW, PYMEM_DOMAIN_MEM, PYMEM_DOMAIN_OBJ };
-		for (int i = 0; i < 3; i++) {
-			PyMemAllocatorEx hook = { (void *)(intptr_t)domains[i], kf_malloc, kf_calloc,
-						  kf_realloc, kf_free };
-			PyMem_GetAllocator(domains[i], &kf_prev[domains[i]]);
-			PyMem_SetAllocator(domains[i], &hook);
-		}
+		PyMemAllocatorEx below[3];
+		for (int d = 0; d < 3; d++)
+			PyMem_GetAllocator(kf_domains[d], &below[d]);
+		for (int d = 0; d < 3; d++)
+			kf_install_domain(d, &below[d]);
 		kf_hooked = 1;
 	}
 	kf_sampling = on;
@@ -346,11 +457,84 @@ static PyObject *kf_python_sampling(PyObject *mod, PyObject *unused)
 	return PyBool_FromLong(kf_sampling);
 }
 
+static PyObject *kf_python_allocator_name(PyObject *mod, PyObject *unused)
+{
+	(void)mod;
+	(void)unused;
+	/* CPython's own answer where it exports it (3.8 to 3.12 at least). */
+	const char *(*name_of)(void) =
+		(const char *(*)(void))dlsym(RTLD_DEFAULT, "_PyMem_GetCurrentAllocatorName");
+	if (name_of) {
+		const char *name = name_of();
+		if (name)
+			return PyUnicode_FromString(name);
+		Py_RETURN_NONE;
+	}
+	/* Else: every function of every domain lies in CPython's own image. */
+	const void *cpython = kf_image_of((const void *)PyMem_Malloc);
+	for (int d = 0; d < 3; d++) {
+		PyMemAllocatorEx cur;
+		PyMem_GetAllocator(kf_domains[d], &cur);
+		const void *fns[4] = { (const void *)cur.malloc, (const void *)cur.calloc,
+				       (const void *)cur.realloc, (const void *)cur.free };
+		for (int i = 0; i < 4; i++)
+			if (!cpython || kf_image_of(fns[i]) != cpython)
+				Py_RETURN_NONE;
+	}
+	return PyUnicode_FromString("cpython");
+}
+
+static PyObject *kf_python_hooks(PyObject *mod, PyObject *unused)
+{
+	(void)mod;
+	(void)unused;
+	if (!kf_hooked)
+		return PyUnicode_FromString("absent");
+	int removed = 0;
+	PyMemAllocatorEx cur;
+	for (int d = 0; d < 3; d++)
+		removed |= kf_domain_lost(d, &cur);
+	return PyUnicode_FromString(removed ? "removed" : "installed");
+}
+
+static PyObject *kf_repair_python_hooks(PyObject *mod, PyObject *unused)
+{
+	(void)mod;
+	(void)unused;
+	int repaired = 0;
+	if (kf_hooked) {
+		/*
+		 * Over whatever is there now, which calls nothing of ours (see
+		 * kf_domain_lost): the domain ends as if that tool had been started
+		 * after us.  Only with the GIL; a RAW call of another thread still in
+		 * our old hook could read kf_prev[d] while it changes, but the domain
+		 * has not been sending anything to us since it was lost.
+		 */
+		for (int d = 0; d < 3; d++) {
+			PyMemAllocatorEx cur;
+			if (kf_domain_lost(d, &cur)) {
+				kf_install_domain(d, &cur);
+				repaired++;
+			}
+		}
+	}
+	return PyLong_FromLong(repaired);
+}
+
 static PyMethodDef kf_methods[] = {
 	{ "set_python_sampling", kf_set_python_sampling, METH_O,
 	  "Sample CPython's allocator domains into the pool (True) or stop (False)." },
 	{ "python_sampling", kf_python_sampling, METH_NOARGS,
 	  "True while CPython's allocator is sampled." },
+	{ "python_allocator_name", kf_python_allocator_name, METH_NOARGS,
+	  "CPython's name for the allocator in place ('pymalloc', 'malloc_debug', ...), "
+	  "'cpython' when only known to be CPython's own, None when another tool hooked it." },
+	{ "python_hooks", kf_python_hooks, METH_NOARGS,
+	  "'absent', 'installed', or 'removed' when another tool took our hooks out of "
+	  "some domain (it restored the allocator it had saved)." },
+	{ "repair_python_hooks", kf_repair_python_hooks, METH_NOARGS,
+	  "Put our hooks back on top of each domain where another tool removed them; "
+	  "returns how many." },
 	{ NULL, NULL, 0, NULL },
 };
 

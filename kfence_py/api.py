@@ -10,6 +10,7 @@ import ctypes
 import errno
 import logging
 import os
+import tracemalloc
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -86,7 +87,11 @@ def enable(*, python_allocator: bool = False, **options: object) -> None:
     When the library is already running (preloaded, or enabled before), the
     sampling options (sample_interval, sample_rate, burst) change at once and
     the others, fixed at start, are ignored with a warning.  With
-    ``python_allocator=True`` CPython's own allocations are sampled too.
+    ``python_allocator=True`` CPython's own allocations are sampled too,
+    through hooks installed once above the allocator in place: a running
+    tracemalloc is restarted above them (its earlier traces are lost, with a
+    warning), and in-process (libkfence.so not preloaded) they are refused,
+    with a warning, over another tool's hooks, which could remove them.
     """
     normalized = {k: option_specs()[k].normalize(v) if k in option_specs() else v
                   for k, v in options.items()}
@@ -106,7 +111,72 @@ def enable(*, python_allocator: bool = False, **options: object) -> None:
                 setattr(control, field, int(normalized[key]))
         control.enabled = int(normalized.get("enabled", "1"))
     if python_allocator:
+        _sample_python_allocator()
+
+
+_warned: set[str] = set()
+_refused_below = False  # another tool's hooks were found below ours
+
+
+def _warn_once(key: str, message: str, *args: object) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        log.warning(message, *args)
+
+
+def _repair_python_hooks() -> bool:
+    """Put our PyMem hooks back where another tool removed them; False if it cannot."""
+    if _pyext.python_hooks() != "removed":
+        return True
+    repaired = _pyext.repair_python_hooks()
+    if repaired:
+        _warn_once("removed", "another tool removed kfence_py's hooks on CPython's allocator "
+                   "(it restored the allocator it had saved before kfence_py.enable()); "
+                   "reinstalled them in %d domain(s): guarded objects freed in between "
+                   "went to an allocator that does not own them. Start such tools after "
+                   "kfence_py.enable(), or preload libkfence.so (kfence-py run)", repaired)
+    return _pyext.python_hooks() == "installed"
+
+
+def _sample_python_allocator() -> None:
+    """Install the PyMem hooks once, where nothing can remove them, and sample."""
+    global _refused_below
+    if _pyext.python_hooks() != "absent":
+        if _repair_python_hooks():
+            _pyext.set_python_sampling(True)
+        return
+    # tracemalloc (-X tracemalloc, PYTHONTRACEMALLOC, or started earlier) sits above
+    # the allocator it saved and restores it at stop(), also at exit: that would take
+    # our hooks out with it.  Restarted above ours, it restores ours instead.
+    tracing = tracemalloc.is_tracing()
+    if tracing and _refused_below:
+        return  # looked below it already: not again, each look drops its traces
+    limit = tracemalloc.get_traceback_limit()
+    if tracing:
+        tracemalloc.stop()
+    installed = False
+    try:
+        name = _pyext.python_allocator_name()
+        if name is None and not lib.kfence_is_interposing():
+            # Another tool's hooks below ours could remove them at any time, and the
+            # guarded objects would then reach glibc's free(), which aborts on them.
+            _refused_below = True
+            _warn_once("unknown", "CPython's allocator is hooked by another tool "
+                       "(not CPython's own allocator): not sampling it in-process, as "
+                       "that tool could remove kfence_py's hooks. Start such tools after "
+                       "kfence_py.enable(), or preload libkfence.so (kfence-py run), "
+                       "with which this is safe")
+            return
         _pyext.set_python_sampling(True)
+        installed = True
+    finally:
+        if tracing:
+            tracemalloc.start(limit)
+            _warn_once("tracemalloc", "tracemalloc was restarted above kfence_py's "
+                       "allocator hooks (else tracemalloc.stop() would remove them): "
+                       "traces of earlier allocations are lost" if installed else
+                       "tracemalloc was restarted (kfence_py looked at the allocator "
+                       "below it): traces of earlier allocations are lost")
 
 
 def disable() -> None:
@@ -125,7 +195,7 @@ def is_enabled() -> bool:
 
 def python_allocator_sampled() -> bool:
     """True while CPython's allocator domains are sampled."""
-    return bool(_pyext.python_sampling())
+    return bool(_pyext.python_sampling()) and _pyext.python_hooks() == "installed"
 
 
 @contextmanager
@@ -143,7 +213,8 @@ def sampling(*, python_allocator: bool = True, **options: object) -> Iterator[No
         if saved is not None:
             c = _view().header.control
             c.enabled, c.sample_interval_ms, c.sample_rate, c.burst = saved
-        _pyext.set_python_sampling(was_python)
+        hooks_ok = _repair_python_hooks()
+        _pyext.set_python_sampling(was_python and hooks_ok)
 
 
 def alloc(size: int, *, placement: str = "right", zero: bool = True,

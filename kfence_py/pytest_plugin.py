@@ -5,10 +5,14 @@ one test, with options.  A test during which kfence_py reported a bug fails,
 with the report in its failure (the full text is in its captured stderr).
 Works beside pytest's faulthandler plugin: ours is installed after it, so pool
 faults reach us first and everything else still reaches faulthandler.
+kfence_py's warnings (tracemalloc restarted, allocator hooked by another tool)
+are repeated in a "kfence_py" section of the terminal summary, as pytest
+captures logging per test.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Generator
 from typing import Any
 
@@ -20,6 +24,20 @@ from .reports import format_record
 
 _SEEN = pytest.StashKey[int]()
 _ENABLED = pytest.StashKey[bool]()
+
+
+class _Warnings(logging.Handler):
+    """Keeps the warnings of the kfence_py logger for the terminal summary."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+_WARNINGS = pytest.StashKey[_Warnings]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -38,6 +56,24 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "kfence(**options): sample CPython's allocator with kfence_py during "
         "this test (options as in KFENCE_OPTIONS) and fail it if a bug is reported")
+    handler = _Warnings()
+    api.log.addHandler(handler)
+    config.stash[_WARNINGS] = handler
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    handler = config.stash.get(_WARNINGS, None)
+    if handler is not None:
+        api.log.removeHandler(handler)
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int,
+                            config: pytest.Config) -> None:
+    handler = config.stash.get(_WARNINGS, None)
+    if handler is not None and handler.messages:
+        terminalreporter.section("kfence_py")
+        for message in handler.messages:
+            terminalreporter.line(f"warning: {message}")
 
 
 def _options(item: pytest.Item) -> dict[str, Any] | None:

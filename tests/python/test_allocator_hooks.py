@@ -1,0 +1,292 @@
+"""The PyMem hooks beside other users of CPython's allocator (issue 9, item 15).
+
+Guard objects handed out by our hooks must come back to kfence_free(): in
+process (no preload) glibc's free() aborts on them ("munmap_chunk(): invalid
+pointer").  Every test runs its interpreter in a child, which may crash.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+import kfence_py
+
+# Many objects of many sizes, some grown (realloc), all freed: with sample_rate=1
+# plenty of them are guard objects.  Indented as the scripts it goes into.
+WORKLOAD = """
+        def workload():
+            objs = [str(i) * (i % 40) for i in range(3000)]
+            objs += [bytearray(i % 900) for i in range(600)]
+            objs.append({i: [i] * (i % 7) for i in range(500)})
+            grown = []
+            for i in range(2000):
+                grown.append(i)
+            objs.append(grown)
+            return objs
+"""
+
+
+def test_tracemalloc_stop_after_enable_does_not_abort(run_python):
+    """The regression of the issue: tracemalloc first, our hooks above it, stop()."""
+    run = run_python("""
+        import gc
+        import tracemalloc
+        tracemalloc.start(7)
+        import kfence_py
+        kfence_py.enable(python_allocator=True, sample_rate=1)
+        print("tracing", tracemalloc.is_tracing(), tracemalloc.get_traceback_limit())
+    """ + WORKLOAD + """
+        objs = workload()
+        print("guarded", kfence_py.stats().currently_allocated > 100)
+        tracemalloc.stop()
+        del objs
+        gc.collect()
+        more = workload()
+        del more
+        print("done")
+    """)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "munmap_chunk" not in run.stderr
+    assert "tracing True 7" in run.stdout
+    assert "guarded True" in run.stdout
+    assert "done" in run.stdout
+    assert run.reports == []
+    # One warning, saying what was lost.
+    assert run.stderr.count("tracemalloc was restarted") == 1, run.stderr
+    assert "traces of earlier allocations are lost" in run.stderr
+
+
+def test_tracemalloc_still_traces_over_our_hooks(run_python):
+    run = run_python("""
+        import tracemalloc
+        import kfence_py
+        tracemalloc.start(3)
+        kfence_py.enable(python_allocator=True, sample_rate=1)
+        before = tracemalloc.get_traced_memory()[0]
+        keep = [str(i) * 20 for i in range(5000)]
+        grew = tracemalloc.get_traced_memory()[0] - before > 100_000
+        tb = tracemalloc.get_object_traceback(keep[-1])
+        print("grew", grew, "traceback", tb is not None and len(tb) >= 1)
+        tracemalloc.stop()
+        tracemalloc.start()  # over ours again: its stop() at exit restores ours
+        del keep
+        print("done")
+    """)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "grew True traceback True" in run.stdout
+    assert "done" in run.stdout
+    assert run.reports == []
+
+
+def test_x_tracemalloc_with_pytest_kfence(pytester: pytest.Pytester, native_dir, monkeypatch):
+    """`python -X tracemalloc -m pytest --kfence`, a test stopping tracemalloc, and exit."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        filter(None, [str(native_dir), os.environ.get("PYTHONPATH", "")])))
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    monkeypatch.delenv("KFENCE_OPTIONS", raising=False)
+    pytester.makepyfile(test_with_tracemalloc="""
+        import tracemalloc
+        import kfence_py
+
+        KEPT = []
+
+        def test_allocates():
+            assert tracemalloc.is_tracing()
+            assert kfence_py.python_allocator_sampled()
+            KEPT.extend(str(i) * 9 for i in range(3000))
+
+        def test_stops_tracemalloc():
+            tracemalloc.stop()
+            KEPT.clear()
+            local = [bytearray(i % 700) for i in range(2000)]
+            del local
+
+        def test_after():
+            KEPT.extend(str(i) for i in range(3000))
+    """)
+    result = pytester.run(sys.executable, "-X", "tracemalloc", "-m", "pytest",
+                          "-p", "no:cacheprovider", "--kfence", "-v", timeout=300)
+    assert result.ret == 0, result.stdout.str() + result.stderr.str()
+    result.assert_outcomes(passed=3)
+    assert "munmap_chunk" not in result.stderr.str()
+    # The warning is shown, though pytest captured the logging of the test.
+    result.stdout.fnmatch_lines(["*= kfence_py =*",
+                                 "warning: tracemalloc was restarted above kfence_py's*"])
+
+
+@pytest.mark.parametrize("how", [
+    ["env:PYTHONMALLOC=debug"],
+    ["env:PYTHONMALLOC=pymalloc_debug"],
+    ["env:PYTHONMALLOC=malloc"],
+    ["env:PYTHONMALLOC=malloc_debug"],
+    ["-X", "dev"],
+    ["-X", "dev", "-X", "tracemalloc"],
+], ids=lambda how: " ".join(how).replace("env:", ""))
+def test_cpython_debug_hooks_and_malloc(run_python, how):
+    """Debug hooks below ours hand out blocks inside RAW guard objects: theirs, not ours."""
+    args = [a for a in how if not a.startswith("env:")]
+    env = dict(a[4:].split("=", 1) for a in how if a.startswith("env:"))
+    run = run_python("""
+        import gc
+        import tracemalloc
+        import kfence_py
+        kfence_py.enable(python_allocator=True, sample_rate=1)
+    """ + WORKLOAD + """
+        for _ in range(3):
+            objs = workload()
+            del objs
+            gc.collect()
+        tracemalloc.stop()
+        stats = kfence_py.stats()
+        print("sampled", kfence_py.python_allocator_sampled(),
+              "freed", stats.total_frees > 1000, "bugs", stats.total_bugs)
+    """, *args, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "sampled True freed True bugs 0" in run.stdout, run.stdout + run.stderr[-3000:]
+    assert run.reports == []
+
+
+@pytest.mark.parametrize("pythonmalloc", ["pymalloc", "debug"])
+@pytest.mark.parametrize("bug, kind", [
+    ("use_after_decref()", "use-after-free"),
+    ("overrun_pymem(64)", "out-of-bounds"),
+    ("double_free_pymem(64)", "invalid free"),
+])
+def test_bugs_are_reported_under_debug_hooks(run_python, pythonmalloc, bug, kind):
+    """Our own objects stay ours above the debug hooks: bugs on them are reported."""
+    run = run_python(f"""
+        import kfbugs
+        import kfence_py
+        kfence_py.enable(python_allocator=True, sample_rate=1, placement="right")
+        kfbugs.{bug}
+        print("reported", kfence_py.stats().total_bugs)
+    """, env={"PYTHONMALLOC": pythonmalloc})
+    kinds = [r.kind for r in run.reports]
+    assert kinds and all(k == kind for k in kinds), run.stderr[-3000:]
+    assert "Fatal Python error" not in run.stderr
+
+
+def test_foreign_hooks_below_are_refused_in_process(run_python):
+    """A tool hooked before us may restore its saved allocator: we do not go above it."""
+    run = run_python("""
+        import kfbugs
+        import kfence_py
+        kfbugs.foreign_hook()
+        kfence_py.enable(python_allocator=True, sample_rate=1)
+        kfence_py.enable(python_allocator=True, sample_rate=1)
+        objs = [str(i) * 7 for i in range(3000)]
+        kfbugs.foreign_unhook()
+        del objs
+        print("sampled", kfence_py.python_allocator_sampled())
+    """)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "sampled False" in run.stdout
+    assert run.stderr.count("hooked by another tool") == 1, run.stderr
+
+
+def test_foreign_hooks_below_tracemalloc_are_looked_at_once(run_python):
+    run = run_python("""
+        import tracemalloc
+        import kfbugs
+        import kfence_py
+        kfbugs.foreign_hook()
+        tracemalloc.start()
+        kfence_py.enable(python_allocator=True, sample_rate=1)
+        keep = [str(i) * 9 for i in range(100)]
+        kfence_py.enable(python_allocator=True, sample_rate=1)  # tracemalloc left alone
+        print("traced", tracemalloc.get_object_traceback(keep[-1]) is not None,
+              "sampled", kfence_py.python_allocator_sampled())
+    """)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "traced True sampled False" in run.stdout
+    assert run.stderr.count("hooked by another tool") == 1, run.stderr
+    assert run.stderr.count("tracemalloc was restarted (kfence_py looked") == 1, run.stderr
+
+
+def test_foreign_hooks_above_may_restore_what_they_found(run_python):
+    run = run_python("""
+        import kfbugs
+        import kfence_py
+        kfence_py.enable(python_allocator=True, sample_rate=1)
+        kfbugs.foreign_hook()
+        objs = [str(i) * 7 for i in range(3000)]
+        kfbugs.foreign_unhook()
+        del objs
+        more = [str(i) * 7 for i in range(3000)]
+        del more
+        print("sampled", kfence_py.python_allocator_sampled(),
+              "bugs", kfence_py.stats().total_bugs)
+    """)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "sampled True bugs 0" in run.stdout
+    assert run.stderr == ""
+
+
+def test_removal_by_foreign_hooks_below_is_detected_and_repaired(run_python):
+    """Preloaded, hooking over another tool is allowed (free() is ours); its removal is seen."""
+    run = run_python("""
+        import kfbugs
+        import kfence_py
+        from kfence_py import _pyext
+        kfbugs.foreign_hook()
+        kfence_py.enable(python_allocator=True, sample_rate=1)
+        print("sampled", kfence_py.python_allocator_sampled(), _pyext.python_hooks())
+        objs = [str(i) * 7 for i in range(3000)]
+        kfbugs.foreign_unhook()
+        print("after unhook", _pyext.python_hooks())
+        _pyext.set_python_sampling(True)  # as if nothing happened: the sampled path sees it
+        del objs
+        objs = [str(i) * 7 for i in range(3000)]
+        print("sampling stopped", not kfence_py.python_allocator_sampled())
+        kfence_py.enable(python_allocator=True, sample_rate=1)
+        print("repaired", kfence_py.python_allocator_sampled(), _pyext.python_hooks())
+        before = kfence_py.stats().total_allocations
+        more = [str(i) * 7 for i in range(3000)]
+        print("sampling again", kfence_py.stats().total_allocations > before)
+        del objs, more
+    """, env={"LD_PRELOAD": str(kfence_py.lib_path())})
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "sampled True installed" in run.stdout, run.stdout + run.stderr
+    assert "after unhook removed" in run.stdout
+    assert "sampling stopped True" in run.stdout
+    assert "repaired True installed" in run.stdout
+    assert "sampling again True" in run.stdout
+    assert run.stderr.count("another tool removed kfence_py's hooks") == 1, run.stderr
+    assert run.reports == []
+
+
+def test_no_sample_while_one_domain_lost_our_hooks(run_python):
+    """Only OBJ taken out: the sampled path of RAW and MEM sees it and hands out nothing."""
+    run = run_python("""
+        import kfbugs
+        import kfence_py
+        from kfence_py import _pyext
+
+        def pymem_samples_since(t0):
+            return sum(o.cache == "pymem" and o.alloc_time > t0
+                       for o in kfence_py.objects())
+
+        def now():
+            return max((o.alloc_time for o in kfence_py.objects()), default=0.0)
+
+        kfbugs.foreign_hook()
+        kfence_py.enable(python_allocator=True, sample_rate=1)
+        kfbugs.foreign_unhook(2)  # PYMEM_DOMAIN_OBJ
+        t0 = now()
+        bufs = [b"x" * (i % 300) for i in range(3000)]  # PyObject_Malloc: no hook
+        raw = [bytearray(i % 300) for i in range(3000)]  # PyMem_Malloc: our hook
+        print("lost", _pyext.python_hooks(), "samples", pymem_samples_since(t0))
+        kfence_py.enable(python_allocator=True, sample_rate=1)
+        t0 = now()
+        more = [bytearray(i % 300) for i in range(3000)]
+        print("repaired", _pyext.python_hooks(), "sampling", pymem_samples_since(t0) > 0)
+        del bufs, raw, more
+    """, env={"LD_PRELOAD": str(kfence_py.lib_path())})
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "lost removed samples 0" in run.stdout, run.stdout + run.stderr
+    assert "repaired installed sampling True" in run.stdout
+    assert "reinstalled them in 1 domain(s)" in run.stderr
+    assert run.reports == []
