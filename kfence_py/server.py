@@ -33,6 +33,7 @@ from . import __version__
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import metrics_doc, metrics_text, registry_for
 from .render import PROTOCOL, VIEWS, Snapshot
+from .retention import KEEP_CLEAN, PRUNE_INTERVAL, prune
 from .sources import (
     ConfigError,
     DirectorySource,
@@ -339,8 +340,11 @@ class StatsServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 
     def __init__(self, path: str | os.PathLike[str], source: Source, *,
                  symbolizer: Symbolizer | None = None, max_clients: int = MAX_CLIENTS,
-                 read_timeout: float = READ_TIMEOUT) -> None:
+                 read_timeout: float = READ_TIMEOUT, keep_clean: int | None = None) -> None:
+        """keep_clean: prune source's directory (retention.prune) now and then."""
         self.source = source
+        self.keep_clean = keep_clean if isinstance(source, DirectorySource) else None
+        self._next_prune = 0.0
         self.symbolizer = symbolizer
         self.registry = registry_for(source)
         self.read_timeout = read_timeout
@@ -392,8 +396,11 @@ class StatsServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         self._closing.append((request, time.monotonic() + LINGER))
 
     def service_actions(self) -> None:
-        """Between requests: drain and close the sockets refused with 503."""
+        """Between requests: drain and close the sockets refused; prune now and then."""
         now = time.monotonic()
+        if self.keep_clean is not None and now >= self._next_prune:
+            self._next_prune = now + PRUNE_INTERVAL
+            self.prune()
         keep = []
         for sock, deadline in self._closing:
             try:
@@ -410,12 +417,23 @@ class StatsServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
                 keep.append((sock, deadline))
         self._closing = keep
 
+    def prune(self) -> None:
+        """Apply the retention rule to the state directory served; never raises."""
+        assert isinstance(self.source, DirectorySource) and self.keep_clean is not None
+        try:
+            prune(self.source.state_dir, self.keep_clean)
+        except (OSError, StateError) as exc:
+            log.warning("cannot prune %s: %s", self.source.state_dir, exc)
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client that went away mid-answer is no server error.
         log.debug("connection ended with an error", exc_info=True)
 
     def start(self) -> StatsServer:
-        """Serve in a daemon thread; returns self."""
+        """Serve in a daemon thread (pruning first); returns self."""
+        if self.keep_clean is not None:
+            self._next_prune = time.monotonic() + PRUNE_INTERVAL
+            self.prune()
         self._thread = threading.Thread(target=self.serve_forever, name="kfence-py-server",
                                         kwargs={"poll_interval": 0.1}, daemon=True)
         self._thread.start()
@@ -461,8 +479,12 @@ def serve(path: str | os.PathLike[str], *, symbolize: bool = True,
 
 
 def serve_directory(path: str | os.PathLike[str], state_dir: str | os.PathLike[str], *,
-                    symbolize: bool = True, max_clients: int = MAX_CLIENTS) -> StatsServer:
-    """Serve every process of a state directory (``kfence-py serve``), in a thread."""
+                    symbolize: bool = True, max_clients: int = MAX_CLIENTS,
+                    keep_clean: int | None = KEEP_CLEAN) -> StatsServer:
+    """Serve every process of a state directory (``kfence-py serve``), in a thread.
+
+    The directory is pruned now and then (retention.prune) unless keep_clean is None.
+    """
     symbolizer = Symbolizer() if symbolize else None
     return StatsServer(path, DirectorySource(state_dir), symbolizer=symbolizer,
-                       max_clients=max_clients).start()
+                       max_clients=max_clients, keep_clean=keep_clean).start()

@@ -301,7 +301,8 @@ class StateView:
         self._keepalive = keepalive
         check_layout(buffer, source)
         self._base = ffi.from_buffer(buffer)
-        self.header = ffi.cast("struct kfence_state *", self._base)
+        # A pointer that keeps the buffer alive: StateView.open(p).header stays valid.
+        self.header = ffi.from_buffer("struct kfence_state *", buffer)
         h = self.header
         self.slots = ffi.cast("struct kfence_slot *", self._base + h.slots_offset)
         self._reports = ffi.cast("struct kfence_report *", self._base + h.reports_offset)
