@@ -100,6 +100,7 @@ def test_serve_prunes_when_it_starts(crowded, short_dir):
     server = start_serve(state_dir, sock, short_dir, "--no-symbolize", "--keep-clean", "3")
     try:
         assert _pids(state_dir) == {writer, *buggy, GONE + 200, *clean[:3]}
+        assert recycled not in _pids(state_dir)
         doc = json.loads(request(sock, "GET", "/stats", query={"format": "json"}).text)
         assert {p["pid"] for p in doc["processes"]} == {writer, *buggy, *clean[:3]}
     finally:
