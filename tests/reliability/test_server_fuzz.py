@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 METHODS = st.sampled_from([b"GET", b"POST", b"PUT", b"DELETE", b"\x00\xff", b"", b"G" * 300])
@@ -85,6 +85,10 @@ def alive(path: Path) -> bool:
 @settings(max_examples=400, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(request=REQUEST)
+@example(request=(b"GET", b"/stats?pid=%C2%B2", b"HTTP/1.1", [b"Host: k"], b""))
+@example(request=(b"POST", b"/config", b"HTTP/1.1", [b"Content-Length: \xb2"], b"burst=1"))
+@example(request=(b"POST", b"/config", b"HTTP/1.1",
+                  [b"Content-Type: application/json", b"Content-Length: 10000"], BODIES[0]))
 def test_malformed_requests(server, request):
     path, _ = server
     method, target, version, headers, body = request
