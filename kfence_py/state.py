@@ -180,7 +180,7 @@ def check_layout(buffer: Any, source: str) -> None:
     size = len(view)
     if size < HEADER_SIZE:
         raise StateError(f"{source}: truncated state ({size} bytes, the header is {HEADER_SIZE})")
-    h = ffi.cast("struct kfence_state *", ffi.from_buffer(view))
+    h = ffi.from_buffer("struct kfence_state *", view)
     magic = bytes(ffi.buffer(h.magic, 8))
     if magic != MAGIC:
         raise StateError(f"{source}: not a kfence_py state (magic {magic!r})")
@@ -238,7 +238,7 @@ def _read_state(fd: int, source: str) -> bytearray:
     if len(head) < HEADER_SIZE:
         raise StateError(f"{source}: truncated state ({st.st_size} bytes, "
                          f"the header is {HEADER_SIZE})")
-    total = int(ffi.cast("struct kfence_state *", ffi.from_buffer(head)).total_size)
+    total = int(ffi.from_buffer("struct kfence_state *", head).total_size)
     if total > min(st.st_size, MAX_STATE_SIZE) or total < HEADER_SIZE:
         # checked again (with the reason) on the buffer, which is all that is trusted
         check_layout(head, source)
