@@ -18,28 +18,21 @@ from pathlib import Path
 
 import pytest
 from ctl import CAP, kfence_cli, start_serve, stop_serve
+from statefile import copy_state, offset
+from statefile import put_u32 as _u32
+from statefile import put_u64 as _u64
 
+from kfence_py import lib_path
 from kfence_py._native import ffi
 from kfence_py.client import request
+from kfence_py.options import format_options
 
-GOOD_PID = 4000001  # the copies get pids no process here has
+GOOD_PID = 4000001  # the copies get pids above pid_max here (32768 by default)
 BAD_PID = 4000002
 
 
-def _off(struct_name: str, field: str) -> int:
-    return ffi.offsetof(struct_name, field)
-
-
-def _u32(data: bytearray, offset: int, value: int) -> None:
-    struct.pack_into("=I", data, offset, value)
-
-
-def _u64(data: bytearray, offset: int, value: int) -> None:
-    struct.pack_into("=Q", data, offset, value)
-
-
 def _header(field: str) -> int:
-    return _off("struct kfence_state", field)
+    return offset(field)
 
 
 def _first_report(data: bytes) -> int:
@@ -53,20 +46,20 @@ def _first_report(data: bytes) -> int:
     raise AssertionError("the real state has no report")
 
 
-def _first_used_slot(data: bytes) -> int:
+def _first_slot(data: bytes) -> int:
     (slots,) = struct.unpack_from("=Q", data, _header("slots_offset"))
-    return slots  # the target allocated (held) from slot 0 on
+    return slots  # every slot is checked, used or not
 
 
 def _report_field(field: str, value: int) -> Callable[[bytearray], None]:
     def forge(data: bytearray) -> None:
-        _u32(data, _first_report(data) + _off("struct kfence_report", field), value)
+        _u32(data, _first_report(data) + offset(field, "struct kfence_report"), value)
     return forge
 
 
 def _slot_field(field: str, value: int) -> Callable[[bytearray], None]:
     def forge(data: bytearray) -> None:
-        _u32(data, _first_used_slot(data) + _off("struct kfence_slot", field), value)
+        _u32(data, _first_slot(data) + offset(field, "struct kfence_slot"), value)
     return forge
 
 
@@ -116,8 +109,6 @@ def real_state(tmp_path_factory, target) -> bytes:
     work = tmp_path_factory.mktemp("real")
     state_dir = work / "state"
     env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "KFENCE_OPTIONS")}
-    from kfence_py import lib_path
-    from kfence_py.options import format_options
     env.update(LD_PRELOAD=str(lib_path()),
                KFENCE_OPTIONS=format_options({"state_dir": state_dir, "sample_rate": 1}))
     proc = subprocess.run([str(target)], input="hold 5\nuaf\nquit\n", env=env, cwd=work,
@@ -127,12 +118,6 @@ def real_state(tmp_path_factory, target) -> bytes:
     return state.read_bytes()
 
 
-def _with_pid(data: bytes, pid: int) -> bytearray:
-    copy = bytearray(data)
-    _u32(copy, _header("pid"), pid)
-    return copy
-
-
 @pytest.fixture
 def forged_dir(short_dir, real_state) -> Callable[..., Path]:
     """A state directory: the real state as GOOD_PID, and forged copies."""
@@ -140,9 +125,9 @@ def forged_dir(short_dir, real_state) -> Callable[..., Path]:
         state_dir = short_dir / "forged"
         shutil.rmtree(state_dir, ignore_errors=True)
         state_dir.mkdir(mode=0o700)
-        (state_dir / f"{GOOD_PID}.state").write_bytes(_with_pid(real_state, GOOD_PID))
+        (state_dir / f"{GOOD_PID}.state").write_bytes(copy_state(real_state, GOOD_PID))
         for i, name in enumerate(names):
-            data = _with_pid(real_state, BAD_PID + i)
+            data = copy_state(real_state, BAD_PID + i)
             FORGERIES[name](data)
             (state_dir / f"{BAD_PID + i}.state").write_bytes(data)
         return state_dir
