@@ -20,6 +20,7 @@ from .client import request
 from .exitcodes import CliError, ExitCode
 from .options import format_options, markdown_table, option_specs
 from .reports import parse_reports
+from .retention import KEEP_CLEAN
 from .run import Runner, add_option_flags, options_from_args
 from .server import MAX_CLIENTS, SocketError, StatsServer
 from .sources import (
@@ -114,6 +115,7 @@ class RunCommand(Command):
                             help="serve statistics over HTTP on this Unix socket while it runs")
         parser.add_argument("--json-reports", metavar="FILE", type=Path,
                             help="append one JSON record per report to FILE")
+        _keep_clean_argument(parser, "to --state-dir when the command ends")
         _symbolizer_arguments(parser)
         add_option_flags(parser)
         parser.add_argument("argv", nargs=argparse.REMAINDER, metavar="command",
@@ -122,9 +124,24 @@ class RunCommand(Command):
     def run(self, args: argparse.Namespace) -> int:
         command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
         runner = Runner(command, options_from_args(args), socket_path=args.socket,
-                        json_reports=args.json_reports,
+                        json_reports=args.json_reports, keep_clean=args.keep_clean,
                         symbolizer=None if args.no_symbolize else args.symbolizer)
         return runner.run()
+
+
+def _count(text: str) -> int:
+    if not (text.isascii() and text.isdigit()):
+        raise argparse.ArgumentTypeError(f"expected a count (0 or more), not {text!r}")
+    return int(text)
+
+
+def _keep_clean_argument(parser: argparse.ArgumentParser, when: str) -> None:
+    parser.add_argument(
+        "--keep-clean", type=_count, default=KEEP_CLEAN, metavar="N",
+        help=f"state files of exited processes that reported no bug kept in the state "
+        f"directory, newest first (default {KEEP_CLEAN}); the files of running processes, "
+        f"of processes that reported bugs and unreadable ones are always kept; "
+        f"applied {when}")
 
 
 def _symbolizer_arguments(parser: argparse.ArgumentParser) -> None:
@@ -146,6 +163,7 @@ class ServeCommand(Command):
                             help="the Unix socket to create (in a private 0700 directory)")
         parser.add_argument("--max-clients", type=int, default=MAX_CLIENTS, metavar="N",
                             help=f"connections served at once (default {MAX_CLIENTS})")
+        _keep_clean_argument(parser, "at start and then every minute")
         _symbolizer_arguments(parser)
 
     def run(self, args: argparse.Namespace) -> int:
@@ -158,7 +176,8 @@ class ServeCommand(Command):
             symbolizer = None if args.no_symbolize else Symbolizer(args.symbolizer)
             try:
                 server = StatsServer(args.socket, DirectorySource(args.state_dir),
-                                     symbolizer=symbolizer, max_clients=max(1, args.max_clients))
+                                     symbolizer=symbolizer, max_clients=max(1, args.max_clients),
+                                     keep_clean=args.keep_clean)
             except SocketError as exc:
                 raise CliError(str(exc), ExitCode.RUN_FAILED) from None
             with server.start():

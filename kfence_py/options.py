@@ -33,7 +33,7 @@ class OptionSpec:
             value = int(value)
         raw = str(value).strip()
         if self.type in ("UINT", "POW2"):
-            if not raw.isdigit():
+            if not (raw.isascii() and raw.isdigit()):  # int() takes other scripts' digits too
                 raise ValueError(f"{self.name} must be an integer, not {value!r}")
             number = int(raw)
             if not self.minimum <= number <= self.maximum:

@@ -32,14 +32,16 @@ from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import IO
 
-from ._native import LIB_PATH
+from ._native import LIB_PATH, lib
 from .elf import NotElf, elf_info
 from .exitcodes import CliError, ExitCode
 from .options import OptionSpec, format_options, option_specs
 from .render import report_doc
 from .reports import RULE, parse_reports
+from .retention import KEEP_CLEAN, prune
 from .server import SocketError, StatsServer
 from .sources import REPORT_PREFIX, DirectorySource
+from .state import StateError, StateView
 from .symbolize import Symbolizer, symbolize_text
 
 log = logging.getLogger("kfence_py")
@@ -228,16 +230,65 @@ class ReportPrinter:
 # --- running ---------------------------------------------------------------
 
 
-def _private_state_dir(path: Path) -> None:
+def private_state_dir(path: Path) -> None:
+    """Create path (0700), or check it is what the library publishes into: CliError if not.
+
+    The library lstat()s the directory and wants a real directory of this user
+    with mode 0700; the same rule here turns its warning at the start of every
+    process into one clear refusal before anything runs.  A symbolic link is
+    refused, not resolved: the library does not follow one, so that no one can
+    move where a process publishes its stacks by changing a link, and a path
+    resolved here once could point elsewhere by the time a later process (a
+    forked child) starts.
+    """
     try:
-        path.mkdir(mode=0o700, exist_ok=True)
-        st = path.stat()
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
     except OSError as exc:
         raise CliError(f"state directory {path}: {exc.strerror}", ExitCode.RUN_FAILED) from None
-    if st.st_uid != os.geteuid() or st.st_mode & 0o077:
+    else:
+        os.chmod(path, 0o700)  # mkdir's mode went through the umask
+    try:
+        st = os.lstat(path)
+    except OSError as exc:
+        raise CliError(f"state directory {path}: {exc.strerror}", ExitCode.RUN_FAILED) from None
+    if stat.S_ISLNK(st.st_mode):
+        raise CliError(f"state directory {path} is a symbolic link (to "
+                       f"{os.path.realpath(path)}); the library publishes only into a real "
+                       "directory: give the directory itself", ExitCode.RUN_FAILED)
+    if not stat.S_ISDIR(st.st_mode):
+        raise CliError(f"state directory {path} exists and is not a directory",
+                       ExitCode.RUN_FAILED)
+    if st.st_uid != os.geteuid() or stat.S_IMODE(st.st_mode) != 0o700:
         raise CliError(f"state directory {path} must be yours with mode 0700 (the library "
                        f"will not publish elsewhere); it is {stat.S_IMODE(st.st_mode):04o} "
                        f"of uid {st.st_uid}", ExitCode.RUN_FAILED)
+
+
+def _identities(state_dir: Path) -> dict[Path, tuple[int, int, int]]:
+    """Which process wrote each state file now: (inode, start times)."""
+    out = {}
+    for _, path in DirectorySource(state_dir).state_files():
+        try:
+            inode = path.stat(follow_symlinks=False).st_ino
+            view = StateView.open(path)
+        except (OSError, StateError):
+            continue
+        out[path] = (inode, int(view.header.start_realtime_ns), int(view.header.start_ns))
+    return out
+
+
+def effective_option(kfence_options: str, name: str) -> str:
+    """The value of option name the library takes from a KFENCE_OPTIONS text (last wins)."""
+    spec = option_specs()[name]
+    value = spec.default
+    for item in kfence_options.split(":"):
+        key, sep, text = item.partition("=")
+        if sep and key == name:
+            with suppress(ValueError):  # the library warns and keeps what it had
+                value = spec.normalize(text)
+    return value
 
 
 @contextmanager
@@ -264,7 +315,7 @@ class Runner:
 
     def __init__(self, command: list[str], options: dict[str, str], *,
                  socket_path: str | None = None, json_reports: Path | None = None,
-                 symbolizer: str | None = "auto") -> None:
+                 symbolizer: str | None = "auto", keep_clean: int = KEEP_CLEAN) -> None:
         if not command:
             raise CliError("no command: kfence-py run [options] -- command args...",
                            ExitCode.USAGE)
@@ -273,6 +324,7 @@ class Runner:
         self.socket_path = socket_path
         self.json_reports = json_reports
         self.symbolizer_name = symbolizer
+        self.keep_clean = keep_clean
 
     def environment(self, state_dir: Path, report_prefix: Path) -> dict[str, str]:
         """The command's environment: LD_PRELOAD, and KFENCE_OPTIONS with ours last."""
@@ -300,7 +352,7 @@ class Runner:
             else:
                 state_dir = Path(tempfile.mkdtemp(prefix="kfence-py-"))
                 stack.callback(shutil.rmtree, state_dir, ignore_errors=True)
-            _private_state_dir(state_dir)
+            private_state_dir(state_dir)
             report_prefix = Path(self.options.get("report_path") or state_dir / REPORT_PREFIX)
             env = self.environment(state_dir, report_prefix)
 
@@ -328,13 +380,52 @@ class Runner:
                     raise CliError(str(exc), ExitCode.RUN_FAILED) from None
                 stack.enter_context(server.start())
                 log.info("statistics on %s", server.path)
+            before = _identities(state_dir)
             pid = self._spawn(program, env)
             status = self._wait(pid, tailer)
             tailer.finish()
             if not (state_dir / f"{pid}.state").exists() and self.options.get("enabled") != "0":
                 log.warning("%s published no state: the library did not start in it "
                             "(was LD_PRELOAD dropped on the way?)", self.command[0])
+            status = self._status_with_bugs(status, state_dir, before,
+                                            int(effective_option(env["KFENCE_OPTIONS"],
+                                                                 "exitcode")))
+            if self.options.get("state_dir"):
+                try:
+                    prune(state_dir, self.keep_clean)
+                except (OSError, StateError) as exc:
+                    log.warning("cannot prune %s: %s", state_dir, exc)
             return status
+
+    def _status_with_bugs(self, status: int, state_dir: Path,
+                          before: dict[Path, tuple[int, int, int]], exitcode: int) -> int:
+        """exitcode when the command exited 0 but one of its processes reported a bug.
+
+        The library sets the exit status itself when a process returns from
+        main() or calls exit(); a process that ends with _exit(), or a Go
+        program, leaves only its state to say so.  The processes of this run
+        are the state files written since it started (a state directory may
+        hold files of earlier runs).
+        """
+        if status != 0 or exitcode == 0:
+            return status
+        buggy = []
+        for path, identity in _identities(state_dir).items():
+            if before.get(path) == identity:
+                continue
+            try:
+                bugs = StateView.open(path).counter(lib.KFENCE_COUNTER_BUGS)
+            except StateError as exc:
+                log.warning("cannot read %s", exc)
+                continue
+            if bugs:
+                buggy.append(path.stem)
+        if not buggy:
+            return status
+        log.warning("%s exited 0, but bugs were reported in pid %s: exit status %d "
+                    "(the exitcode option)", self.command[0], ", ".join(sorted(buggy)),
+                    exitcode)
+        return exitcode
 
     def _spawn(self, program: Path, env: dict[str, str]) -> int:
         try:

@@ -7,15 +7,20 @@ Unix stream server); this module only routes and renders.  Who may connect is
 decided three times: the socket is 0600 in a directory that must be 0700 and
 ours, and every connection's peer uid (SO_PEERCRED) must be ours, or it gets
 403 — so a socket left in a shared place by mistake still serves no one else.
-Requests are bounded in size (413), in read time (the connection is dropped)
-and in number at once (503).
+The peer is checked as the connection is accepted, before a byte is read and
+before it takes one of the client slots: another user cannot hold them.
+Requests are bounded in size (413), in time (a deadline on the whole request,
+from its first byte to its last, not on each read: the connection is dropped)
+and in number at once (503).  Input the server does not understand gets 400.
 """
 
 from __future__ import annotations
 
 import errno
+import io
 import json
 import logging
+import math
 import os
 import socket
 import socketserver
@@ -33,6 +38,7 @@ from . import __version__
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import metrics_doc, metrics_text, registry_for
 from .render import PROTOCOL, VIEWS, Snapshot
+from .retention import KEEP_CLEAN, PRUNE_INTERVAL, prune
 from .sources import (
     ConfigError,
     DirectorySource,
@@ -48,7 +54,7 @@ log = logging.getLogger("kfence_py")
 
 SUN_PATH_MAX = 107  # sockaddr_un.sun_path is 108 bytes, the last one a NUL
 MAX_BODY = 16 * 1024  # a /config body is a few key=value pairs
-READ_TIMEOUT = 10.0  # seconds a client may take to send each part of a request
+READ_TIMEOUT = 10.0  # seconds a client may take to send a whole request
 MAX_CLIENTS = 16  # connections served at once; more get 503
 LINGER = 1.0  # seconds a refused connection is drained before it is closed
 PROTOCOL_HEADER = "X-Kfence-Protocol"
@@ -126,6 +132,36 @@ def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
     return _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
 
 
+class _DeadlineReader(io.RawIOBase):
+    """A socket's reading side with one deadline for everything read until it is reset.
+
+    A socket timeout bounds each recv(); a client sending a byte now and then
+    would never meet it.  Here every recv() gets what is left of the deadline.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__()
+        self.sock = sock
+        self.deadline = math.inf
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request took too long")
+        self.sock.settimeout(left)
+        return self.sock.recv_into(buffer)
+
+
+def _ascii_number(text: str, max_digits: int) -> int | None:
+    """text as a decimal number of ASCII digits ("²" and "٣" are not), else None."""
+    if not (text.isascii() and text.isdigit()) or len(text) > max_digits:
+        return None
+    return int(text)
+
+
 class _Reply(Exception):
     """Stop handling a request and answer with this status and message."""
 
@@ -151,6 +187,20 @@ class StatsHandler(BaseHTTPRequestHandler):
         self.timeout = self.server.read_timeout
         super().setup()
         self.peer = peer_credentials(self.request)
+        self.rfile.close()
+        self._reader = _DeadlineReader(self.connection)
+        self.rfile = io.BufferedReader(self._reader)
+
+    def handle_one_request(self) -> None:
+        # The deadline runs from here: the wait for a request on a kept-alive
+        # connection, its request line, headers and body.
+        self._reader.deadline = time.monotonic() + self.server.read_timeout
+        super().handle_one_request()
+
+    def flush_headers(self) -> None:
+        # Answers are written with the plain timeout, not what is left of the deadline.
+        self.connection.settimeout(self.timeout)
+        super().flush_headers()
 
     # The client address of a Unix socket is "", which the base class indexes.
     def address_string(self) -> str:
@@ -184,9 +234,6 @@ class StatsHandler(BaseHTTPRequestHandler):
 
     def _dispatch(self, *, body: bool | None, head: bool = False) -> None:
         try:
-            if self.peer[1] != os.geteuid():
-                raise _Reply(HTTPStatus.FORBIDDEN, f"uid {self.peer[1]} may not read the "
-                             f"state of uid {os.geteuid()}")
             if self.headers.defects:
                 # e.g. a header line without a colon, which the parser takes for a body
                 raise _Reply(HTTPStatus.BAD_REQUEST, "malformed header section")
@@ -214,6 +261,8 @@ class StatsHandler(BaseHTTPRequestHandler):
         except StateError as exc:
             self._send_error(_Reply(HTTPStatus.SERVICE_UNAVAILABLE, str(exc)))
             return
+        except TimeoutError:
+            raise  # the request's deadline passed: the connection is dropped
         except Exception:
             log.exception("%s %s failed", self.command, self.path)
             self.send_error(HTTPStatus.INTERNAL_SERVER_ERROR, "the server failed; see its log")
@@ -257,9 +306,10 @@ class StatsHandler(BaseHTTPRequestHandler):
     def _pid(text: str | None) -> int | None:
         if text is None:
             return None
-        if not text.isdigit() or len(text) > 10:
+        pid = _ascii_number(text, 10)
+        if pid is None:
             raise _Reply(HTTPStatus.BAD_REQUEST, f"pid must be a process id, not {text!r}")
-        return int(text)
+        return pid
 
     def _read_body(self) -> bytes:
         if self.headers.get("Transfer-Encoding"):
@@ -267,13 +317,14 @@ class StatsHandler(BaseHTTPRequestHandler):
         length = self.headers.get("Content-Length")
         if length is None:
             raise _Reply(HTTPStatus.LENGTH_REQUIRED, "a POST needs a Content-Length")
-        if not length.isdigit() or len(length) > 12:
+        size = _ascii_number(length.strip(), 12)
+        if size is None:
             raise _Reply(HTTPStatus.BAD_REQUEST, f"bad Content-Length {length!r}")
-        if int(length) > MAX_BODY:
+        if size > MAX_BODY:
             raise _Reply(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                         f"a body of {length} bytes; at most {MAX_BODY} are read")
-        data = self.rfile.read(int(length))
-        if len(data) != int(length):
+                         f"a body of {size} bytes; at most {MAX_BODY} are read")
+        data = self.rfile.read(size)
+        if len(data) != size:
             self.close_connection = True
             raise _Reply(HTTPStatus.BAD_REQUEST, "the body ended before its Content-Length")
         return data
@@ -316,6 +367,8 @@ def parse_config_body(data: bytes, content_type: str) -> dict[str, object]:
             doc = json.loads(text)
         except ValueError as exc:
             raise _Reply(HTTPStatus.BAD_REQUEST, f"bad JSON body: {exc}") from None
+        except RecursionError:
+            raise _Reply(HTTPStatus.BAD_REQUEST, "the JSON body is nested too deep") from None
         if not isinstance(doc, dict):
             raise _Reply(HTTPStatus.BAD_REQUEST, "the JSON body must be an object")
         return doc
@@ -339,8 +392,11 @@ class StatsServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 
     def __init__(self, path: str | os.PathLike[str], source: Source, *,
                  symbolizer: Symbolizer | None = None, max_clients: int = MAX_CLIENTS,
-                 read_timeout: float = READ_TIMEOUT) -> None:
+                 read_timeout: float = READ_TIMEOUT, keep_clean: int | None = None) -> None:
+        """keep_clean: prune source's directory (retention.prune) now and then."""
         self.source = source
+        self.keep_clean = keep_clean if isinstance(source, DirectorySource) else None
+        self._next_prune = 0.0
         self.symbolizer = symbolizer
         self.registry = registry_for(source)
         self.read_timeout = read_timeout
@@ -356,8 +412,21 @@ class StatsServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         self.socket = listening
 
     def process_request(self, request: Any, client_address: Any) -> None:
+        # Before a byte is read or a slot taken: another user gets 403 here, at once.
+        try:
+            _, uid, _ = peer_credentials(request)
+        except OSError as exc:
+            log.debug("no peer credentials: %s", exc)
+            self.shutdown_request(request)
+            return
+        if uid != os.geteuid():
+            log.debug("refused a connection of uid %d", uid)
+            self._refuse(request, HTTPStatus.FORBIDDEN,
+                         f"uid {uid} may not read the state of uid {os.geteuid()}")
+            return
         if not self._slots.acquire(blocking=False):
-            self._busy(request)
+            self._refuse(request, HTTPStatus.SERVICE_UNAVAILABLE,
+                         "too many clients at once; try again", {"Retry-After": "1"})
             return
         try:
             super().process_request(request, client_address)
@@ -371,17 +440,20 @@ class StatsServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         finally:
             self._slots.release()
 
-    def _busy(self, request: socket.socket) -> None:
-        body = b"503 Service Unavailable: too many clients at once; try again\n"
-        head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
-                f"Content-Length: {len(body)}\r\nRetry-After: 1\r\n{PROTOCOL_HEADER}: "
+    def _refuse(self, request: socket.socket, status: HTTPStatus, message: str,
+                headers: dict[str, str] | None = None) -> None:
+        """Answer status without reading the request, from the accepting thread."""
+        body = f"{int(status)} {status.phrase}: {message}\n".encode()
+        extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+        head = (f"HTTP/1.1 {int(status)} {status.phrase}\r\nContent-Type: text/plain\r\n"
+                f"Content-Length: {len(body)}\r\n{extra}{PROTOCOL_HEADER}: "
                 f"{PROTOCOL}\r\nConnection: close\r\n\r\n").encode()
         try:
             # Never blocks the accepting thread: a new socket's buffer takes this at once.
             request.send(head + body, socket.MSG_DONTWAIT)
             request.shutdown(socket.SHUT_WR)
         except OSError as exc:
-            log.debug("cannot send 503: %s", exc)
+            log.debug("cannot send %d: %s", status, exc)
             request.close()
             return
         # Closed with the client's request unread, the socket would reset the
@@ -392,8 +464,11 @@ class StatsServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         self._closing.append((request, time.monotonic() + LINGER))
 
     def service_actions(self) -> None:
-        """Between requests: drain and close the sockets refused with 503."""
+        """Between requests: drain and close the sockets refused; prune now and then."""
         now = time.monotonic()
+        if self.keep_clean is not None and now >= self._next_prune:
+            self._next_prune = now + PRUNE_INTERVAL
+            self.prune()
         keep = []
         for sock, deadline in self._closing:
             try:
@@ -410,12 +485,23 @@ class StatsServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
                 keep.append((sock, deadline))
         self._closing = keep
 
+    def prune(self) -> None:
+        """Apply the retention rule to the state directory served; never raises."""
+        assert isinstance(self.source, DirectorySource) and self.keep_clean is not None
+        try:
+            prune(self.source.state_dir, self.keep_clean)
+        except (OSError, StateError) as exc:
+            log.warning("cannot prune %s: %s", self.source.state_dir, exc)
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client that went away mid-answer is no server error.
         log.debug("connection ended with an error", exc_info=True)
 
     def start(self) -> StatsServer:
-        """Serve in a daemon thread; returns self."""
+        """Serve in a daemon thread (pruning first); returns self."""
+        if self.keep_clean is not None:
+            self._next_prune = time.monotonic() + PRUNE_INTERVAL
+            self.prune()
         self._thread = threading.Thread(target=self.serve_forever, name="kfence-py-server",
                                         kwargs={"poll_interval": 0.1}, daemon=True)
         self._thread.start()
@@ -461,8 +547,12 @@ def serve(path: str | os.PathLike[str], *, symbolize: bool = True,
 
 
 def serve_directory(path: str | os.PathLike[str], state_dir: str | os.PathLike[str], *,
-                    symbolize: bool = True, max_clients: int = MAX_CLIENTS) -> StatsServer:
-    """Serve every process of a state directory (``kfence-py serve``), in a thread."""
+                    symbolize: bool = True, max_clients: int = MAX_CLIENTS,
+                    keep_clean: int | None = KEEP_CLEAN) -> StatsServer:
+    """Serve every process of a state directory (``kfence-py serve``), in a thread.
+
+    The directory is pruned now and then (retention.prune) unless keep_clean is None.
+    """
     symbolizer = Symbolizer() if symbolize else None
     return StatsServer(path, DirectorySource(state_dir), symbolizer=symbolizer,
-                       max_clients=max_clients).start()
+                       max_clients=max_clients, keep_clean=keep_clean).start()

@@ -18,7 +18,7 @@ from typing import Protocol
 
 from .elf import ProcessMaps
 from .options import option_specs
-from .state import StateError, StateView
+from .state import StateError, StateView, write_control
 
 log = logging.getLogger("kfence_py")
 
@@ -73,10 +73,36 @@ class Source(Protocol):
     def processes(self, pid: int | None = None) -> tuple[list[Process], list[Unreadable]]:
         """The processes (only pid's when given) and the files that could not be read."""
 
-    def writable(self, process: Process) -> StateView:
-        """A view of process's state through which its control block can be written."""
+    def set_control(self, process: Process, values: Mapping[str, int]) -> None:
+        """Write control-block fields (struct kfence_control names) of process."""
 
     def describe(self) -> str: ...
+
+
+def _boot_time() -> float | None:
+    try:
+        with open("/proc/stat") as f:
+            for line in f:
+                if line.startswith("btime "):
+                    return float(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def process_start_time(pid: int) -> float | None:
+    """When pid started (seconds since the epoch, to a second), or None if unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rpartition(b")")[2].split()
+        ticks = int(fields[19])  # field 22, starttime, counted from field 3
+    except (OSError, ValueError, IndexError):
+        return None
+    boot = _boot_time()
+    return None if boot is None else boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
+START_SLACK = 2.0  # seconds: /proc's boot time is whole seconds
 
 
 def is_running(pid: int, state_file: Path | None) -> bool:
@@ -84,7 +110,10 @@ def is_running(pid: int, state_file: Path | None) -> bool:
 
     A recycled pid, or a zombie whose memory is gone, does not count: the
     state file must appear in its maps (same inode).  When its maps cannot be
-    read (another user's process) a live pid is taken at its word.
+    read (another user's process), its start time (/proc/<pid>/stat) is
+    compared with the file's last change: a process that started after the
+    file last changed did not write it.  The header's start time is not used
+    for this: a forked child's state starts as a copy of its parent's.
     """
     if pid == os.getpid():
         return True
@@ -93,12 +122,19 @@ def is_running(pid: int, state_file: Path | None) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass
     if state_file is None:
         return True
+    try:
+        changed = state_file.stat().st_ctime
+    except OSError:
+        return False
     maps = ProcessMaps.read(pid)
     if maps is None:
-        return Path(f"/proc/{pid}").exists()
+        started = process_start_time(pid)
+        if started is None:
+            return Path(f"/proc/{pid}").exists()
+        return started <= changed + START_SLACK
     try:
         inode = state_file.stat().st_ino
     except OSError:
@@ -114,6 +150,7 @@ class DirectorySource:
         self.state_dir = Path(state_dir)
         self.report_prefix = (Path(report_prefix) if report_prefix is not None
                               else self.state_dir / REPORT_PREFIX)
+        self._warned: set[tuple[Path, str]] = set()
 
     def describe(self) -> str:
         return str(self.state_dir)
@@ -137,17 +174,23 @@ class DirectorySource:
             try:
                 view = StateView.open(path)
             except StateError as exc:
-                # A file being created right now (a fork child's) is caught half written.
+                # A file being created right now (a fork child's) is caught half written;
+                # a bad one is skipped, with a warning the first time it is met.
                 bad.append(Unreadable(path, str(exc)))
+                if (path, str(exc)) not in self._warned:
+                    if len(self._warned) > 4096:
+                        self._warned.clear()
+                    self._warned.add((path, str(exc)))
+                    log.warning("skipped %s", exc)
                 continue
             report = Path(f"{self.report_prefix}.{file_pid}")
             out.append(Process(file_pid, view, is_running(file_pid, path), path,
                                report if report.is_file() else None))
         return out, bad
 
-    def writable(self, process: Process) -> StateView:
+    def set_control(self, process: Process, values: Mapping[str, int]) -> None:
         assert process.state_file is not None
-        return StateView.open(process.state_file, writable=True)
+        write_control(process.state_file, dict(values))
 
 
 class InProcessSource:
@@ -162,8 +205,9 @@ class InProcessSource:
             return [], []
         return [Process(os.getpid(), view, True)], []
 
-    def writable(self, process: Process) -> StateView:
-        return process.view
+    def set_control(self, process: Process, values: Mapping[str, int]) -> None:
+        for name, value in values.items():
+            setattr(process.view.header.control, name, value)
 
 
 def parse_changes(changes: Mapping[str, object]) -> dict[str, int]:
@@ -197,12 +241,9 @@ def apply_changes(source: Source, changes: Mapping[str, object],
     if not running:
         who = f"process {pid}" if pid is not None else "process"
         raise NoRunningProcess(f"no running {who} in {source.describe()}")
+    fields = {CONTROL_FIELDS[key]: value for key, value in values.items()}
     for process in running:
-        # The view owns the mapping: keep it referenced while writing through it.
-        view = source.writable(process)
-        for key, value in values.items():
-            setattr(view.header.control, CONTROL_FIELDS[key], value)
-        del view
+        source.set_control(process, fields)
         log.info("pid %d: %s", process.pid, ", ".join(f"{k}={v}" for k, v in values.items()))
     return running
 

@@ -2,14 +2,23 @@
 
 One reader for every source: the state of this process (through cffi, over
 the library's own memory) or a ``<state_dir>/<pid>.state`` file of another
-process, alive or dead (an mmap).  Both go through the same cffi struct views,
-so the layout is declared once, in csrc/kfence_state.h.
+process, alive or dead.  Both go through the same cffi struct views, so the
+layout is declared once, in csrc/kfence_state.h.
+
+A state file is read into a private buffer (os.preadv), not mapped: a file
+truncated under a mapping kills its reader with SIGBUS, and every mapping
+holds a file descriptor for as long as it lives.  A copy costs one read of
+well under a megabyte per process (the default pool), holds no descriptor
+once taken, and can be checked once and then trusted: every offset and count
+in its header is checked against the copy's size, and every enum against its
+table, before any view is made.  Control-block changes go back with pwrite().
 """
 
 from __future__ import annotations
 
-import mmap
 import os
+import stat
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,10 +27,22 @@ from ._native import ffi, lib, text
 
 MAGIC = b"KFENCE\0\0"
 SUPPORTED_VERSION = 1
-SLOT_STATES = {lib.KFENCE_SLOT_UNUSED: "unused", lib.KFENCE_SLOT_ALLOCATED: "allocated",
-               lib.KFENCE_SLOT_FREED: "freed", lib.KFENCE_SLOT_BUSY: "busy"}
-ACCESS = {lib.KFENCE_ACCESS_NONE: None, lib.KFENCE_ACCESS_READ: "read",
-          lib.KFENCE_ACCESS_WRITE: "write"}
+HEADER_SIZE = ffi.sizeof("struct kfence_state")
+SLOT_SIZE = ffi.sizeof("struct kfence_slot")
+REPORT_SIZE = ffi.sizeof("struct kfence_report")
+# The largest state a library can publish: num_objects is at most 65536; the
+# report ring is 64 records (room is left for a library that keeps more).
+MAX_SLOTS = 65536
+MAX_REPORTS = 1024
+MAX_STATE_SIZE = HEADER_SIZE + MAX_SLOTS * SLOT_SIZE + MAX_REPORTS * REPORT_SIZE + (1 << 16)
+
+# The enums, as tables indexed by the raw value: a value outside one is a bad state.
+SLOT_STATES: tuple[str, ...] = ("unused", "allocated", "freed", "busy")
+ACCESS: tuple[str | None, ...] = (None, "read", "write")
+BUG_KINDS: tuple[str, ...] = tuple(text(lib.kfence_bug_name(i))
+                                   for i in range(lib.KFENCE_BUG_KINDS))
+CACHES: tuple[str, ...] = tuple(text(lib.kfence_cache_name(i))
+                                for i in range(lib.KFENCE_CACHE_KINDS))
 SKIP_COUNTERS = {
     "capacity": lib.KFENCE_COUNTER_SKIP_CAPACITY,
     "too_large": lib.KFENCE_COUNTER_SKIP_TOO_LARGE,
@@ -36,6 +57,34 @@ class StateError(Exception):
 
 class StateVersionError(StateError):
     """A state written by a kfence_py with another state version or layout."""
+
+
+def _fields(struct_name: str, *names: str) -> dict[str, int]:
+    return {name: ffi.offsetof(struct_name, name) for name in names}
+
+
+_SLOT = _fields("struct kfence_slot", "state", "cache")
+_REPORT = _fields("struct kfence_report", "kind", "access", "slot", "object")
+CONTROL_OFFSET = ffi.offsetof("struct kfence_state", "control")
+CONTROL_FIELDS = _fields("struct kfence_control", "enabled", "sample_interval_ms",
+                         "sample_rate", "burst")
+_U32 = struct.Struct("=I")  # a control field, in the byte order of this machine
+
+
+def _column(buffer: memoryview, start: int, count: int, stride: int, offset: int,
+            fmt: str = "I") -> memoryview:
+    """The 4-byte field at offset of count records of stride bytes from start."""
+    if count == 0:
+        return memoryview(b"").cast(fmt)
+    words = buffer[start:start + count * stride].cast(fmt)
+    return words[offset // 4::stride // 4]
+
+
+def _check_enum(source: str, what: str, values: memoryview, table: tuple[object, ...]) -> None:
+    bad = next((v for v in values if v >= len(table)), None)
+    if bad is not None:
+        raise StateError(f"{source}: bad state ({what} {bad} is out of range "
+                         f"0..{len(table) - 1})")
 
 
 @dataclass(frozen=True)
@@ -120,6 +169,122 @@ class ReportRecord:
     corrupted_mask: int
 
 
+def check_layout(buffer: Any, source: str) -> None:
+    """StateError unless buffer holds a whole state this kfence_py can read safely.
+
+    Every offset and count of the header is checked against len(buffer), and
+    every enum of every slot and report against its table: after this, no
+    view over the buffer reads outside it and no lookup fails.
+    """
+    view = memoryview(buffer).cast("B")
+    size = len(view)
+    if size < HEADER_SIZE:
+        raise StateError(f"{source}: truncated state ({size} bytes, the header is {HEADER_SIZE})")
+    h = ffi.from_buffer("struct kfence_state *", view)
+    magic = bytes(ffi.buffer(h.magic, 8))
+    if magic != MAGIC:
+        raise StateError(f"{source}: not a kfence_py state (magic {magic!r})")
+    if h.version != SUPPORTED_VERSION:
+        raise StateVersionError(f"{source}: state version {h.version}, this kfence_py "
+                                f"reads version {SUPPORTED_VERSION}")
+    if (h.header_size, h.slot_size, h.report_size) != (HEADER_SIZE, SLOT_SIZE, REPORT_SIZE):
+        raise StateVersionError(f"{source}: state layout differs from this kfence_py's")
+    total = int(h.total_size)
+    if total > size:
+        raise StateError(f"{source}: truncated state ({size} of {total} bytes)")
+    if total > MAX_STATE_SIZE:
+        raise StateError(f"{source}: bad state (total_size {total} is over {MAX_STATE_SIZE})")
+    num_slots, max_reports = int(h.num_slots), int(h.max_reports)
+    if num_slots > MAX_SLOTS or max_reports > MAX_REPORTS:
+        raise StateError(f"{source}: bad state ({num_slots} slots, {max_reports} reports)")
+    for name, offset, count, stride in (
+            ("slots", int(h.slots_offset), num_slots, SLOT_SIZE),
+            ("reports", int(h.reports_offset), max_reports, REPORT_SIZE)):
+        if offset % 8 or offset < HEADER_SIZE or offset + count * stride > total:
+            raise StateError(f"{source}: bad state ({name} at {offset}, {count} of {stride} "
+                             f"bytes, do not fit in {total} bytes after the header)")
+    slots, reports = int(h.slots_offset), int(h.reports_offset)
+    del h
+    _check_enum(source, "slot state",
+                _column(view, slots, num_slots, SLOT_SIZE, _SLOT["state"]), SLOT_STATES)
+    _check_enum(source, "slot cache",
+                _column(view, slots, num_slots, SLOT_SIZE, _SLOT["cache"]), CACHES)
+    _check_enum(source, "report kind",
+                _column(view, reports, max_reports, REPORT_SIZE, _REPORT["kind"]), BUG_KINDS)
+    _check_enum(source, "report access",
+                _column(view, reports, max_reports, REPORT_SIZE, _REPORT["access"]), ACCESS)
+    obj = _REPORT["object"]
+    _check_enum(source, "reported slot state",
+                _column(view, reports, max_reports, REPORT_SIZE, obj + _SLOT["state"]),
+                SLOT_STATES)
+    _check_enum(source, "reported slot cache",
+                _column(view, reports, max_reports, REPORT_SIZE, obj + _SLOT["cache"]), CACHES)
+    index = _column(view, reports, max_reports, REPORT_SIZE, _REPORT["slot"], "i")
+    bad = next((i for i in index if not -1 <= i < num_slots), None)
+    if bad is not None:
+        raise StateError(f"{source}: bad state (report of slot {bad}, the pool has "
+                         f"{num_slots})")
+
+
+def _read_state(fd: int, source: str) -> bytearray:
+    """The whole state in the open file fd, read into a buffer of its own."""
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise StateError(f"{source}: not a regular file")
+    if st.st_size == 0:
+        raise StateError(f"{source}: empty state file")
+    head = bytearray(min(st.st_size, HEADER_SIZE))
+    _pread_all(fd, head, 0, source)
+    if len(head) < HEADER_SIZE:
+        raise StateError(f"{source}: truncated state ({st.st_size} bytes, "
+                         f"the header is {HEADER_SIZE})")
+    total = int(ffi.from_buffer("struct kfence_state *", head).total_size)
+    if total > min(st.st_size, MAX_STATE_SIZE) or total < HEADER_SIZE:
+        # checked again (with the reason) on the buffer, which is all that is trusted
+        check_layout(head, source)
+        raise StateError(f"{source}: truncated state ({st.st_size} of {total} bytes)")
+    buffer = bytearray(total)
+    _pread_all(fd, buffer, 0, source)
+    return buffer
+
+
+def _pread_all(fd: int, buffer: bytearray, offset: int, source: str) -> None:
+    view = memoryview(buffer)
+    done = 0
+    while done < len(view):
+        try:
+            n = os.preadv(fd, [view[done:]], offset + done)
+        except OSError as exc:
+            raise StateError(f"{source}: {exc.strerror}") from None
+        if n == 0:
+            raise StateError(f"{source}: truncated state (the file ended at {offset + done} "
+                             f"of {offset + len(view)} bytes)")
+        done += n
+
+
+def write_control(path: str | os.PathLike[str], values: dict[str, int]) -> None:
+    """Write control-block fields (struct kfence_control names) into a state file.
+
+    The process maps the file shared, so it sees the change on its next
+    sampling decision.  The file is checked first, as a reader would.
+    """
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as exc:
+        raise StateError(f"{path}: {exc.strerror}") from None
+    try:
+        check_layout(_read_state(fd, str(path)), str(path))
+        for name, value in values.items():
+            data = _U32.pack(value)
+            if os.pwrite(fd, data, CONTROL_OFFSET + CONTROL_FIELDS[name]) != len(data):
+                raise StateError(f"{path}: short write to the control block")
+    except OSError as exc:
+        raise StateError(f"{path}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+
+
 def _note(field: Any) -> str:
     return ffi.string(field).decode(errors="replace")
 
@@ -134,24 +299,11 @@ class StateView:
     def __init__(self, buffer: Any, *, source: str, keepalive: Any = None) -> None:
         self.source = source
         self._keepalive = keepalive
-        size = len(buffer)
-        header_size = ffi.sizeof("struct kfence_state")
-        if size < header_size:
-            raise StateError(f"{source}: truncated state ({size} bytes, header is {header_size})")
+        check_layout(buffer, source)
         self._base = ffi.from_buffer(buffer)
-        self.header = ffi.cast("struct kfence_state *", self._base)
+        # A pointer that keeps the buffer alive: StateView.open(p).header stays valid.
+        self.header = ffi.from_buffer("struct kfence_state *", buffer)
         h = self.header
-        magic = bytes(ffi.buffer(h.magic, 8))
-        if magic != MAGIC:
-            raise StateError(f"{source}: not a kfence_py state (magic {magic!r})")
-        if h.version != SUPPORTED_VERSION:
-            raise StateVersionError(f"{source}: state version {h.version}, this kfence_py "
-                                    f"reads version {SUPPORTED_VERSION}")
-        if (h.header_size, h.slot_size, h.report_size) != (
-                header_size, ffi.sizeof("struct kfence_slot"), ffi.sizeof("struct kfence_report")):
-            raise StateVersionError(f"{source}: state layout differs from this kfence_py's")
-        if size < h.total_size or h.reports_offset + h.max_reports * h.report_size > size:
-            raise StateError(f"{source}: truncated state ({size} of {h.total_size} bytes)")
         self.slots = ffi.cast("struct kfence_slot *", self._base + h.slots_offset)
         self._reports = ffi.cast("struct kfence_report *", self._base + h.reports_offset)
 
@@ -164,24 +316,18 @@ class StateView:
         return cls(ffi.buffer(ptr, ptr.total_size), source=f"pid {os.getpid()}")
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], *, writable: bool = False) -> StateView:
-        """Map a state file (read-only unless writable, for the controller)."""
+    def open(cls, path: str | os.PathLike[str]) -> StateView:
+        """A copy of a state file, checked; it holds no descriptor."""
         path = Path(path)
-        flags = os.O_RDWR if writable else os.O_RDONLY
         try:
-            fd = os.open(path, flags)
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
         except OSError as exc:
-            raise StateError(f"{path}: {exc.strerror}") from exc
+            raise StateError(f"{path}: {exc.strerror}") from None
         try:
-            size = os.fstat(fd).st_size
-            if size == 0:
-                raise StateError(f"{path}: empty state file")
-            # cffi views need a writable buffer: read-only is a private copy-on-write map
-            access = mmap.ACCESS_WRITE if writable else mmap.ACCESS_COPY
-            mapping = mmap.mmap(fd, size, access=access)
+            buffer = _read_state(fd, str(path))
         finally:
             os.close(fd)
-        return cls(mapping, source=str(path), keepalive=mapping)
+        return cls(buffer, source=str(path), keepalive=buffer)
 
     # --- reading -----------------------------------------------------------
 
@@ -207,8 +353,8 @@ class StateView:
     def _object(self, index: int, slot: Any) -> ObjectInfo:
         freed = slot.free_tid != 0
         return ObjectInfo(
-            index=index, state=SLOT_STATES.get(slot.state, str(slot.state)),
-            address=slot.addr, size=slot.size, cache=text(lib.kfence_cache_name(slot.cache)),
+            index=index, state=SLOT_STATES[slot.state],
+            address=slot.addr, size=slot.size, cache=CACHES[slot.cache],
             alloc_thread=slot.alloc_tid, alloc_time=slot.alloc_ns / 1e9,
             alloc_stack=_stack(slot.alloc_stack),
             free_thread=slot.free_tid if freed else None,
@@ -235,8 +381,8 @@ class StateView:
             if r.sequence == 0:
                 continue
             out.append(ReportRecord(
-                sequence=r.sequence, kind=text(lib.kfence_bug_name(r.kind)),
-                access=ACCESS.get(r.access), address=r.addr, distance=r.distance,
+                sequence=r.sequence, kind=BUG_KINDS[r.kind],
+                access=ACCESS[r.access], address=r.addr, distance=r.distance,
                 thread=r.tid, time=r.ns / 1e9, stack=_stack(r.stack),
                 object=self._object(r.slot, r.object) if r.slot >= 0 else None,
                 corrupted=bytes(ffi.buffer(r.corrupted, 16)), corrupted_mask=r.corrupted_mask,

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,11 +45,12 @@ class Driven:
     """
 
     def __init__(self, argv: Sequence[str], env: Mapping[str, str], cwd: Path, *,
-                 merge_stderr: bool = False) -> None:
+                 merge_stderr: bool = False,
+                 preexec_fn: Callable[[], None] | None = None) -> None:
         self.proc = subprocess.Popen(
             list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE, text=True,
-            env=dict(env), cwd=cwd, start_new_session=True)
+            env=dict(env), cwd=cwd, start_new_session=True, preexec_fn=preexec_fn)
         self._lines: queue.Queue[str | None] = queue.Queue()
         self._err: list[str] = []
         self._readers = [threading.Thread(target=self._read, daemon=True)]
@@ -118,3 +119,26 @@ def line_of(marker: str, source: Path = PROGS / "uaf.c") -> int:
         if f"/* {marker} */" in text:
             return number
     raise AssertionError(f"no {marker} in {source}")
+
+
+def start_serve(state_dir: Path, sock: Path, cwd: Path, *args: str,
+                preexec_fn: Callable[[], None] | None = None) -> Driven:
+    """``kfence-py serve`` in a child, once it listens; its stderr comes as lines."""
+    server = Driven([sys.executable, "-m", "kfence_py", "serve", "--state-dir", str(state_dir),
+                     "--socket", str(sock), *args], os.environ, cwd, merge_stderr=True,
+                    preexec_fn=preexec_fn)
+    while not server.readline().startswith("kfence-py: serving"):
+        pass
+    return server
+
+
+def stop_serve(server: Driven) -> str:
+    """Stop a server started by start_serve(); everything it wrote after it listened."""
+    server.proc.terminate()
+    assert server.finish() == 0, "the server did not stop cleanly on SIGTERM"
+    lines = []
+    while not server._lines.empty():
+        line = server._lines.get()
+        if line is not None:
+            lines.append(line)
+    return "\n".join(lines)

@@ -14,21 +14,28 @@ from pathlib import Path
 
 import psutil
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 METHODS = st.sampled_from([b"GET", b"POST", b"PUT", b"DELETE", b"\x00\xff", b"", b"G" * 300])
 PATHS = st.one_of(st.sampled_from([b"/stats", b"/objects", b"/reports", b"/metrics",
                                    b"/config", b"/stats?format=json", b"/../../etc/passwd",
-                                   b"/config?format=json&x=" + b"%" * 50]),
+                                   b"/config?format=json&x=" + b"%" * 50,
+                                   # digits int() takes but a pid is not written with
+                                   b"/stats?pid=%C2%B2", b"/objects?pid=%D9%A3",
+                                   b"/config?pid=%EF%BC%91", b"/stats?pid=\xc2\xb2"]),
                   st.binary(max_size=200))
 HEADERS = st.lists(st.one_of(
     st.sampled_from([b"Host: kfence", b"Content-Length: 5", b"Content-Length: -1",
                      b"Content-Length: 99999999999", b"Transfer-Encoding: chunked",
-                     b"X: " + b"y" * 70000, b"Connection: keep-alive", b":::"]),
+                     b"X: " + b"y" * 70000, b"Connection: keep-alive", b":::",
+                     b"Content-Length: \xb2", b"Content-Length: \xd9\xa3",
+                     b"Content-Type: application/json"]),
     st.binary(max_size=100)), max_size=6)
+BODIES = [b"[" * 5000 + b"]" * 5000, b'{"a":' * 3000 + b"1" + b"}" * 3000,
+          "burst=\uff11".encode(), '{"burst": "\u00b2"}'.encode()]
 REQUEST = st.tuples(METHODS, PATHS, st.sampled_from([b"HTTP/1.1", b"HTTP/1.0", b"HTTP/9", b""]),
-                    HEADERS, st.binary(max_size=300))
+                    HEADERS, st.one_of(st.binary(max_size=300), st.sampled_from(BODIES)))
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +85,10 @@ def alive(path: Path) -> bool:
 @settings(max_examples=400, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(request=REQUEST)
+@example(request=(b"GET", b"/stats?pid=%C2%B2", b"HTTP/1.1", [b"Host: k"], b""))
+@example(request=(b"POST", b"/config", b"HTTP/1.1", [b"Content-Length: \xb2"], b"burst=1"))
+@example(request=(b"POST", b"/config", b"HTTP/1.1",
+                  [b"Content-Type: application/json", b"Content-Length: 10000"], BODIES[0]))
 def test_malformed_requests(server, request):
     path, _ = server
     method, target, version, headers, body = request
