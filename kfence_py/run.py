@@ -385,8 +385,9 @@ class Runner:
             status = self._wait(pid, tailer)
             tailer.finish()
             if not (state_dir / f"{pid}.state").exists() and self.options.get("enabled") != "0":
-                log.warning("%s published no state: the library did not start in it "
-                            "(was LD_PRELOAD dropped on the way?)", self.command[0])
+                log.warning("%s published no state in %s: the library kept it private "
+                            "(see its kfence: warning) or did not start (was LD_PRELOAD "
+                            "dropped on the way?)", self.command[0], state_dir)
             status = self._status_with_bugs(status, state_dir, before,
                                             int(effective_option(env["KFENCE_OPTIONS"],
                                                                  "exitcode")))

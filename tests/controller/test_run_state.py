@@ -27,12 +27,19 @@ def _run(short_dir, *args: str):
 # --- exit status -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("how", ["_exit", "_Exit"])
-def test_a_bug_makes_the_exitcode_even_after_exit_0(short_dir, oob_exit, how):
-    run = _run(short_dir, "--", str(oob_exit), how)
+def test_a_bug_makes_the_exitcode_even_after_exit_0(short_dir, oob_exit):
+    """exit_group(0) straight from the program: the library never sees the exit."""
+    run = _run(short_dir, "--", str(oob_exit), "exit_group")
     assert "BUG: KFENCE: out-of-bounds write" in run.stderr
     assert run.returncode == 66, run.stderr
     assert "exited 0, but bugs were reported" in run.stderr
+
+
+@pytest.mark.parametrize("how", ["_exit", "_Exit"])
+def test_exits_through_libc_get_the_exitcode_from_the_library(short_dir, oob_exit, how):
+    run = _run(short_dir, "--", str(oob_exit), how)
+    assert run.returncode == 66, run.stderr
+    assert "exited 0, but bugs were reported" not in run.stderr  # the process said 66
 
 
 def test_the_exitcode_option_is_the_status(short_dir, oob_exit):
