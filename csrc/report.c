@@ -365,10 +365,16 @@ static void kf_buf_what(struct kf_buf *b, const struct kf_report_in *in)
 
 bool kf_report(const struct kf_report_in *in)
 {
-	struct kfence_slot *m = in->slot >= 0 ? &kf_slots[in->slot] : NULL;
-	if (m) {
+	return kf_report_object(in, NULL);
+}
+
+bool kf_report_object(const struct kf_report_in *in, const struct kfence_slot *object)
+{
+	struct kfence_slot *slot = in->slot >= 0 ? &kf_slots[in->slot] : NULL;
+	const struct kfence_slot *m = object ? object : slot;
+	if (slot) {
 		uint32_t bit = 1u << in->kind;
-		if (atomic_fetch_or((_Atomic uint32_t *)&m->reported, bit) & bit)
+		if (atomic_fetch_or((_Atomic uint32_t *)&slot->reported, bit) & bit)
 			return false;
 	}
 	if (!kf_report_lock())
