@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <ucontext.h>
 #include <unistd.h>
 
@@ -243,7 +244,7 @@ static uint32_t kf_slot_settle(long slot, struct kfence_slot *copy)
 {
 	const struct kfence_slot *m = &kf_slots[slot];
 	uint64_t deadline = 0;
-	for (;;) {
+	for (int spins = 0;;) {
 		uint32_t s = atomic_load_explicit((_Atomic uint32_t *)&m->state, memory_order_acquire);
 		if (s == KFENCE_SLOT_UNUSED)
 			return s;
@@ -263,7 +264,16 @@ static uint32_t kf_slot_settle(long slot, struct kfence_slot *copy)
 			deadline = now + KF_SETTLE_NS;
 		else if (now > deadline)
 			return KFENCE_SLOT_BUSY;
-		sched_yield();
+		/*
+		 * Sleep, after a few yields: a yield-spinning thread can keep the
+		 * CPU from a preempted owner for a long time on a loaded machine.
+		 */
+		if (++spins < 64) {
+			sched_yield();
+		} else {
+			struct timespec ts = { 0, 50000 };
+			nanosleep(&ts, NULL);
+		}
 	}
 }
 
