@@ -235,15 +235,16 @@ static uint64_t kf_load64(const uint64_t *p)
 
 /*
  * A consistent copy of a slot's metadata once it is not BUSY; returns the
- * state copied, or BUSY if the slot did not settle in time.  Allocation and
+ * state copied, or BUSY if the slot did not settle in time (copy then holds
+ * garbage), or UNUSED (copy untouched).  *deadline (0: not set yet) bounds
+ * the wait of all the calls for one fault together.  Allocation and
  * free rewrite the metadata under BUSY, then publish with release order;
  * each stamps alloc_ns or free_ns anew, so the same state and stamps after
  * the copy as before it mean nothing was rewritten in between.
  */
-static uint32_t kf_slot_settle(long slot, struct kfence_slot *copy)
+static uint32_t kf_slot_settle(long slot, struct kfence_slot *copy, uint64_t *deadline)
 {
 	const struct kfence_slot *m = &kf_slots[slot];
-	uint64_t deadline = 0;
 	for (int spins = 0;;) {
 		uint32_t s = atomic_load_explicit((_Atomic uint32_t *)&m->state, memory_order_acquire);
 		if (s == KFENCE_SLOT_UNUSED)
@@ -260,9 +261,9 @@ static uint32_t kf_slot_settle(long slot, struct kfence_slot *copy)
 			}
 		}
 		uint64_t now = kf_now_ns();
-		if (!deadline)
-			deadline = now + KF_SETTLE_NS;
-		else if (now > deadline)
+		if (!*deadline)
+			*deadline = now + KF_SETTLE_NS;
+		else if (now > *deadline)
 			return KFENCE_SLOT_BUSY;
 		/*
 		 * Sleep, after a few yields: a yield-spinning thread can keep the
@@ -283,6 +284,7 @@ static uint32_t kf_slot_settle(long slot, struct kfence_slot *copy)
  */
 static long kf_guard_blame(uintptr_t a, size_t g, struct kf_report_in *in, struct kfence_slot *obj)
 {
+	uint64_t deadline = 0;
 	/* Guard g lies between slots g - 1 and g. */
 	long first = g > 0 ? (long)g - 1 : (long)g;
 	long last = g < kf_state->num_slots ? (long)g : (long)g - 1;
@@ -290,9 +292,11 @@ static long kf_guard_blame(uintptr_t a, size_t g, struct kf_report_in *in, struc
 		long best_slot = -1, held = -1;  /* held: whose copy obj has */
 		uint64_t best = UINT64_MAX, an = 0, fn = 0;
 		for (long slot = first; slot <= last; slot++) {
-			uint32_t s = kf_slot_settle(slot, obj);
+			uint32_t s = kf_slot_settle(slot, obj, &deadline);
+			if (s == KFENCE_SLOT_BUSY)
+				held = -1;  /* not blamed, and its failed copies overwrote obj */
 			if (s != KFENCE_SLOT_ALLOCATED && s != KFENCE_SLOT_FREED)
-				continue;  /* unused, or still BUSY: not blamed */
+				continue;  /* unused, or still BUSY */
 			held = slot;
 			bool left = slot < (long)g;  /* we are past its end, or before its start */
 			uint64_t d = left ? a - (obj->addr + obj->size) : obj->addr - a;
@@ -309,8 +313,8 @@ static long kf_guard_blame(uintptr_t a, size_t g, struct kf_report_in *in, struc
 			return -1;
 		if (held == best_slot)
 			return best_slot;
-		/* obj holds the other neighbour: take the chosen one again, unchanged. */
-		uint32_t s = kf_slot_settle(best_slot, obj);
+		/* obj holds something else: take the chosen one again, unchanged. */
+		uint32_t s = kf_slot_settle(best_slot, obj, &deadline);
 		if ((s == KFENCE_SLOT_ALLOCATED || s == KFENCE_SLOT_FREED) && obj->alloc_ns == an &&
 		    obj->free_ns == fn)
 			return best_slot;
@@ -334,7 +338,8 @@ static bool kf_handle_pool_fault(int sig, siginfo_t *si, ucontext_t *uc)
 	struct kfence_slot obj;
 	long slot = kf_addr_slot(a);
 	if (slot >= 0) {
-		uint32_t state = kf_slot_settle(slot, &obj);
+		uint64_t deadline = 0;
+		uint32_t state = kf_slot_settle(slot, &obj, &deadline);
 		if (state == KFENCE_SLOT_ALLOCATED) {
 			/* Raced with the allocation that is opening this page: retry. */
 			kf_recover(sig, si, page);
