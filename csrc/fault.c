@@ -393,10 +393,18 @@ static void kf_view_set(unsigned view)
  * blocked before we took over); everything else to glibc's own, which also
  * keeps its internal signals out of the set.
  */
+static int kf_real_mask(int how, const sigset_t *set, sigset_t *old)
+{
+	if (KF_LIKELY(kf_libc_pthread_sigmask != NULL))
+		return kf_libc_pthread_sigmask(how, set, old);
+	/* Not found (cannot happen with glibc): the system call, rather than a crash. */
+	return syscall(SYS_rt_sigprocmask, how, set, old, _NSIG / 8) ? errno : 0;
+}
+
 static int kf_mask(int how, const sigset_t *set, sigset_t *old)
 {
 	if (!atomic_load_explicit(&kf_installed, memory_order_relaxed))
-		return kf_libc_pthread_sigmask(how, set, old);
+		return kf_real_mask(how, set, old);
 	sigset_t s, prev;
 	if (set) {
 		s = *set;
@@ -406,7 +414,7 @@ static int kf_mask(int how, const sigset_t *set, sigset_t *old)
 			sigaddset(&s, SIGBUS);
 		}
 	}
-	int rc = kf_libc_pthread_sigmask(how, set ? &s : NULL, &prev);
+	int rc = kf_real_mask(how, set ? &s : NULL, &prev);
 	if (rc)
 		return rc;
 	unsigned real = kf_bits_of(&prev), view = kf_view | real;
@@ -414,7 +422,7 @@ static int kf_mask(int how, const sigset_t *set, sigset_t *old)
 		sigemptyset(&s);
 		sigaddset(&s, SIGSEGV);
 		sigaddset(&s, SIGBUS);
-		kf_libc_pthread_sigmask(SIG_UNBLOCK, &s, NULL);
+		kf_real_mask(SIG_UNBLOCK, &s, NULL);
 	}
 	if (old) {
 		kf_strip(&prev);
@@ -442,14 +450,15 @@ static void kf_app_take(int i, struct sigaction *app)
 	    app->sa_handler == SIG_IGN)
 		return;
 	/* Read again under the lock: of two threads faulting at once only one gets the handler. */
+	union kf_action u;
 	sigset_t saved;
 	kf_app_lock(&saved);
-	kf_app_copy(i, (union kf_action *)app);
+	kf_app_copy(i, &u);
+	*app = u.sa;
 	if ((app->sa_flags & SA_RESETHAND) && app->sa_handler != SIG_DFL &&
 	    app->sa_handler != SIG_IGN) {
-		struct sigaction reset = *app;
-		reset.sa_handler = SIG_DFL;  /* what the kernel does: flags and mask stay */
-		kf_app_store(i, &reset);
+		u.sa.sa_handler = SIG_DFL;  /* what the kernel does: flags and mask stay */
+		kf_app_store(i, &u.sa);
 	}
 	kf_app_unlock(&saved);
 }
@@ -504,15 +513,15 @@ static void kf_handler(int sig, siginfo_t *si, void *uc)
 static void kf_resolve(void)
 {
 	void *libc = dlopen(LIBC_SO, RTLD_LAZY | RTLD_NOLOAD);
-	if (!libc)
-		return;
-	kf_libc_sysv_signal = (__sighandler_t (*)(int, __sighandler_t))dlsym(libc, "sysv_signal");
-	kf_libc_signal = (__sighandler_t (*)(int, __sighandler_t))dlsym(libc, "signal");
-	*(void **)&kf_libc_pthread_sigmask = dlsym(libc, "pthread_sigmask");
-	*(void **)&kf_libc_pthread_create = dlsym(libc, "pthread_create");
-	*(void **)&kf_libc_siglongjmp = dlsym(libc, "siglongjmp");
-	*(void **)&kf_libc_longjmp_chk = dlsym(libc, "__longjmp_chk");
-	dlclose(libc);
+	void *from = libc ? libc : RTLD_NEXT;
+	kf_libc_sysv_signal = (__sighandler_t (*)(int, __sighandler_t))dlsym(from, "sysv_signal");
+	kf_libc_signal = (__sighandler_t (*)(int, __sighandler_t))dlsym(from, "signal");
+	*(void **)&kf_libc_pthread_sigmask = dlsym(from, "pthread_sigmask");
+	*(void **)&kf_libc_pthread_create = dlsym(from, "pthread_create");
+	*(void **)&kf_libc_siglongjmp = dlsym(from, "siglongjmp");
+	*(void **)&kf_libc_longjmp_chk = dlsym(from, "__longjmp_chk");
+	if (libc)
+		dlclose(libc);
 }
 
 /* Before the program's constructors: they may block signals or jump already. */
@@ -562,22 +571,23 @@ int sigaction(int sig, const struct sigaction *act, struct sigaction *old)
 	if (i < 0)
 		return __sigaction(sig, act, old);
 	/* Copies in and out outside the lock: a bad pointer faults there, not with all blocked. */
-	struct sigaction in, prev;
+	struct sigaction in;
+	union kf_action prev;
 	if (act)
 		in = *act;
 	sigset_t saved;
 	kf_app_lock(&saved);
 	int rc = 0;
 	if (!atomic_load(&kf_installed)) {
-		rc = __sigaction(sig, act ? &in : NULL, &prev);
+		rc = __sigaction(sig, act ? &in : NULL, &prev.sa);
 	} else {
-		kf_app_copy(i, (union kf_action *)&prev);
+		kf_app_copy(i, &prev);
 		if (act)
 			kf_app_store(i, &in);
 	}
 	kf_app_unlock(&saved);
 	if (rc == 0 && old)
-		*old = prev;
+		*old = prev.sa;
 	return rc;
 }
 static __sighandler_t kf_signal(int sig, __sighandler_t handler, int flags)
@@ -725,6 +735,8 @@ int pthread_create(pthread_t *t, const pthread_attr_t *attr, void *(*fn)(void *)
 {
 	if (!kf_libc_pthread_create)
 		kf_resolve();
+	if (!kf_libc_pthread_create)
+		return EAGAIN;
 	struct kf_start *s;
 	/* Nothing to carry (the usual case): glibc's own, untouched. */
 	if (!kf_view || !atomic_load_explicit(&kf_installed, memory_order_relaxed) ||
