@@ -92,11 +92,12 @@ static void kf_block_all(sigset_t *saved)
 static void kf_app_lock(sigset_t *saved)
 {
 	kf_block_all(saved);
-	for (;;) {
+	for (int tries = 0;; tries++) {
 		unsigned s = atomic_load_explicit(&kf_app_seq, memory_order_relaxed);
-		if (!(s & 1) && atomic_compare_exchange_weak_explicit(&kf_app_seq, &s, s + 1,
-								      memory_order_acquire,
-								      memory_order_relaxed))
+		/* Odd for that long, the writer is gone (a fork without atfork): take over. */
+		if ((!(s & 1) || tries > 1000000) &&
+		    atomic_compare_exchange_weak_explicit(&kf_app_seq, &s, s | 1, memory_order_acquire,
+							  memory_order_relaxed))
 			break;
 		sched_yield();  /* another thread is writing, signals blocked: it ends soon */
 	}
@@ -105,7 +106,8 @@ static void kf_app_lock(sigset_t *saved)
 
 static void kf_app_unlock(const sigset_t *saved)
 {
-	atomic_fetch_add_explicit(&kf_app_seq, 1, memory_order_release);
+	atomic_store_explicit(&kf_app_seq, (atomic_load_explicit(&kf_app_seq, memory_order_relaxed) | 1) + 1,
+			      memory_order_release);
 	syscall(SYS_rt_sigprocmask, SIG_SETMASK, saved, NULL, _NSIG / 8);
 }
 
@@ -387,12 +389,6 @@ static void kf_view_set(unsigned view)
 		raise(SIGBUS);
 }
 
-/*
- * pthread_sigmask() as the program sees it: SIGSEGV and SIGBUS go to the
- * view, never to the kernel (and are unblocked there if a thread had them
- * blocked before we took over); everything else to glibc's own, which also
- * keeps its internal signals out of the set.
- */
 static int kf_real_mask(int how, const sigset_t *set, sigset_t *old)
 {
 	if (KF_LIKELY(kf_libc_pthread_sigmask != NULL))
@@ -401,6 +397,12 @@ static int kf_real_mask(int how, const sigset_t *set, sigset_t *old)
 	return syscall(SYS_rt_sigprocmask, how, set, old, _NSIG / 8) ? errno : 0;
 }
 
+/*
+ * pthread_sigmask() as the program sees it: SIGSEGV and SIGBUS go to the
+ * view, never to the kernel (and are unblocked there if a thread had them
+ * blocked before we took over); everything else to glibc's own, which also
+ * keeps its internal signals out of the set.
+ */
 static int kf_mask(int how, const sigset_t *set, sigset_t *old)
 {
 	if (!atomic_load_explicit(&kf_installed, memory_order_relaxed))
@@ -486,7 +488,7 @@ static void kf_chain(int sig, siginfo_t *si, ucontext_t *uc)
 	unsigned view = kf_view;
 	kf_view = view | kf_bits_of(&m);
 	kf_strip(&m);
-	kf_libc_pthread_sigmask(SIG_SETMASK, &m, NULL);
+	kf_real_mask(SIG_SETMASK, &m, NULL);
 	if (app.sa_flags & SA_SIGINFO)
 		app.sa_sigaction(sig, si, uc);
 	else
@@ -529,6 +531,7 @@ __attribute__((constructor)) static void kf_fault_constructor(void)
 {
 	if (!kf_libc_pthread_sigmask)
 		kf_resolve();
+	pthread_atfork(NULL, NULL, kf_app_atfork_child);
 }
 
 int kf_install_fault_handler(void)
@@ -557,7 +560,6 @@ int kf_install_fault_handler(void)
 	kf_app_unlock(&saved);
 	if (rc != 0)
 		return -1;
-	pthread_atfork(NULL, NULL, kf_app_atfork_child);
 	/* This thread may have them blocked already (inherited over exec): view them. */
 	kf_mask(SIG_BLOCK, NULL, NULL);
 	return 0;

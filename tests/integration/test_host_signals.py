@@ -34,6 +34,15 @@ def test_handler_mask_is_applied_and_restored(programs, hostsig):
     assert "recovered 2" in run.stdout
 
 
+def test_fortified_siglongjmp_restores_the_mask_too(programs):
+    # _FORTIFY_SOURCE turns siglongjmp() into __longjmp_chk()
+    exe = programs.build("hostsig.c", flags=["-O2", "-D_FORTIFY_SOURCE=2"])
+    run = programs.run(exe, "samask", options=RIGHT)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "after: usr1=0 segv=0" in run.stdout
+    assert "recovered 2" in run.stdout
+
+
 def test_resethand_second_fault_takes_the_default_action(programs, hostsig):
     run = programs.run(hostsig, "resethand", options=RIGHT)
     assert run.returncode == -signal.SIGSEGV, run.stdout + run.stderr
