@@ -570,8 +570,18 @@ int kf_install_fault_handler(void)
 int sigaction(int sig, const struct sigaction *act, struct sigaction *old)
 {
 	int i = kf_sig_index(sig);
-	if (i < 0)
-		return __sigaction(sig, act, old);
+	if (i < 0) {
+		/*
+		 * Nor do other handlers block them (sigfillset() masks are common):
+		 * a pool bug in a SIGTERM handler would be a silent death.
+		 */
+		if (!act || !atomic_load_explicit(&kf_installed, memory_order_relaxed) ||
+		    !kf_bits_of(&act->sa_mask))
+			return __sigaction(sig, act, old);
+		struct sigaction stripped = *act;
+		kf_strip(&stripped.sa_mask);
+		return __sigaction(sig, &stripped, old);
+	}
 	/* Copies in and out outside the lock: a bad pointer faults there, not with all blocked. */
 	struct sigaction in;
 	union kf_action prev;

@@ -39,6 +39,7 @@ def test_fortified_siglongjmp_restores_the_mask_too(programs):
     exe = programs.build("hostsig.c", flags=["-O2", "-D_FORTIFY_SOURCE=2"])
     run = programs.run(exe, "samask", options=RIGHT)
     assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.count("in handler: usr1=1 segv=1") == 2, run.stdout
     assert "after: usr1=0 segv=0" in run.stdout
     assert "recovered 2" in run.stdout
 
@@ -106,3 +107,11 @@ def test_pool_bug_after_sigblock(programs, hostsig):
     (report,) = run.reports
     assert (report.kind, report.function) == ("use-after-free", "use_after_free")
     assert "survived, segv blocked=1" in run.stdout
+
+
+def test_pool_bug_in_a_handler_that_blocks_every_signal(programs, hostsig):
+    run = programs.run(hostsig, "in-usr1", options=RIGHT)
+    assert run.returncode == 66, run.stdout + run.stderr
+    (report,) = run.reports
+    assert (report.kind, report.function) == ("use-after-free", "use_after_free")
+    assert "usr1 handler survived" in run.stdout and "survived" in run.stdout

@@ -12,6 +12,7 @@
  *   blocked-wild  the same with a wild write (and a handler the kernel would skip)
  *   blocked-raise raise(SIGSEGV) while blocked: delivered when unblocked
  *   sigblock   sigblock() of SIGSEGV, then a use-after-free
+ *   in-usr1    a use-after-free in a SIGUSR1 handler that blocks every signal
  */
 #include <pthread.h>
 #include <setjmp.h>
@@ -204,6 +205,13 @@ NOINLINE static void use_after_free(void)
 	sink = p[3];
 }
 
+static void usr1_handler(int sig)
+{
+	(void)sig;
+	use_after_free();
+	say("usr1 handler survived\n");
+}
+
 int main(int argc, char **argv)
 {
 	const char *what = argv[1];
@@ -247,6 +255,14 @@ int main(int argc, char **argv)
 		printf("while blocked: handled %d\n", handled);
 		sigprocmask(SIG_UNBLOCK, &segv, NULL);
 		printf("after unblock: handled %d\n", handled);
+	} else if (strcmp(what, "in-usr1") == 0) {
+		struct sigaction sa;
+		memset(&sa, 0, sizeof(sa));
+		sa.sa_handler = usr1_handler;
+		sigfillset(&sa.sa_mask);
+		sigaction(SIGUSR1, &sa, NULL);
+		raise(SIGUSR1);
+		printf("survived\n");
 	} else if (strcmp(what, "sigblock") == 0) {
 		sigblock((1 << (SIGSEGV - 1)));
 		use_after_free();
