@@ -7,7 +7,13 @@
  * faulthandler) restore the previous one and re-raise.  Like the JVM's
  * libjsig, we interpose sigaction() and signal(): while our handler is
  * installed, the program's handler is only recorded and chained to, so ours
- * stays first in the kernel and pool faults are never lost.
+ * stays first in the kernel and pool faults are never lost.  The chained
+ * handler runs with the mask and flags the kernel would have given it.
+ *
+ * A fault the thread has blocked kills it: the kernel forces the default
+ * action.  So SIGSEGV and SIGBUS are never blocked for real while we are
+ * installed; the mask calls are interposed too, and what the program blocked
+ * is kept per thread as its view, which decides what a non-pool fault does.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
