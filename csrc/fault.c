@@ -414,8 +414,10 @@ static int kf_mask(int how, const sigset_t *set, sigset_t *old)
 	if (!atomic_load_explicit(&kf_installed, memory_order_relaxed))
 		return kf_real_mask(how, set, old);
 	sigset_t s, prev;
+	unsigned bits = 0;
 	if (set) {
-		s = *set;
+		s = *set;  /* set may be old as well */
+		bits = kf_bits_of(&s);
 		kf_strip(&s);
 		if (how == SIG_UNBLOCK) {
 			sigaddset(&s, SIGSEGV);
@@ -440,10 +442,8 @@ static int kf_mask(int how, const sigset_t *set, sigset_t *old)
 			sigaddset(&prev, SIGBUS);
 		*old = prev;
 	}
-	if (set) {
-		unsigned bits = kf_bits_of(set);
+	if (set)
 		view = how == SIG_BLOCK ? view | bits : how == SIG_UNBLOCK ? view & ~bits : bits;
-	}
 	kf_view_set(view);
 	return 0;
 }

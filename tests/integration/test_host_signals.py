@@ -101,6 +101,11 @@ def test_sent_sigsegv_waits_while_blocked(programs, hostsig):
     assert "after unblock: handled 1" in run.stdout
 
 
+def test_mask_set_and_old_set_may_be_one(programs, hostsig):
+    run = programs.run(hostsig, "alias", options=RIGHT)
+    assert "old had segv=0, now segv=1" in run.stdout, run.stdout + run.stderr
+
+
 def test_pool_bug_after_sigblock(programs, hostsig):
     run = programs.run(hostsig, "sigblock", options=RIGHT)
     assert run.returncode == 66, run.stdout + run.stderr

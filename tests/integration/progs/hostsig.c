@@ -13,6 +13,7 @@
  *   blocked-raise raise(SIGSEGV) while blocked: delivered when unblocked
  *   sigblock   sigblock() of SIGSEGV, then a use-after-free
  *   in-usr1    a use-after-free in a SIGUSR1 handler that blocks every signal
+ *   alias      pthread_sigmask(SIG_BLOCK, &m, &m): one set for both
  */
 #include <pthread.h>
 #include <setjmp.h>
@@ -263,6 +264,12 @@ int main(int argc, char **argv)
 		sigaction(SIGUSR1, &sa, NULL);
 		raise(SIGUSR1);
 		printf("survived\n");
+	} else if (strcmp(what, "alias") == 0) {
+		sigset_t m;
+		sigemptyset(&m);
+		sigaddset(&m, SIGSEGV);
+		pthread_sigmask(SIG_BLOCK, &m, &m);
+		printf("old had segv=%d, now segv=%d\n", sigismember(&m, SIGSEGV), blocked(SIGSEGV));
 	} else if (strcmp(what, "sigblock") == 0) {
 		sigblock((1 << (SIGSEGV - 1)));
 		use_after_free();
