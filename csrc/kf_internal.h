@@ -237,4 +237,9 @@ KF_HIDDEN uint32_t kf_os_gettid(void);
 KF_HIDDEN uint64_t kf_os_random64(void);
 KF_HIDDEN long kf_os_max_map_count(void);
 
+/* === Reports of a copied object (report.c, for fault.c) === */
+
+/* kf_report() of the object as the caller copied it, not as its slot is now (NULL: now). */
+KF_HIDDEN bool kf_report_object(const struct kf_report_in *in, const struct kfence_slot *object);
+
 #endif

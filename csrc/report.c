@@ -511,10 +511,17 @@ static void kf_print(const struct kf_report_in *in, const struct kfence_slot *m)
 
 bool kf_report(const struct kf_report_in *in)
 {
-	struct kfence_slot *m = in->slot >= 0 ? &kf_slots[in->slot] : NULL;
-	if (m) {
+	return kf_report_object(in, NULL);
+}
+
+bool kf_report_object(const struct kf_report_in *in, const struct kfence_slot *object)
+{
+	struct kfence_slot *slot = in->slot >= 0 ? &kf_slots[in->slot] : NULL;
+	const struct kfence_slot *m = object ? object : slot;
+	/* Once per object and kind; a copy of an object since replaced marks nothing. */
+	if (slot && (!object || __atomic_load_n(&slot->alloc_ns, __ATOMIC_RELAXED) == object->alloc_ns)) {
 		uint32_t bit = 1u << in->kind;
-		if (atomic_fetch_or((_Atomic uint32_t *)&m->reported, bit) & bit)
+		if (atomic_fetch_or((_Atomic uint32_t *)&slot->reported, bit) & bit)
 			return false;
 	}
 	bool was_in_lib = kf_self.in_lib;
