@@ -19,6 +19,8 @@ from __future__ import annotations
 import os
 import stat
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -262,6 +264,19 @@ def _pread_all(fd: int, buffer: bytearray, offset: int, source: str) -> None:
         done += n
 
 
+@contextmanager
+def _state_fd(path: Path, flags: int) -> Iterator[int]:
+    """A descriptor of a state file, never through a link or a blocking FIFO."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as exc:
+        raise StateError(f"{path}: {exc.strerror}") from None
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
 def write_control(path: str | os.PathLike[str], values: dict[str, int]) -> None:
     """Write control-block fields (struct kfence_control names) into a state file.
 
@@ -269,20 +284,15 @@ def write_control(path: str | os.PathLike[str], values: dict[str, int]) -> None:
     sampling decision.  The file is checked first, as a reader would.
     """
     path = Path(path)
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError as exc:
-        raise StateError(f"{path}: {exc.strerror}") from None
-    try:
-        check_layout(_read_state(fd, str(path)), str(path))
-        for name, value in values.items():
-            data = _U32.pack(value)
-            if os.pwrite(fd, data, CONTROL_OFFSET + CONTROL_FIELDS[name]) != len(data):
-                raise StateError(f"{path}: short write to the control block")
-    except OSError as exc:
-        raise StateError(f"{path}: {exc.strerror}") from None
-    finally:
-        os.close(fd)
+    with _state_fd(path, os.O_RDWR) as fd:
+        try:
+            check_layout(_read_state(fd, str(path)), str(path))
+            for name, value in values.items():
+                data = _U32.pack(value)
+                if os.pwrite(fd, data, CONTROL_OFFSET + CONTROL_FIELDS[name]) != len(data):
+                    raise StateError(f"{path}: short write to the control block")
+        except OSError as exc:
+            raise StateError(f"{path}: {exc.strerror}") from None
 
 
 def _note(field: Any) -> str:
@@ -319,14 +329,8 @@ class StateView:
     def open(cls, path: str | os.PathLike[str]) -> StateView:
         """A copy of a state file, checked; it holds no descriptor."""
         path = Path(path)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-        except OSError as exc:
-            raise StateError(f"{path}: {exc.strerror}") from None
-        try:
+        with _state_fd(path, os.O_RDONLY) as fd:
             buffer = _read_state(fd, str(path))
-        finally:
-            os.close(fd)
         return cls(buffer, source=str(path), keepalive=buffer)
 
     # --- reading -----------------------------------------------------------
