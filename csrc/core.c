@@ -10,14 +10,16 @@
  * access past either end of an object, or to a freed object, faults.
  */
 #define _GNU_SOURCE
-#include <errno.h>
 #include <dlfcn.h>
+#include <errno.h>
 #include <execinfo.h>
+#include <limits.h>
 #include <link.h>
 #include <pthread.h>
+#include <sched.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <sched.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
@@ -117,13 +119,15 @@ static _Atomic uint8_t *kf_own_mapping;      /* per slot: its data page is its o
 static bool kf_interposing;
 
 /*
- * Which process the state belongs to.  The word lives in a page the kernel
- * zeroes in a child (MADV_WIPEONFORK), so a process made by fork() or by a
- * raw clone() (which runs no atfork handler) sees 0 at its first slow path
- * and takes the state for its own before it writes any (kf_check_owner).
+ * Which process the state belongs to.  It lives in a page the kernel zeroes
+ * in a child (MADV_WIPEONFORK), so a process made by fork() or by a raw
+ * clone() (which runs no atfork handler) sees owned == 0 at its first slow
+ * path and takes the state for its own before it writes any
+ * (kf_check_owner).  A vfork child shares the page: forked_pid tells it
+ * apart from the forked process it shares it with.
  */
-static uint8_t kf_owner_fallback = 1;
-volatile uint8_t *kf_owner_token = &kf_owner_fallback;
+static struct kf_owner kf_owner_fallback = { 1, 0 };
+volatile struct kf_owner *kf_owner = &kf_owner_fallback;
 
 /* Time gate: the next time a sample may be taken, and the burst left. */
 static _Atomic uint64_t kf_next_sample_ns;
@@ -282,7 +286,10 @@ void *kf_sample_alloc(int32_t *countdown, size_t size, size_t align, int cache, 
 		*countdown = 1;
 		return NULL;
 	}
-	kf_check_owner();
+	if (!kf_check_owner()) {
+		*countdown = 1;  /* a vfork child: the memory, and so the state, is its parent's */
+		return NULL;
+	}
 	const struct kfence_control *c = &kf_state->control;
 	uint32_t rate = *(volatile uint32_t *)&c->sample_rate;
 	if (!*(volatile uint32_t *)&c->enabled) {
@@ -353,6 +360,7 @@ void *kf_guarded_alloc(size_t size, size_t align, int placement, int cache, bool
 		errno = ENOMEM;
 		return NULL;
 	}
+	kf_check_owner();
 	if (size > kf_page) {
 		kf_count(KFENCE_COUNTER_SKIP_TOO_LARGE, 1);
 		errno = ENOMEM;
@@ -363,7 +371,6 @@ void *kf_guarded_alloc(size_t size, size_t align, int placement, int cache, bool
 		errno = EINVAL;
 		return NULL;
 	}
-	kf_check_owner();
 	bool was_in_lib = kf_self.in_lib;
 	kf_self.in_lib = true;
 	long slot = kf_freelist_pop();
@@ -373,7 +380,13 @@ void *kf_guarded_alloc(size_t size, size_t align, int placement, int cache, bool
 		errno = ENOSPC;
 		return NULL;
 	}
-	if (!kf_state_back_slot((size_t)slot)) {
+	bool backed = kf_slot_backed[slot];
+	if (!backed) {
+		pthread_mutex_lock(&kf_lock);
+		backed = kf_state_back_slot((size_t)slot);
+		pthread_mutex_unlock(&kf_lock);
+	}
+	if (!backed) {
 		/* No room for its metadata in the state file: the slot is not used again. */
 		kf_self.in_lib = was_in_lib;
 		kf_count(KFENCE_COUNTER_SKIP_MAP_FAILED, 1);
@@ -602,19 +615,49 @@ static void kf_atfork_parent(void)
 	pthread_mutex_unlock(&kf_lock);
 }
 
+/* Every signal blocked (raw system call: glibc's mask calls are interposed). */
+static void kf_block_signals(sigset_t *saved)
+{
+	sigset_t all;
+	memset(&all, 0xff, sizeof(all));
+	syscall(SYS_rt_sigprocmask, SIG_SETMASK, &all, saved, _NSIG / 8);
+}
+
+static void kf_restore_signals(const sigset_t *saved)
+{
+	syscall(SYS_rt_sigprocmask, SIG_SETMASK, saved, NULL, _NSIG / 8);
+}
+
 /*
  * A new process (fork, or raw clone) takes the state for its own: a file of
  * its own with a copy of the slots in use (the objects it inherited), or a
- * private copy; its own counters and reports start from zero.
+ * private copy; its own counters and reports start from zero.  False in a
+ * vfork child of a process that has not taken its own yet: that is the
+ * parent's to do, and the child writes nothing.
  */
-void kf_become_owner(void)
+bool kf_become_owner(void)
 {
-	static _Atomic int adopting;
-	int expected = 0;
-	if (!atomic_compare_exchange_strong(&adopting, &expected, 1)) {
-		while (atomic_load(&adopting))  /* another thread of the new process is at it */
-			sched_yield();
-		return;
+	/* The pid whose thread is at it: one left by a parent (fork mid-way) is stale. */
+	static _Atomic uint32_t adopting;
+	uint32_t me = (uint32_t)getpid();
+	if (kf_owner->forked_pid && kf_owner->forked_pid != me)
+		return false;
+	sigset_t saved;
+	kf_block_signals(&saved);  /* a handler on this thread must not wait for us */
+	for (;;) {
+		uint32_t cur = 0;
+		if (atomic_compare_exchange_strong(&adopting, &cur, me) ||
+		    (cur != me && atomic_compare_exchange_strong(&adopting, &cur, me)))
+			break;
+		if (kf_owner->owned)
+			break;
+		sched_yield();  /* another thread of this process is at it */
+	}
+	if (atomic_load(&adopting) != me || kf_owner->owned) {
+		if (atomic_load(&adopting) == me)
+			atomic_store(&adopting, 0);
+		kf_restore_signals(&saved);
+		return true;
 	}
 	bool was_in_lib = kf_self.in_lib;
 	kf_self.in_lib = true;
@@ -624,13 +667,13 @@ void kf_become_owner(void)
 	kf_self.tid = 0;
 	kf_self.rng = 0;
 	struct kfence_state *s = kf_state;
-	int err = kf_state_shared ? kf_state_publish(s, kf_opt.state_dir) : -1;
+	int err = kf_state_shared ? kf_state_publish(s, kf_opt.state_dir, false) : -1;
 	if (err > 0) {
-		bool priv = kf_state_privatize(s) == 0;
+		kf_state_privatize(s);
 		kf_warn("cannot publish the state of a new process in ", kf_opt.state_dir, ": ",
-			strerror(err), priv ? "; keeping it private" : "", NULL);
+			strerror(err), "; keeping it private", NULL);
 	}
-	s->pid = (uint32_t)getpid();
+	s->pid = me;
 	memset(s->counters, 0, sizeof(s->counters));
 	/* The objects it inherited are its own; the parent's count may have moved on. */
 	for (size_t i = 0; i < s->num_slots; i++)
@@ -640,27 +683,33 @@ void kf_become_owner(void)
 	for (uint32_t i = 0; err && i < s->max_reports; i++)
 		r[i].sequence = 0;
 	s->reports_written = 0;
-	*kf_owner_token = 1;
+	kf_owner->forked_pid = me;
+	kf_owner->owned = 1;
 	kf_self.in_lib = was_in_lib;
 	atomic_store(&adopting, 0);
+	kf_restore_signals(&saved);
+	return true;
 }
 
 static void kf_atfork_child(void)
 {
 	pthread_mutex_unlock(&kf_lock);
+	kf_self.tid = 0;
+	kf_self.rng = 0;
 	/*
-	 * Lazily, at the child's first slow path (a child that execs or exits
-	 * at once never pays for a state of its own); kf_shadow keeps what the
-	 * child's memory holds until then.  The page is wiped already where
-	 * MADV_WIPEONFORK works; this is for the kernels without it.
+	 * The state is taken lazily, at the child's first slow path (a child
+	 * that execs or exits at once never pays for one); kf_shadow keeps what
+	 * the child's memory holds until then.  The page is wiped already where
+	 * MADV_WIPEONFORK works; owned = 0 is for the kernels without it.
 	 */
-	*kf_owner_token = 0;
+	kf_owner->owned = 0;
+	kf_owner->forked_pid = (uint32_t)getpid();
 }
 
 /* The exit status a process leaves with: exitcode when it reported a bug itself. */
 static int kf_exit_status(int status)
 {
-	if (atomic_load(&kf_init_state) != 2 || !*kf_owner_token ||
+	if (atomic_load(&kf_init_state) != 2 || !kf_owner->owned ||
 	    kf_state->pid != (uint32_t)getpid())  /* a vfork child: its parent's state */
 		return status;
 	return kf_state->counters[KFENCE_COUNTER_BUGS] ? (int)kf_opt.exitcode : status;
@@ -696,8 +745,8 @@ static void kf_on_exit(int status, void *arg)
 	if (atomic_load(&kf_init_state) != 2)
 		return;
 	kf_self.in_lib = true;
-	kf_check_owner();
-	if (kf_opt.leak_check)
+	/* Only a process that touched its state has bugs of its own to count. */
+	if (kf_opt.leak_check && kf_check_owner())
 		kf_leak_check();
 	int code = kf_exit_status(0);
 	if (code) {
@@ -790,16 +839,20 @@ static int kf_start(const char *options, const char *origin)
 	kf_state = s;
 	if (kf_opt.state_dir[0]) {
 		const char *why = kf_os_prepare_state_dir(kf_opt.state_dir);
-		int err = why ? 0 : kf_state_publish(s, kf_opt.state_dir);
+		/* Absolute: a child publishes after the program may have changed directory. */
+		char abs[PATH_MAX];
+		if (!why && realpath(kf_opt.state_dir, abs) && strlen(abs) < sizeof(kf_opt.state_dir))
+			strcpy(kf_opt.state_dir, abs);
+		int err = why ? 0 : kf_state_publish(s, kf_opt.state_dir, true);
 		if (why || err)
 			kf_warn("cannot publish the state in ", kf_opt.state_dir, ": ",
 				why ? why : strerror(err), "; keeping it private", NULL);
 	}
-	/* One page the kernel zeroes in a child: see kf_owner_token. */
-	uint8_t *token = kf_os_map(kf_page);
+	/* One page the kernel zeroes in a child: see kf_owner. */
+	struct kf_owner *token = kf_os_map(kf_page);
 	if (token && madvise(token, kf_page, MADV_WIPEONFORK) == 0) {
-		token[0] = 1;
-		kf_owner_token = token;
+		token->owned = 1;
+		kf_owner = token;
 	} else if (token) {
 		kf_os_unmap(token, kf_page);  /* old kernel: fork() is still seen by atfork */
 	}

@@ -96,15 +96,20 @@ static inline struct kfence_slot *kf_slot_meta(long slot)
 	return slot >= 0 && kf_slot_backed[slot] ? &kf_slots[slot] : NULL;
 }
 
-/* Zero in a process made by fork or raw clone until it took the state for its own. */
-KF_HIDDEN extern volatile uint8_t *kf_owner_token;
-KF_HIDDEN void kf_become_owner(void);
+/*
+ * owned is 0 in a process made by fork or raw clone until it took the state
+ * for its own; forked_pid is the pid that did (or the forked child's).
+ */
+struct kf_owner {
+	uint32_t owned, forked_pid;
+};
+KF_HIDDEN extern volatile struct kf_owner *kf_owner;
+KF_HIDDEN bool kf_become_owner(void);
 
-/* Before writing the state: a new process first makes it its own. */
-static inline void kf_check_owner(void)
+/* Before writing the state: a new process first makes it its own.  False in a vfork child. */
+static inline bool kf_check_owner(void)
 {
-	if (KF_UNLIKELY(!*kf_owner_token))
-		kf_become_owner();
+	return KF_LIKELY(kf_owner->owned) || kf_become_owner();
 }
 KF_HIDDEN extern _Atomic int kf_init_state; /* 0 none, 1 running, 2 ready, -1 failed */
 /* Text range of this library, for dropping our own frames from stacks. */
@@ -200,10 +205,13 @@ KF_HIDDEN int kf_install_fault_handler(void);
 
 /* The state is a <state_dir>/<pid>.state file mapping (else private memory). */
 KF_HIDDEN extern bool kf_state_shared;
-/* Move s into a new <dir>/<pid>.state (header, slots in use, empty ring): 0 or an errno. */
-KF_HIDDEN int kf_state_publish(struct kfence_state *s, const char *dir);
-/* Replace the shared mapping s by a private copy in place; 0 or -1. */
-KF_HIDDEN int kf_state_privatize(struct kfence_state *s);
+/*
+ * Move s into a new <dir>/<pid>.state (header, slots in use, empty ring):
+ * 0 or an errno.  whole: reserve every slot now, else on first use.
+ */
+KF_HIDDEN int kf_state_publish(struct kfence_state *s, const char *dir, bool whole);
+/* Replace the shared mapping s by a private copy in place (stacks lost if memory is short). */
+KF_HIDDEN void kf_state_privatize(struct kfence_state *s);
 /* What this process knows of each slot, in private memory: a fork copies it as it is. */
 struct kf_shadow {
 	uint32_t state, generation;

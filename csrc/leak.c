@@ -117,13 +117,29 @@ static bool kf_scan_line(const char *line, uintptr_t stack_floor)
 	const char *path = strchr(s, '/');
 	if ((path && strncmp(path, "/dev/", 5) == 0) || hi - lo > KF_SCAN_MAX_MAPPING)
 		return true;
-	uintptr_t state = (uintptr_t)kf_state;
-	if ((lo < state + kf_state->total_size && hi > state) ||
-	    (lo < kf_private.hi && hi > kf_private.lo))
-		return true;  /* our own state and records: they point at every object */
 	if (stack_floor >= lo && stack_floor < hi)
 		lo = stack_floor;  /* our own frames hold the addresses we test */
-	return kf_scan_range(lo, hi);
+	/*
+	 * Not our own state and records, which point at every object; the
+	 * kernel may have merged them into one line with the program's memory,
+	 * so only they are left out.
+	 */
+	struct kf_range own[2] = {
+		{ (uintptr_t)kf_state, (uintptr_t)kf_state + kf_state->total_size }, kf_private,
+	};
+	if (own[1].lo < own[0].lo) {
+		struct kf_range r = own[0];
+		own[0] = own[1];
+		own[1] = r;
+	}
+	for (int i = 0; i < 2 && lo < hi; i++) {
+		if (own[i].hi <= lo || own[i].lo >= hi)
+			continue;
+		if (own[i].lo > lo && !kf_scan_range(lo, own[i].lo))
+			return false;
+		lo = own[i].hi;
+	}
+	return lo >= hi || kf_scan_range(lo, hi);
 }
 
 /* Scan every mapping worth it; NULL when done, else why the scan is incomplete. */

@@ -36,6 +36,8 @@ uint8_t *kf_slot_backed;
 struct kf_shadow *kf_shadow;
 
 static char kf_state_path[320];
+/* Kept open (a child's sparse file grows through it) and checked before each use. */
+static int kf_state_fd = -1;
 static ino_t kf_state_ino;
 static dev_t kf_state_dev;
 static _Atomic bool kf_state_full;  /* a slot could not be reserved: use no new ones */
@@ -102,12 +104,15 @@ void kf_slot_publish(size_t slot, uint32_t state)
 	atomic_store_explicit((_Atomic uint32_t *)&m->state, state, memory_order_release);
 }
 
-/* Make a copy of slot i made in a new process agree with what this process holds. */
-static void kf_slot_agree(struct kfence_slot *m, size_t i)
+/*
+ * A copy of slot i, made in a new process from a mapping its parent may be
+ * changing, that agrees with what this process holds: kept if neither the
+ * copy nor the slot after it differ from the process's own record, else
+ * rebuilt from that record (without the stacks, which it cannot know).
+ */
+static void kf_slot_rebuild(struct kfence_slot *m, size_t i)
 {
 	const struct kf_shadow *sh = &kf_shadow[i];
-	if (m->generation == sh->generation)
-		return;
 	memset(m, 0, sizeof(*m));
 	m->state = sh->state;
 	m->addr = sh->addr;
@@ -115,19 +120,37 @@ static void kf_slot_agree(struct kfence_slot *m, size_t i)
 	m->generation = sh->generation;
 }
 
+static void kf_slot_copy(struct kfence_slot *copy, const struct kfence_slot *m, size_t i)
+{
+	const struct kf_shadow *sh = &kf_shadow[i];
+	memcpy(copy, (const void *)m, sizeof(*copy));
+	atomic_thread_fence(memory_order_acquire);
+	if (copy->generation == sh->generation && copy->state == sh->state &&
+	    copy->addr == sh->addr && copy->size == sh->size &&
+	    atomic_load_explicit((_Atomic uint32_t *)&m->state, memory_order_relaxed) == sh->state &&
+	    atomic_load_explicit((_Atomic uint32_t *)&m->generation, memory_order_relaxed) ==
+		    sh->generation)
+		return;
+	kf_slot_rebuild(copy, i);
+}
+
 /*
  * Size the file and write what s holds: the header and the slots in use.
  * The report ring is reserved and left empty (a new process starts with no
- * reports of its own), every other slot is a hole.  0 or an errno.
+ * reports of its own).  whole: every slot is reserved now (the first
+ * process: no file system call later, whatever becomes of the file or of
+ * the process's sandbox); else the unused ones are holes, reserved on first
+ * use, so that a forked child's file costs what it holds.  0 or an errno.
  */
-static int kf_fill_file(int fd, const struct kfence_state *s)
+static int kf_fill_file(int fd, const struct kfence_state *s, bool whole)
 {
 	struct rlimit lim;
 	/* Past RLIMIT_FSIZE, ftruncate and pwrite raise SIGXFSZ: never go there. */
 	if (getrlimit(RLIMIT_FSIZE, &lim) == 0 && lim.rlim_cur != RLIM_INFINITY &&
 	    lim.rlim_cur < s->total_size)
 		return EFBIG;
-	if (ftruncate(fd, (off_t)s->total_size) != 0 || kf_reserve(fd, 0, s->slots_offset) != 0 ||
+	if (ftruncate(fd, (off_t)s->total_size) != 0 ||
+	    kf_reserve(fd, 0, whole ? s->total_size : s->slots_offset) != 0 ||
 	    kf_reserve(fd, s->reports_offset, s->total_size - s->reports_offset) != 0 ||
 	    kf_pwrite_all(fd, s, s->header_size, 0) != 0)
 		return errno;
@@ -136,8 +159,8 @@ static int kf_fill_file(int fd, const struct kfence_state *s)
 		if (!kf_slot_in_use(i))
 			continue;
 		uint64_t off = kf_slot_offset(s, i);
-		struct kfence_slot copy = slots[i];
-		kf_slot_agree(&copy, i);
+		struct kfence_slot copy;
+		kf_slot_copy(&copy, &slots[i], i);
 		if (kf_reserve(fd, off, sizeof(copy)) != 0 ||
 		    kf_pwrite_all(fd, &copy, sizeof(copy), (off_t)off) != 0)
 			return errno;
@@ -145,14 +168,14 @@ static int kf_fill_file(int fd, const struct kfence_state *s)
 	return 0;
 }
 
-/* After kf_fill_file: the new file backs the slots in use, and only those. */
-static void kf_mark_backed(const struct kfence_state *s)
+/* After kf_fill_file: the new file backs the slots in use, and only those (or all). */
+static void kf_mark_backed(const struct kfence_state *s, bool whole)
 {
 	for (size_t i = 0; i < s->num_slots; i++)
-		kf_slot_backed[i] = kf_slot_in_use(i);
+		kf_slot_backed[i] = whole || kf_slot_in_use(i);
 }
 
-int kf_state_publish(struct kfence_state *s, const char *dir)
+int kf_state_publish(struct kfence_state *s, const char *dir, bool whole)
 {
 	char tmp[sizeof(kf_state_path) + 8];
 	struct kf_buf b = { kf_state_path, 0, sizeof(kf_state_path) - 1 };
@@ -172,10 +195,9 @@ int kf_state_publish(struct kfence_state *s, const char *dir)
 	if (fd < 0)
 		return errno;
 	struct stat st;
-	int err = fstat(fd, &st) != 0 ? errno : !S_ISREG(st.st_mode) ? EINVAL : kf_fill_file(fd, s);
+	int err = fstat(fd, &st) != 0 ? errno : !S_ISREG(st.st_mode) ? EINVAL : kf_fill_file(fd, s, whole);
 	void *m = err ? MAP_FAILED : mmap(NULL, s->total_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
 	err = err ? err : m == MAP_FAILED ? errno : 0;
-	close(fd);
 	/* In one step over the old state, which stays whole if this fails. */
 	if (!err && mremap(m, s->total_size, s->total_size, MREMAP_MAYMOVE | MREMAP_FIXED, s) ==
 			    MAP_FAILED) {
@@ -184,10 +206,14 @@ int kf_state_publish(struct kfence_state *s, const char *dir)
 	}
 	if (err || rename(tmp, kf_state_path) != 0) {
 		err = err ? err : errno;
+		close(fd);
 		unlink(tmp);
 		return err;
 	}
-	kf_mark_backed(s);
+	kf_mark_backed(s, whole);
+	if (kf_state_fd >= 0)
+		close(kf_state_fd);  /* the parent's file, inherited */
+	kf_state_fd = whole ? (close(fd), -1) : fd;
 	kf_state_ino = st.st_ino;
 	kf_state_dev = st.st_dev;
 	kf_state_shared = true;
@@ -195,20 +221,34 @@ int kf_state_publish(struct kfence_state *s, const char *dir)
 	return 0;
 }
 
+/* kf_state_fd if it is still our file; reopened by name if the program closed it. */
+static int kf_state_file(void)
+{
+	struct stat st;
+	if (kf_state_fd >= 0 && fstat(kf_state_fd, &st) == 0 && st.st_ino == kf_state_ino &&
+	    st.st_dev == kf_state_dev)
+		return kf_state_fd;
+	kf_state_fd = -1;  /* not ours any more: never touched again */
+	int fd = open(kf_state_path, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+	if (fd >= 0 && fstat(fd, &st) == 0 && st.st_ino == kf_state_ino && st.st_dev == kf_state_dev)
+		return kf_state_fd = fd;
+	if (fd >= 0)
+		close(fd);
+	errno = ESTALE;
+	return -1;
+}
+
+/* The caller holds the freelist lock: one thread at a time uses kf_state_fd. */
 bool kf_state_back_slot(size_t slot)
 {
 	if (!kf_state_shared || kf_slot_backed[slot])
 		return true;
 	if (atomic_load_explicit(&kf_state_full, memory_order_relaxed))
 		return false;
-	int fd = open(kf_state_path, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
-	struct stat st;
-	bool ok = fd >= 0 && fstat(fd, &st) == 0 && st.st_ino == kf_state_ino &&
-		  st.st_dev == kf_state_dev &&
+	int fd = kf_state_file();
+	bool ok = fd >= 0 &&
 		  kf_reserve(fd, kf_slot_offset(kf_state, slot), sizeof(struct kfence_slot)) == 0;
 	int err = errno;
-	if (fd >= 0)
-		close(fd);
 	if (ok) {
 		kf_slot_backed[slot] = 1;
 		return true;
@@ -223,26 +263,41 @@ bool kf_state_back_slot(size_t slot)
 	return false;
 }
 
-int kf_state_privatize(struct kfence_state *s)
+void kf_state_privatize(struct kfence_state *s)
 {
-	struct kfence_state *copy = kf_os_map(s->total_size);
-	if (!copy)
-		return -1;
-	/* Only what is backed: a hole of a full tmpfs would SIGBUS even when read. */
-	memcpy(copy, s, s->header_size);
-	for (size_t i = 0; i < s->num_slots; i++) {
-		uint64_t off = kf_slot_offset(s, i);
-		if (!kf_slot_backed[i])
-			continue;
-		memcpy((char *)copy + off, (const char *)s + off, sizeof(struct kfence_slot));
-		kf_slot_agree((struct kfence_slot *)((char *)copy + off), i);
+	size_t size = s->total_size;
+	struct kfence_state *copy = kf_os_map(size);
+	if (copy) {
+		/* Only what is backed: a hole of a full tmpfs would SIGBUS even when read. */
+		memcpy(copy, s, s->header_size);
+		for (size_t i = 0; i < s->num_slots; i++)
+			if (kf_slot_backed[i])
+				kf_slot_copy((struct kfence_slot *)((char *)copy + kf_slot_offset(s, i)),
+					     (const struct kfence_slot *)((char *)s + kf_slot_offset(s, i)), i);
+		if (mremap(copy, size, size, MREMAP_MAYMOVE | MREMAP_FIXED, s) == MAP_FAILED) {
+			kf_os_unmap(copy, size);
+			copy = NULL;
+		}
 	}
-	if (mremap(copy, s->total_size, s->total_size, MREMAP_MAYMOVE | MREMAP_FIXED, s) ==
-	    MAP_FAILED) {
-		kf_os_unmap(copy, s->total_size);
-		return -1;
+	if (!copy) {
+		/*
+		 * No room for a second copy (RLIMIT_AS): anonymous memory in place,
+		 * which costs no more, rebuilt from the header and this process's
+		 * own record of each slot; the stacks are lost.  Never the parent's
+		 * file written again.
+		 */
+		struct kfence_state header = *s;
+		if (mmap(s, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1,
+			 0) == MAP_FAILED)
+			return;  /* cannot happen short of a kernel bug: replacing costs nothing */
+		*s = header;
+		for (size_t i = 0; i < s->num_slots; i++)
+			if (kf_shadow[i].generation)
+				kf_slot_rebuild((struct kfence_slot *)((char *)s + kf_slot_offset(s, i)), i);
 	}
 	memset(kf_slot_backed, 1, s->num_slots);
 	kf_state_shared = false;
-	return 0;
+	if (kf_state_fd >= 0)
+		close(kf_state_fd);
+	kf_state_fd = -1;
 }

@@ -9,6 +9,7 @@
 #include <link.h>
 #include <sched.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -161,6 +162,39 @@ static int forks(int n)
 	return 0;
 }
 
+/* A child that allocates n objects (its state file grows slot by slot), then exits. */
+static int fork_alloc(int n)
+{
+	pid_t pid = fork();
+	if (pid == 0) {
+		for (int i = 0; i < n; i++)
+			free(malloc(64));
+		puts("child ok");
+		exit(0);
+	}
+	int status;
+	waitpid(pid, &status, 0);
+	printf("child status %d\n", WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+	return 0;
+}
+
+/*
+ * Every object referenced only from tables the program mapped itself: the
+ * kernel may merge them with the library's own anonymous memory into one
+ * line of /proc/self/maps, which the leak scan must still read.
+ */
+static int mapped_tables(void)
+{
+	for (int pages = 1; pages <= 16; pages++) {
+		void **table = mmap(NULL, (size_t)pages * 4096, PROT_READ | PROT_WRITE,
+				    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (table == MAP_FAILED)
+			return 2;
+		table[0] = malloc(24);
+	}
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	const char *what = argc > 1 ? argv[1] : "";
@@ -174,6 +208,10 @@ int main(int argc, char **argv)
 		return fork_state(argv[2]);
 	if (!strcmp(what, "forks") && argc > 2)
 		return forks(atoi(argv[2]));
+	if (!strcmp(what, "tables"))
+		return mapped_tables();
+	if (!strcmp(what, "fork_alloc") && argc > 2)
+		return fork_alloc(atoi(argv[2]));
 	if (!strcmp(what, "hello")) {
 		for (int i = 0; i < 100; i++)
 			free(malloc(100));
