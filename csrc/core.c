@@ -18,10 +18,12 @@
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -738,6 +740,31 @@ void quick_exit(int status)
 	_exit(status);
 }
 
+static int (*kf_libc_prctl)(int, unsigned long, unsigned long, unsigned long, unsigned long);
+
+/*
+ * A program about to sandbox itself with seccomp (no_new_privs comes first)
+ * may then forbid the system calls that taking a state of its own, or
+ * growing its file, would make later: both are done now.
+ */
+int prctl(int option, ...)
+{
+	va_list ap;
+	va_start(ap, option);
+	unsigned long a2 = va_arg(ap, unsigned long), a3 = va_arg(ap, unsigned long);
+	unsigned long a4 = va_arg(ap, unsigned long), a5 = va_arg(ap, unsigned long);
+	va_end(ap);
+	if ((option == PR_SET_SECCOMP || option == PR_SET_NO_NEW_PRIVS) &&
+	    atomic_load(&kf_init_state) == 2 && kf_check_owner()) {
+		pthread_mutex_lock(&kf_lock);
+		kf_state_seal();
+		pthread_mutex_unlock(&kf_lock);
+	}
+	if (kf_libc_prctl)
+		return kf_libc_prctl(option, a2, a3, a4, a5);
+	return (int)syscall(SYS_prctl, option, a2, a3, a4, a5);
+}
+
 static void kf_on_exit(int status, void *arg)
 {
 	(void)status;
@@ -864,6 +891,8 @@ static int kf_start(const char *options, const char *origin)
 	kf_resolve_libc();
 	kf_libc_exit = (kf_exit_fn *)dlsym(RTLD_NEXT, "_exit");
 	kf_libc_quick_exit = (kf_exit_fn *)dlsym(RTLD_NEXT, "quick_exit");
+	kf_libc_prctl = (int (*)(int, unsigned long, unsigned long, unsigned long, unsigned long))
+		dlsym(RTLD_NEXT, "prctl");
 	uintptr_t self_range[3] = { (uintptr_t)&kf_start, 0, 0 };
 	dl_iterate_phdr(kf_find_module, self_range);
 	kf_self_lo = self_range[1];

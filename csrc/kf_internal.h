@@ -220,6 +220,8 @@ struct kf_shadow {
 KF_HIDDEN extern struct kf_shadow *kf_shadow;
 /* Store a slot's new state (ALLOCATED or FREED; release order), bumping its generation. */
 KF_HIDDEN void kf_slot_publish(size_t slot, uint32_t state);
+/* Reserve every slot's metadata now (before a sandbox forbids it later). */
+KF_HIDDEN void kf_state_seal(void);
 /* Reserve file space for a slot's metadata before its first use; false if impossible. */
 KF_HIDDEN bool kf_state_back_slot(size_t slot);
 

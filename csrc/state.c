@@ -301,3 +301,20 @@ void kf_state_privatize(struct kfence_state *s)
 		close(kf_state_fd);
 	kf_state_fd = -1;
 }
+
+/* Caller holds the freelist lock. */
+void kf_state_seal(void)
+{
+	if (!kf_state_shared || atomic_load(&kf_state_full))
+		return;
+	size_t n = kf_state->num_slots;
+	int fd = kf_state_file();
+	if (fd >= 0 && kf_reserve(fd, kf_state->slots_offset, n * sizeof(struct kfence_slot)) == 0) {
+		memset(kf_slot_backed, 1, n);
+		return;
+	}
+	/* No new slots then: growing the file later may be forbidden. */
+	if (!atomic_exchange(&kf_state_full, true))
+		kf_warn("cannot reserve the state file ", kf_state_path, " before a sandbox: ",
+			strerror(errno), "; no new pool slots will be used", NULL);
+}

@@ -141,6 +141,14 @@ def test_raw_clone_child_takes_its_own_state(programs, host, tmp_path):
         shutil.rmtree(tmp_path / "state")
 
 
+def test_sandboxed_child_is_not_killed_by_its_own_state(programs, host, tmp_path):
+    """seccomp forbids what a child's sparse state file needs later: it is done before."""
+    run = programs.run(host, "sandbox", options={"sample_rate": 1,
+                                                 "state_dir": state_dir(tmp_path)})
+    assert "child status 0" in run.stdout, run.stdout + run.stderr  # was SIGSYS
+    assert run.reports == [] and run.returncode == 0
+
+
 # --- 4. exits that skip exit handlers -------------------------------------------
 
 @pytest.mark.parametrize("how", ["_exit", "_Exit", "quick_exit"])
@@ -196,6 +204,22 @@ def test_forked_child_state_is_its_own_and_sparse(host, tmp_path):
     reports = parse_reports(err)
     assert [r.kind for r in reports] == ["out-of-bounds"]  # the parent's, once
     assert proc.returncode == EXITCODE
+
+
+def test_parent_and_child_free_their_copies_at_once(programs, host, tmp_path):
+    """The child's copy of a slot the parent is freeing must be the child's object."""
+    run = programs.run(host, "fork_free", "50", options={"sample_rate": 1,
+                                                         "state_dir": state_dir(tmp_path)})
+    assert run.reports == [], run.stderr  # was a false invalid free now and then
+    assert "bad children 0" in run.stdout
+
+
+def test_signal_handler_during_adoption(programs, host, tmp_path):
+    """A handler that frees while its thread takes the state waits, not hangs."""
+    run = programs.run(host, "timer", options={"sample_rate": 1, "num_objects": 4096,
+                                               "state_dir": state_dir(tmp_path)})
+    assert "child status 0" in run.stdout, run.stdout  # was killed by its alarm
+    assert run.reports == []
 
 
 def test_many_forks_write_only_live_content(programs, host, tmp_path):

@@ -6,11 +6,16 @@
 #include "kftest.h"
 
 #include <execinfo.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <link.h>
+#include <stddef.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -195,6 +200,99 @@ static int mapped_tables(void)
 	return 0;
 }
 
+/*
+ * A forked worker sandboxes itself, as sshd's and browsers' do: after
+ * seccomp, opening a file or growing one kills the process (SIGSYS).  Then
+ * it allocates, and frees what it inherited.
+ */
+static int sandboxed_child(void)
+{
+	char *inherited = malloc(40);
+	pid_t pid = fork();
+	if (pid == 0) {
+		struct sock_filter filter[] = {
+			BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+			BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_openat, 3, 0),
+			BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_open, 2, 0),
+			BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_fallocate, 1, 0),
+			BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+			BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS),
+		};
+		struct sock_fprog prog = { sizeof(filter) / sizeof(filter[0]), filter };
+		if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog))
+			_exit(3);
+		for (int i = 0; i < 100; i++)
+			free(malloc(32));
+		free(inherited);
+		_exit(0);
+	}
+	int status;
+	waitpid(pid, &status, 0);
+	free(inherited);
+	if (WIFSIGNALED(status))
+		printf("child killed by signal %d\n", WTERMSIG(status));
+	else
+		printf("child status %d\n", WEXITSTATUS(status));
+	return 0;
+}
+
+/*
+ * rounds times: fork with 64 live objects, and parent and child each free
+ * their own copies at once (the child copies its state while the parent
+ * changes the same slots).  Prints how many children did not exit 0.
+ */
+static int fork_free(int rounds)
+{
+	enum { N = 64 };
+	int bad = 0;
+	for (int r = 0; r < rounds; r++) {
+		char *objs[N];
+		for (int i = 0; i < N; i++)
+			objs[i] = malloc(32);
+		pid_t pid = fork();
+		for (int i = 0; i < N; i++)
+			free(objs[i]);
+		if (pid == 0)
+			_exit(0);
+		int status;
+		waitpid(pid, &status, 0);
+		bad += !WIFEXITED(status) || WEXITSTATUS(status);
+	}
+	printf("bad children %d\n", bad);
+	return 0;
+}
+
+static char *volatile timer_objs[2000];
+static volatile int timer_next;
+
+static void free_on_timer(int sig)
+{
+	(void)sig;
+	if (timer_next < 2000)
+		free(timer_objs[timer_next++]);
+}
+
+/* A child whose timer handler frees inherited objects while it takes its state. */
+static int signal_during_adoption(void)
+{
+	for (int i = 0; i < 2000; i++)
+		timer_objs[i] = malloc(32);
+	pid_t pid = fork();
+	if (pid == 0) {
+		alarm(20);  /* a hung child dies of SIGALRM */
+		signal(SIGPROF, free_on_timer);
+		struct itimerval it = { { 0, 100 }, { 0, 100 } }, off = { { 0, 0 }, { 0, 0 } };
+		setitimer(ITIMER_PROF, &it, NULL);
+		free(malloc(16));  /* the first slow path: takes the state */
+		setitimer(ITIMER_PROF, &off, NULL);
+		_exit(0);
+	}
+	int status;
+	waitpid(pid, &status, 0);
+	printf("child status %d\n", WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	const char *what = argc > 1 ? argv[1] : "";
@@ -208,6 +306,12 @@ int main(int argc, char **argv)
 		return fork_state(argv[2]);
 	if (!strcmp(what, "forks") && argc > 2)
 		return forks(atoi(argv[2]));
+	if (!strcmp(what, "fork_free") && argc > 2)
+		return fork_free(atoi(argv[2]));
+	if (!strcmp(what, "timer"))
+		return signal_during_adoption();
+	if (!strcmp(what, "sandbox"))
+		return sandboxed_child();
 	if (!strcmp(what, "tables"))
 		return mapped_tables();
 	if (!strcmp(what, "fork_alloc") && argc > 2)
