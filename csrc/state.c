@@ -84,12 +84,12 @@ static uint64_t kf_slot_offset(const struct kfence_state *s, size_t slot)
 }
 
 /*
- * A slot this process has used, by its own record: the mapping is not read
- * (a hole of a full tmpfs is a SIGBUS even to read).
+ * A slot holding a live object of this process, by its own record: the
+ * mapping is not read (a hole of a full tmpfs is a SIGBUS even to read).
  */
-static bool kf_slot_in_use(size_t i)
+static bool kf_slot_live(size_t i)
 {
-	return kf_slot_backed[i] && kf_shadow[i].generation;
+	return kf_slot_backed[i] && kf_shadow[i].state == KFENCE_SLOT_ALLOCATED;
 }
 
 void kf_slot_publish(size_t slot, uint32_t state)
@@ -120,18 +120,29 @@ static void kf_slot_rebuild(struct kfence_slot *m, size_t i)
 	m->generation = sh->generation;
 }
 
-static void kf_slot_copy(struct kfence_slot *copy, const struct kfence_slot *m, size_t i)
+/* The slot, read now, is what this process's own record says it is. */
+static bool kf_slot_agrees(const struct kfence_slot *m, size_t i)
 {
 	const struct kf_shadow *sh = &kf_shadow[i];
-	memcpy(copy, (const void *)m, sizeof(*copy));
 	atomic_thread_fence(memory_order_acquire);
-	if (copy->generation == sh->generation && copy->state == sh->state &&
-	    copy->addr == sh->addr && copy->size == sh->size &&
-	    atomic_load_explicit((_Atomic uint32_t *)&m->state, memory_order_relaxed) == sh->state &&
-	    atomic_load_explicit((_Atomic uint32_t *)&m->generation, memory_order_relaxed) ==
-		    sh->generation)
-		return;
-	kf_slot_rebuild(copy, i);
+	return atomic_load_explicit((_Atomic uint32_t *)&m->state, memory_order_relaxed) ==
+		       sh->state &&
+	       atomic_load_explicit((_Atomic uint32_t *)&m->generation, memory_order_relaxed) ==
+		       sh->generation &&
+	       __atomic_load_n(&m->addr, __ATOMIC_RELAXED) == sh->addr &&
+	       __atomic_load_n(&m->size, __ATOMIC_RELAXED) == sh->size;
+}
+
+/*
+ * Copy slot i of a mapping its parent may be changing: kept if the slot
+ * agrees with this process's own record after the copy (nothing published
+ * or begun in between), else rebuilt from the record.
+ */
+static void kf_slot_copy(struct kfence_slot *copy, const struct kfence_slot *m, size_t i)
+{
+	memcpy(copy, (const void *)m, sizeof(*copy));
+	if (!kf_slot_agrees(m, i) || copy->generation != kf_shadow[i].generation)
+		kf_slot_rebuild(copy, i);
 }
 
 /*
@@ -151,28 +162,41 @@ static int kf_fill_file(int fd, const struct kfence_state *s, bool whole)
 		return EFBIG;
 	if (ftruncate(fd, (off_t)s->total_size) != 0 ||
 	    kf_reserve(fd, 0, whole ? s->total_size : s->slots_offset) != 0 ||
-	    kf_reserve(fd, s->reports_offset, s->total_size - s->reports_offset) != 0 ||
+	    (!whole && kf_reserve(fd, s->reports_offset, s->total_size - s->reports_offset) != 0) ||
 	    kf_pwrite_all(fd, s, s->header_size, 0) != 0)
 		return errno;
+	/*
+	 * The live objects, a run of slots at a time, straight from the
+	 * (parent's) mapping; a slot the parent changed meanwhile is written
+	 * again from this process's record.  Freed objects are not copied: a
+	 * child's use of one freed before the fork is reported without them.
+	 */
 	const struct kfence_slot *slots = (const struct kfence_slot *)((const char *)s + s->slots_offset);
-	for (size_t i = 0; i < s->num_slots; i++) {
-		if (!kf_slot_in_use(i))
+	for (size_t i = 0, j; i < s->num_slots; i = j) {
+		for (j = i + 1; kf_slot_live(i) && j < s->num_slots && kf_slot_live(j); j++)
+			;
+		if (!kf_slot_live(i))
 			continue;
-		uint64_t off = kf_slot_offset(s, i);
-		struct kfence_slot copy;
-		kf_slot_copy(&copy, &slots[i], i);
-		if (kf_reserve(fd, off, sizeof(copy)) != 0 ||
-		    kf_pwrite_all(fd, &copy, sizeof(copy), (off_t)off) != 0)
+		uint64_t off = kf_slot_offset(s, i), len = (j - i) * sizeof(struct kfence_slot);
+		if (kf_reserve(fd, off, len) != 0 || kf_pwrite_all(fd, &slots[i], len, (off_t)off) != 0)
 			return errno;
+		for (size_t k = i; k < j; k++) {
+			struct kfence_slot copy;
+			if (kf_slot_agrees(&slots[k], k))
+				continue;
+			kf_slot_rebuild(&copy, k);
+			if (kf_pwrite_all(fd, &copy, sizeof(copy), (off_t)kf_slot_offset(s, k)) != 0)
+				return errno;
+		}
 	}
 	return 0;
 }
 
-/* After kf_fill_file: the new file backs the slots in use, and only those (or all). */
+/* After kf_fill_file: the new file backs the live slots, and only those (or all). */
 static void kf_mark_backed(const struct kfence_state *s, bool whole)
 {
 	for (size_t i = 0; i < s->num_slots; i++)
-		kf_slot_backed[i] = whole || kf_slot_in_use(i);
+		kf_slot_backed[i] = whole || kf_slot_live(i);
 }
 
 int kf_state_publish(struct kfence_state *s, const char *dir, bool whole)
@@ -198,6 +222,9 @@ int kf_state_publish(struct kfence_state *s, const char *dir, bool whole)
 	int err = fstat(fd, &st) != 0 ? errno : !S_ISREG(st.st_mode) ? EINVAL : kf_fill_file(fd, s, whole);
 	void *m = err ? MAP_FAILED : mmap(NULL, s->total_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
 	err = err ? err : m == MAP_FAILED ? errno : 0;
+	/* Faults touch one slot: without this, each reads ahead a hundred pages of holes. */
+	if (!err)
+		madvise(m, s->total_size, MADV_RANDOM);
 	/* In one step over the old state, which stays whole if this fails. */
 	if (!err && mremap(m, s->total_size, s->total_size, MREMAP_MAYMOVE | MREMAP_FIXED, s) ==
 			    MAP_FAILED) {

@@ -9,16 +9,23 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+/* Through a volatile pointer: the compiler may not drop a malloc/free pair. */
+static void alloc_once(void)
+{
+	char *volatile p = malloc(24);
+	free(p);
+}
+
 int main(int argc, char **argv)
 {
 	int n = argc > 1 ? atoi(argv[1]) : 100;
 	for (int i = 0; i < n; i++) {
-		free(malloc(24));
+		alloc_once();
 		pid_t pid = fork();
 		if (pid < 0)
 			return 1;
 		if (pid == 0) {
-			free(malloc(24));
+			alloc_once();
 			_exit(0);
 		}
 		waitpid(pid, NULL, 0);
