@@ -617,19 +617,6 @@ static void kf_atfork_parent(void)
 	pthread_mutex_unlock(&kf_lock);
 }
 
-/* Every signal blocked (raw system call: glibc's mask calls are interposed). */
-static void kf_block_signals(sigset_t *saved)
-{
-	sigset_t all;
-	memset(&all, 0xff, sizeof(all));
-	syscall(SYS_rt_sigprocmask, SIG_SETMASK, &all, saved, _NSIG / 8);
-}
-
-static void kf_restore_signals(const sigset_t *saved)
-{
-	syscall(SYS_rt_sigprocmask, SIG_SETMASK, saved, NULL, _NSIG / 8);
-}
-
 /*
  * A new process (fork, or raw clone) takes the state for its own: a file of
  * its own with a copy of the slots in use (the objects it inherited), or a
@@ -645,7 +632,7 @@ bool kf_become_owner(void)
 	if (kf_owner->forked_pid && kf_owner->forked_pid != me)
 		return false;
 	sigset_t saved;
-	kf_block_signals(&saved);  /* a handler on this thread must not wait for us */
+	kf_os_block_signals(&saved);  /* a handler on this thread must not wait for us */
 	for (;;) {
 		uint32_t cur = 0;
 		if (atomic_compare_exchange_strong(&adopting, &cur, me) ||
@@ -658,7 +645,7 @@ bool kf_become_owner(void)
 	if (atomic_load(&adopting) != me || kf_owner->owned) {
 		if (atomic_load(&adopting) == me)
 			atomic_store(&adopting, 0);
-		kf_restore_signals(&saved);
+		kf_os_restore_signals(&saved);
 		return true;
 	}
 	bool was_in_lib = kf_self.in_lib;
@@ -689,7 +676,7 @@ bool kf_become_owner(void)
 	kf_owner->owned = 1;
 	kf_self.in_lib = was_in_lib;
 	atomic_store(&adopting, 0);
-	kf_restore_signals(&saved);
+	kf_os_restore_signals(&saved);
 	return true;
 }
 

@@ -87,17 +87,9 @@ static void kf_strip(sigset_t *set)
 	sigdelset(set, SIGBUS);
 }
 
-/* Every signal, with the raw system call: glibc's would leave its own two out. */
-static void kf_block_all(sigset_t *saved)
-{
-	sigset_t all;
-	memset(&all, 0xff, sizeof(all));
-	syscall(SYS_rt_sigprocmask, SIG_SETMASK, &all, saved, _NSIG / 8);
-}
-
 static void kf_app_lock(sigset_t *saved)
 {
-	kf_block_all(saved);
+	kf_os_block_signals(saved);
 	for (int tries = 0;; tries++) {
 		unsigned s = atomic_load_explicit(&kf_app_seq, memory_order_relaxed);
 		/* Odd for that long, the writer is gone (a fork without atfork): take over. */
@@ -114,7 +106,7 @@ static void kf_app_unlock(const sigset_t *saved)
 {
 	atomic_store_explicit(&kf_app_seq, (atomic_load_explicit(&kf_app_seq, memory_order_relaxed) | 1) + 1,
 			      memory_order_release);
-	syscall(SYS_rt_sigprocmask, SIG_SETMASK, saved, NULL, _NSIG / 8);
+	kf_os_restore_signals(saved);
 }
 
 /* Under kf_app_lock. */

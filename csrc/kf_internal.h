@@ -8,6 +8,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <signal.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -244,6 +245,9 @@ KF_HIDDEN void kf_os_write_all(int fd, const void *s, size_t n);
 /* NULL if dir exists (or was made) 0700 and ours, else why not. */
 KF_HIDDEN const char *kf_os_prepare_state_dir(const char *dir);
 KF_HIDDEN uint32_t kf_os_gettid(void);
+/* Every signal blocked on this thread (the old mask in *saved), and back. */
+KF_HIDDEN void kf_os_block_signals(sigset_t *saved);
+KF_HIDDEN void kf_os_restore_signals(const sigset_t *saved);
 KF_HIDDEN uint64_t kf_os_random64(void);
 KF_HIDDEN long kf_os_max_map_count(void);
 

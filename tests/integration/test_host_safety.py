@@ -77,6 +77,7 @@ def in_tiny_tmpfs(size: str, tmp_path: Path, command: list[str], env: dict[str, 
     assignments = [f"{k}={v}" for k, v in env.items()]
     return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
                            script, "sh", size, str(fs), *assignments, *command],
+                          cwd=tmp_path,  # not a source tree: `python -m` imports from the cwd
                           capture_output=True, text=True, timeout=60, check=False)
 
 
