@@ -54,3 +54,11 @@ def start_target(target, short_dir):
     yield start
     for driven in started:
         driven.kill()
+
+
+@pytest.fixture
+def live(start_target):
+    """A running target holding 5 guarded objects: (driven, pid, state_dir)."""
+    driven, pid, state_dir = start_target({"sample_rate": 1})
+    assert driven.ask("hold 5") == "ok"
+    return driven, pid, state_dir

@@ -42,14 +42,6 @@ def status_of(answer: bytes) -> int:
 
 
 @pytest.fixture
-def live(start_target):
-    """A running target holding 5 guarded objects."""
-    driven, pid, state_dir = start_target({"sample_rate": 1})
-    assert driven.ask("hold 5") == "ok"
-    return driven, pid, state_dir
-
-
-@pytest.fixture
 def server(live, short_dir):
     _, _, state_dir = live
     with StatsServer(short_dir / "sock" / "s", DirectorySource(state_dir),

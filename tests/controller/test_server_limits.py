@@ -24,13 +24,6 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to become 
 
 
 @pytest.fixture
-def live(start_target):
-    driven, pid, state_dir = start_target({"sample_rate": 1})
-    assert driven.ask("hold 2") == "ok"
-    return driven, pid, state_dir
-
-
-@pytest.fixture
 def server(live, short_dir):
     with StatsServer(short_dir / "sock" / "s", DirectorySource(live[2]),
                      read_timeout=1.0).start() as srv:
