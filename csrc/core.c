@@ -125,10 +125,16 @@ static bool kf_interposing;
  * in a child (MADV_WIPEONFORK), so a process made by fork() or by a raw
  * clone() (which runs no atfork handler) sees owned == 0 at its first slow
  * path and takes the state for its own before it writes any
- * (kf_check_owner).  A vfork child shares the page: forked_pid tells it
- * apart from the forked process it shares it with.
+ * (kf_check_owner).  A vfork child shares the page: pid, the process whose
+ * memory this is, tells it apart.
  */
 static struct kf_owner kf_owner_fallback = { 1, 0 };
+
+bool kf_vfork_child(void)
+{
+	uint32_t pid = kf_owner->pid;
+	return pid && pid != (uint32_t)getpid();
+}
 volatile struct kf_owner *kf_owner = &kf_owner_fallback;
 
 /* Time gate: the next time a sample may be taken, and the burst left. */
@@ -629,7 +635,7 @@ bool kf_become_owner(void)
 	/* The pid whose thread is at it: one left by a parent (fork mid-way) is stale. */
 	static _Atomic uint32_t adopting;
 	uint32_t me = (uint32_t)getpid();
-	if (kf_owner->forked_pid && kf_owner->forked_pid != me)
+	if (kf_owner->pid && kf_owner->pid != me)
 		return false;
 	sigset_t saved;
 	kf_os_block_signals(&saved);  /* a handler on this thread must not wait for us */
@@ -672,7 +678,7 @@ bool kf_become_owner(void)
 	for (uint32_t i = 0; err && i < s->max_reports; i++)
 		r[i].sequence = 0;
 	s->reports_written = 0;
-	kf_owner->forked_pid = me;
+	kf_owner->pid = me;
 	kf_owner->owned = 1;
 	kf_self.in_lib = was_in_lib;
 	atomic_store(&adopting, 0);
@@ -692,7 +698,7 @@ static void kf_atfork_child(void)
 	 * MADV_WIPEONFORK works; owned = 0 is for the kernels without it.
 	 */
 	kf_owner->owned = 0;
-	kf_owner->forked_pid = (uint32_t)getpid();
+	kf_owner->pid = (uint32_t)getpid();
 }
 
 /* The exit status a process leaves with: exitcode when it reported a bug itself. */
@@ -866,6 +872,7 @@ static int kf_start(const char *options, const char *origin)
 	struct kf_owner *token = kf_os_map(kf_page);
 	if (token && madvise(token, kf_page, MADV_WIPEONFORK) == 0) {
 		token->owned = 1;
+		token->pid = (uint32_t)getpid();
 		kf_owner = token;
 	} else if (token) {
 		kf_os_unmap(token, kf_page);  /* old kernel: fork() is still seen by atfork */

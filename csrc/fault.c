@@ -20,12 +20,15 @@
 #include <errno.h>
 #include <gnu/lib-names.h>
 #include <execinfo.h>
+#include <poll.h>
 #include <pthread.h>
 #include <sched.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
+#include <sys/select.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <ucontext.h>
@@ -412,7 +415,8 @@ static int kf_real_mask(int how, const sigset_t *set, sigset_t *old)
  */
 static int kf_mask(int how, const sigset_t *set, sigset_t *old)
 {
-	if (!atomic_load_explicit(&kf_installed, memory_order_relaxed))
+	/* A vfork child's thread shares its parent's view: its mask is the kernel's alone. */
+	if (!atomic_load_explicit(&kf_installed, memory_order_relaxed) || kf_vfork_child())
 		return kf_real_mask(how, set, old);
 	sigset_t s, prev;
 	unsigned bits = 0;
@@ -594,6 +598,19 @@ int sigaction(int sig, const struct sigaction *act, struct sigaction *old)
 	union kf_action prev;
 	if (act)
 		in = *act;
+	if (atomic_load(&kf_installed) && kf_vfork_child()) {
+		/*
+		 * The kernel gave a vfork child a table of its own, but the record
+		 * is its parent's (CPython's subprocess resets SIGSEGV before
+		 * exec): the child's change goes to its kernel table only.
+		 */
+		kf_app_read(i, &prev.sa);
+		if (act && __sigaction(sig, &in, NULL) != 0)
+			return -1;
+		if (old)
+			*old = prev.sa;
+		return 0;
+	}
 	sigset_t saved;
 	kf_app_lock(&saved);
 	int rc = 0;
@@ -766,4 +783,123 @@ int pthread_create(pthread_t *t, const pthread_attr_t *attr, void *(*fn)(void *)
 	if (rc)
 		free(s);
 	return rc;
+}
+
+/* === The System V calls, for SIGSEGV and SIGBUS: glibc's would bypass us === */
+
+/* glibc's own name(sig), for the other signals; -1 (ENOSYS) if it has none. */
+static int kf_libc_sysv_call(const char *name, int sig)
+{
+	int (*fn)(int) = (int (*)(int))dlsym(RTLD_NEXT, name);
+	if (!fn) {
+		errno = ENOSYS;
+		return -1;
+	}
+	return fn(sig);
+}
+
+int sighold(int sig)
+{
+	if (kf_sig_index(sig) < 0)
+		return kf_libc_sysv_call("sighold", sig);
+	sigset_t set;
+	sigemptyset(&set);
+	sigaddset(&set, sig);
+	return sigprocmask(SIG_BLOCK, &set, NULL);
+}
+
+int sigrelse(int sig)
+{
+	if (kf_sig_index(sig) < 0)
+		return kf_libc_sysv_call("sigrelse", sig);
+	sigset_t set;
+	sigemptyset(&set);
+	sigaddset(&set, sig);
+	return sigprocmask(SIG_UNBLOCK, &set, NULL);
+}
+
+int sigignore(int sig)
+{
+	if (kf_sig_index(sig) < 0)
+		return kf_libc_sysv_call("sigignore", sig);
+	return signal(sig, SIG_IGN) == SIG_ERR ? -1 : 0;
+}
+
+__sighandler_t sigset(int sig, __sighandler_t disp)
+{
+	if (kf_sig_index(sig) < 0) {
+		__sighandler_t (*libc)(int, __sighandler_t) =
+			(__sighandler_t (*)(int, __sighandler_t))dlsym(RTLD_NEXT, "sigset");
+		return libc ? libc(sig, disp) : SIG_ERR;
+	}
+	/* SIG_HOLD blocks and keeps the action; anything else installs it and unblocks. */
+	sigset_t set, old;
+	sigemptyset(&set);
+	sigaddset(&set, sig);
+	struct sigaction prev;
+	if (sigaction(sig, NULL, &prev) != 0 ||
+	    sigprocmask(disp == SIG_HOLD ? SIG_BLOCK : SIG_UNBLOCK, &set, &old) != 0)
+		return SIG_ERR;
+	if (disp != SIG_HOLD) {
+		struct sigaction sa;
+		memset(&sa, 0, sizeof(sa));
+		sa.sa_handler = disp;
+		sigemptyset(&sa.sa_mask);
+		if (sigaction(sig, &sa, NULL) != 0)
+			return SIG_ERR;
+	}
+	return sigismember(&old, sig) == 1 ? SIG_HOLD : prev.sa_handler;
+}
+
+/*
+ * Masks that hold only while the call waits (sigsuspend and the p-variants
+ * of poll, select and epoll_wait): the handlers that run meanwhile must not
+ * have SIGSEGV or SIGBUS blocked for real either.
+ */
+static const sigset_t *kf_wait_mask(const sigset_t *mask, sigset_t *copy)
+{
+	if (!mask || !atomic_load_explicit(&kf_installed, memory_order_relaxed) ||
+	    !kf_bits_of(mask))
+		return mask;
+	*copy = *mask;
+	kf_strip(copy);
+	return copy;
+}
+
+int sigsuspend(const sigset_t *mask)
+{
+	static int (*libc)(const sigset_t *);
+	if (!libc)
+		libc = (int (*)(const sigset_t *))dlsym(RTLD_NEXT, "sigsuspend");
+	sigset_t copy;
+	return libc(kf_wait_mask(mask, &copy));
+}
+
+int ppoll(struct pollfd *fds, nfds_t n, const struct timespec *t, const sigset_t *mask)
+{
+	static int (*libc)(struct pollfd *, nfds_t, const struct timespec *, const sigset_t *);
+	if (!libc)
+		*(void **)&libc = dlsym(RTLD_NEXT, "ppoll");
+	sigset_t copy;
+	return libc(fds, n, t, kf_wait_mask(mask, &copy));
+}
+
+int pselect(int n, fd_set *r, fd_set *w, fd_set *e, const struct timespec *t,
+	    const sigset_t *mask)
+{
+	static int (*libc)(int, fd_set *, fd_set *, fd_set *, const struct timespec *,
+			   const sigset_t *);
+	if (!libc)
+		*(void **)&libc = dlsym(RTLD_NEXT, "pselect");
+	sigset_t copy;
+	return libc(n, r, w, e, t, kf_wait_mask(mask, &copy));
+}
+
+int epoll_pwait(int fd, struct epoll_event *ev, int max, int timeout, const sigset_t *mask)
+{
+	static int (*libc)(int, struct epoll_event *, int, int, const sigset_t *);
+	if (!libc)
+		*(void **)&libc = dlsym(RTLD_NEXT, "epoll_pwait");
+	sigset_t copy;
+	return libc(fd, ev, max, timeout, kf_wait_mask(mask, &copy));
 }

@@ -99,13 +99,15 @@ static inline struct kfence_slot *kf_slot_meta(long slot)
 
 /*
  * owned is 0 in a process made by fork or raw clone until it took the state
- * for its own; forked_pid is the pid that did (or the forked child's).
+ * for its own; pid is the process whose memory this is (0 after a raw clone).
  */
 struct kf_owner {
-	uint32_t owned, forked_pid;
+	uint32_t owned, pid;
 };
 KF_HIDDEN extern volatile struct kf_owner *kf_owner;
 KF_HIDDEN bool kf_become_owner(void);
+/* A vfork child: it shares its parent's memory (and records) until it execs or exits. */
+KF_HIDDEN bool kf_vfork_child(void);
 
 /* Before writing the state: a new process first makes it its own.  False in a vfork child. */
 static inline bool kf_check_owner(void)

@@ -7,9 +7,14 @@ neither hide a pool bug nor change what a wild fault does.
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
 
 import pytest
+
+import kfence_py
 
 RIGHT = {"sample_rate": 1, "placement": "right"}
 
@@ -120,3 +125,43 @@ def test_pool_bug_in_a_handler_that_blocks_every_signal(programs, hostsig):
     (report,) = run.reports
     assert (report.kind, report.function) == ("use-after-free", "use_after_free")
     assert "usr1 handler survived" in run.stdout and "survived" in run.stdout
+
+
+# --- found by a second hostile review -----------------------------------------------
+
+@pytest.fixture(scope="module")
+def sigvfork(programs):
+    return programs.build("sigvfork.c")
+
+
+@pytest.mark.parametrize("what", ["vfork-sig", "vfork-mask"])
+def test_vfork_child_signal_calls_stay_its_own(programs, sigvfork, what):
+    """A vfork child shares our records with its parent, not its kernel signal state."""
+    run = programs.run(sigvfork, what)
+    assert run.returncode == 0, run.stdout + run.stderr  # was SIGSEGV: the handler was lost
+    assert "parent blocks SIGSEGV: 0" in run.stdout
+    assert "parent's handler ran" in run.stdout
+
+
+@pytest.mark.parametrize("what", ["sighold", "sigignore", "sigsuspend"])
+def test_other_ways_of_blocking_sigsegv_keep_pool_bugs_reported(programs, sigvfork, what):
+    run = programs.run(sigvfork, what, options="sample_rate=1:placement=right")
+    assert run.returncode == 66, run.stdout + run.stderr  # was a silent SIGSEGV
+    assert "done" in run.stdout
+    kinds = {(r.kind, r.access, r.function) for r in run.reports}
+    assert kinds == {("out-of-bounds", "read", "off_by_one_reads")}
+
+
+def test_faulthandler_still_reports_after_a_subprocess(tmp_path):
+    """CPython's subprocess vforks and resets SIGSEGV in the child before exec."""
+    script = tmp_path / "crash.py"
+    script.write_text("import ctypes, faulthandler, subprocess\n"
+                      "faulthandler.enable()\n"
+                      "subprocess.run(['true'])\n"
+                      "ctypes.string_at(0)\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "KFENCE_OPTIONS")}
+    env["LD_PRELOAD"] = str(kfence_py.lib_path())
+    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert proc.returncode == -signal.SIGSEGV
+    assert "Fatal Python error: Segmentation fault" in proc.stderr  # was silent
