@@ -104,12 +104,7 @@ void kf_slot_publish(size_t slot, uint32_t state)
 	atomic_store_explicit((_Atomic uint32_t *)&m->state, state, memory_order_release);
 }
 
-/*
- * A copy of slot i, made in a new process from a mapping its parent may be
- * changing, that agrees with what this process holds: kept if neither the
- * copy nor the slot after it differ from the process's own record, else
- * rebuilt from that record (without the stacks, which it cannot know).
- */
+/* Slot i as this process's own record has it: state, address, size; no stacks. */
 static void kf_slot_rebuild(struct kfence_slot *m, size_t i)
 {
 	const struct kf_shadow *sh = &kf_shadow[i];
@@ -199,6 +194,19 @@ static void kf_mark_backed(const struct kfence_state *s, bool whole)
 		kf_slot_backed[i] = whole || kf_slot_live(i);
 }
 
+/*
+ * Close kf_state_fd if it is still our file: the program may have closed
+ * that number and opened something of its own on it since.
+ */
+static void kf_state_fd_drop(void)
+{
+	struct stat st;
+	if (kf_state_fd >= 0 && fstat(kf_state_fd, &st) == 0 && st.st_ino == kf_state_ino &&
+	    st.st_dev == kf_state_dev)
+		close(kf_state_fd);
+	kf_state_fd = -1;
+}
+
 int kf_state_publish(struct kfence_state *s, const char *dir, bool whole)
 {
 	char tmp[sizeof(kf_state_path) + 8];
@@ -238,8 +246,7 @@ int kf_state_publish(struct kfence_state *s, const char *dir, bool whole)
 		return err;
 	}
 	kf_mark_backed(s, whole);
-	if (kf_state_fd >= 0)
-		close(kf_state_fd);  /* the parent's file, inherited */
+	kf_state_fd_drop();  /* the parent's, inherited */
 	kf_state_fd = whole ? (close(fd), -1) : fd;
 	kf_state_ino = st.st_ino;
 	kf_state_dev = st.st_dev;
@@ -324,9 +331,7 @@ void kf_state_privatize(struct kfence_state *s)
 	}
 	memset(kf_slot_backed, 1, s->num_slots);
 	kf_state_shared = false;
-	if (kf_state_fd >= 0)
-		close(kf_state_fd);
-	kf_state_fd = -1;
+	kf_state_fd_drop();
 }
 
 /* Caller holds the freelist lock. */
