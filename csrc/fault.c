@@ -798,24 +798,25 @@ static int kf_libc_sysv_call(const char *name, int sig)
 	return fn(sig);
 }
 
-int sighold(int sig)
+/* sighold/sigrelse: SIGSEGV and SIGBUS through the view, the rest to glibc's own. */
+static int kf_sysv_mask(const char *name, int how, int sig)
 {
 	if (kf_sig_index(sig) < 0)
-		return kf_libc_sysv_call("sighold", sig);
+		return kf_libc_sysv_call(name, sig);
 	sigset_t set;
 	sigemptyset(&set);
 	sigaddset(&set, sig);
-	return sigprocmask(SIG_BLOCK, &set, NULL);
+	return sigprocmask(how, &set, NULL);
+}
+
+int sighold(int sig)
+{
+	return kf_sysv_mask("sighold", SIG_BLOCK, sig);
 }
 
 int sigrelse(int sig)
 {
-	if (kf_sig_index(sig) < 0)
-		return kf_libc_sysv_call("sigrelse", sig);
-	sigset_t set;
-	sigemptyset(&set);
-	sigaddset(&set, sig);
-	return sigprocmask(SIG_UNBLOCK, &set, NULL);
+	return kf_sysv_mask("sigrelse", SIG_UNBLOCK, sig);
 }
 
 int sigignore(int sig)
