@@ -662,7 +662,7 @@ bool kf_become_owner(void)
 	kf_self.tid = 0;
 	kf_self.rng = 0;
 	struct kfence_state *s = kf_state;
-	int err = kf_state_shared ? kf_state_publish(s, kf_opt.state_dir, false) : -1;
+	int err = kf_state_shared ? kf_state_publish(s, kf_opt.state_dir) : -1;
 	if (err > 0) {
 		kf_state_privatize(s);
 		kf_warn("cannot publish the state of a new process in ", kf_opt.state_dir, ": ",
@@ -863,7 +863,7 @@ static int kf_start(const char *options, const char *origin)
 		char abs[PATH_MAX];
 		if (!why && realpath(kf_opt.state_dir, abs) && strlen(abs) < sizeof(kf_opt.state_dir))
 			strcpy(kf_opt.state_dir, abs);
-		int err = why ? 0 : kf_state_publish(s, kf_opt.state_dir, true);
+		int err = why ? 0 : kf_state_publish(s, kf_opt.state_dir);
 		if (why || err)
 			kf_warn("cannot publish the state in ", kf_opt.state_dir, ": ",
 				why ? why : strerror(err), "; keeping it private", NULL);

@@ -209,10 +209,12 @@ KF_HIDDEN int kf_install_fault_handler(void);
 /* The state is a <state_dir>/<pid>.state file mapping (else private memory). */
 KF_HIDDEN extern bool kf_state_shared;
 /*
- * Move s into a new <dir>/<pid>.state (header, slots in use, empty ring):
- * 0 or an errno.  whole: reserve every slot now, else on first use.
+ * Move s into a new sparse <dir>/<pid>.state (header and live objects; the
+ * rest reserved on first use): 0 or an errno.
  */
-KF_HIDDEN int kf_state_publish(struct kfence_state *s, const char *dir, bool whole);
+KF_HIDDEN int kf_state_publish(struct kfence_state *s, const char *dir);
+/* Reserve report ring entry i before writing it; false if impossible. */
+KF_HIDDEN bool kf_state_back_report(size_t i);
 /* Replace the shared mapping s by a private copy in place (stacks lost if memory is short). */
 KF_HIDDEN void kf_state_privatize(struct kfence_state *s);
 /* What this process knows of each slot, in private memory: a fork copies it as it is. */

@@ -407,8 +407,11 @@ static void kf_buf_what(struct kf_buf *b, const struct kf_report_in *in)
 static void kf_record(const struct kf_report_in *in, const struct kfence_slot *m)
 {
 	uint64_t seq = atomic_fetch_add((_Atomic uint64_t *)&kf_state->reports_written, 1) + 1;
+	size_t entry = (size_t)((seq - 1) % kf_state->max_reports);
+	if (!kf_state_back_report(entry))
+		return;  /* the state file is full: counted and printed, not recorded */
 	struct kfence_report *r = (struct kfence_report *)((char *)kf_state + kf_state->reports_offset) +
-				  (seq - 1) % kf_state->max_reports;
+				  entry;
 	atomic_store_explicit((_Atomic uint64_t *)&r->sequence, 0, memory_order_relaxed);
 	r->kind = (uint32_t)in->kind;
 	r->access = (uint32_t)in->access;

@@ -41,6 +41,9 @@ static int kf_state_fd = -1;
 static ino_t kf_state_ino;
 static dev_t kf_state_dev;
 static _Atomic bool kf_state_full;  /* a slot could not be reserved: use no new ones */
+/* Bit i: report ring entry i is reserved in the file (all of them in private memory). */
+static _Atomic uint64_t kf_ring_backed = ~0ull;
+_Static_assert(KF_MAX_REPORTS <= 64, "kf_ring_backed has a bit per ring entry");
 
 static void kf_page_range(uint64_t off, uint64_t len, off_t *lo, off_t *n)
 {
@@ -141,14 +144,13 @@ static void kf_slot_copy(struct kfence_slot *copy, const struct kfence_slot *m, 
 }
 
 /*
- * Size the file and write what s holds: the header and the slots in use.
- * The report ring is reserved and left empty (a new process starts with no
- * reports of its own).  whole: every slot is reserved now (the first
- * process: no file system call later, whatever becomes of the file or of
- * the process's sandbox); else the unused ones are holes, reserved on first
- * use, so that a forked child's file costs what it holds.  0 or an errno.
+ * Size the file and write what s holds: the header and the live objects.
+ * Every other slot and the report ring (empty: a new process has no
+ * reports of its own) are holes, reserved on first use, so that the file
+ * costs what it holds (kfence-py run makes one for every process of a
+ * build).  0 or an errno.
  */
-static int kf_fill_file(int fd, const struct kfence_state *s, bool whole)
+static int kf_fill_file(int fd, const struct kfence_state *s)
 {
 	struct rlimit lim;
 	/* Past RLIMIT_FSIZE, ftruncate and pwrite raise SIGXFSZ: never go there. */
@@ -156,8 +158,7 @@ static int kf_fill_file(int fd, const struct kfence_state *s, bool whole)
 	    lim.rlim_cur < s->total_size)
 		return EFBIG;
 	if (ftruncate(fd, (off_t)s->total_size) != 0 ||
-	    kf_reserve(fd, 0, whole ? s->total_size : s->slots_offset) != 0 ||
-	    (!whole && kf_reserve(fd, s->reports_offset, s->total_size - s->reports_offset) != 0) ||
+	    kf_reserve(fd, 0, s->slots_offset) != 0 ||
 	    kf_pwrite_all(fd, s, s->header_size, 0) != 0)
 		return errno;
 	/*
@@ -187,11 +188,12 @@ static int kf_fill_file(int fd, const struct kfence_state *s, bool whole)
 	return 0;
 }
 
-/* After kf_fill_file: the new file backs the live slots, and only those (or all). */
-static void kf_mark_backed(const struct kfence_state *s, bool whole)
+/* After kf_fill_file: the new file backs the live slots, and only those. */
+static void kf_mark_backed(const struct kfence_state *s)
 {
 	for (size_t i = 0; i < s->num_slots; i++)
-		kf_slot_backed[i] = whole || kf_slot_live(i);
+		kf_slot_backed[i] = kf_slot_live(i);
+	atomic_store(&kf_ring_backed, 0);
 }
 
 /*
@@ -207,7 +209,7 @@ static void kf_state_fd_drop(void)
 	kf_state_fd = -1;
 }
 
-int kf_state_publish(struct kfence_state *s, const char *dir, bool whole)
+int kf_state_publish(struct kfence_state *s, const char *dir)
 {
 	char tmp[sizeof(kf_state_path) + 8];
 	struct kf_buf b = { kf_state_path, 0, sizeof(kf_state_path) - 1 };
@@ -227,7 +229,7 @@ int kf_state_publish(struct kfence_state *s, const char *dir, bool whole)
 	if (fd < 0)
 		return errno;
 	struct stat st;
-	int err = fstat(fd, &st) != 0 ? errno : !S_ISREG(st.st_mode) ? EINVAL : kf_fill_file(fd, s, whole);
+	int err = fstat(fd, &st) != 0 ? errno : !S_ISREG(st.st_mode) ? EINVAL : kf_fill_file(fd, s);
 	void *m = err ? MAP_FAILED : mmap(NULL, s->total_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
 	err = err ? err : m == MAP_FAILED ? errno : 0;
 	/* Faults touch one slot: without this, each reads ahead a hundred pages of holes. */
@@ -245,9 +247,9 @@ int kf_state_publish(struct kfence_state *s, const char *dir, bool whole)
 		unlink(tmp);
 		return err;
 	}
-	kf_mark_backed(s, whole);
+	kf_mark_backed(s);
 	kf_state_fd_drop();  /* the parent's, inherited */
-	kf_state_fd = whole ? (close(fd), -1) : fd;
+	kf_state_fd = fd;
 	kf_state_ino = st.st_ino;
 	kf_state_dev = st.st_dev;
 	kf_state_shared = true;
@@ -330,8 +332,30 @@ void kf_state_privatize(struct kfence_state *s)
 				kf_slot_rebuild((struct kfence_slot *)((char *)s + kf_slot_offset(s, i)), i);
 	}
 	memset(kf_slot_backed, 1, s->num_slots);
+	atomic_store(&kf_ring_backed, ~0ull);
 	kf_state_shared = false;
 	kf_state_fd_drop();
+}
+
+/*
+ * Reserve report ring entry i before a report is recorded there; false if
+ * impossible (the report is then counted and printed, not recorded).  On
+ * the report path, so only system calls, and no lock: two threads may both
+ * reserve the same pages, which is harmless.
+ */
+bool kf_state_back_report(size_t i)
+{
+	uint64_t bit = 1ull << i;
+	if (!kf_state_shared || (atomic_load(&kf_ring_backed) & bit))
+		return true;
+	if (atomic_load_explicit(&kf_state_full, memory_order_relaxed))
+		return false;
+	int fd = kf_state_file();
+	if (fd < 0 || kf_reserve(fd, kf_state->reports_offset + i * sizeof(struct kfence_report),
+				 sizeof(struct kfence_report)) != 0)
+		return false;
+	atomic_fetch_or(&kf_ring_backed, bit);
+	return true;
 }
 
 /* Caller holds the freelist lock. */
@@ -341,8 +365,10 @@ void kf_state_seal(void)
 		return;
 	size_t n = kf_state->num_slots;
 	int fd = kf_state_file();
-	if (fd >= 0 && kf_reserve(fd, kf_state->slots_offset, n * sizeof(struct kfence_slot)) == 0) {
+	if (fd >= 0 && kf_reserve(fd, kf_state->slots_offset,
+				  kf_state->total_size - kf_state->slots_offset) == 0) {
 		memset(kf_slot_backed, 1, n);
+		atomic_store(&kf_ring_backed, ~0ull);
 		return;
 	}
 	/* No new slots then: growing the file later may be forbidden. */
