@@ -324,6 +324,15 @@ void *kfence_sample(int32_t *countdown, size_t size, size_t align, int cache, in
 	return kf_sample_alloc(countdown, size, align, cache, zero != 0, 0);
 }
 
+int kfence_is_object_start(const void *ptr)
+{
+	if (!kf_is_pool_address(ptr))
+		return 0;
+	const struct kfence_slot *m = kf_slot_meta(kf_addr_slot((uintptr_t)ptr));
+	uint32_t s = m ? atomic_load_explicit((_Atomic uint32_t *)&m->state, memory_order_acquire) : 0;
+	return (s == KFENCE_SLOT_ALLOCATED || s == KFENCE_SLOT_FREED) && m->addr == (uintptr_t)ptr;
+}
+
 int kfence_object_size(const void *ptr, size_t *size)
 {
 	return kf_is_pool_address(ptr) && kf_pool_live(ptr, size) ? 0 : -1;

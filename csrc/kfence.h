@@ -54,6 +54,12 @@ void *kfence_sample(int32_t *countdown, size_t size, size_t align, int cache, in
  */
 int kfence_register_internal(const void *addr);
 
+/*
+ * 1 when ptr is the start of a guarded object, live or freed (a pointer an
+ * allocator hook may have handed out, and may see again in a double free).
+ */
+int kfence_is_object_start(const void *ptr);
+
 /* Requested size of a live guarded object into *size: 0, or -1 when ptr is none. */
 int kfence_object_size(const void *ptr, size_t *size);
 

@@ -268,27 +268,6 @@ static void kf_note(void *ptr, int which, int domain)
 }
 
 /*
- * 1 when ptr is the start of a freed object of the pool (a double free, which
- * kfence_free() reports).  Reads the shared state, with the pool layout of
- * kf_addr_slot() (kf_internal.h: slot i on page 2i+1); were that to change,
- * the answer would be 0 and the pointer go to the layer below, not astray.
- */
-static int kf_freed_start(const void *ptr)
-{
-	const struct kfence_state *st = kfence_state();
-	uintptr_t p = (uintptr_t)ptr;
-	if (!st || p < st->pool_start || st->page_size == 0)
-		return 0;
-	uint64_t page = (p - st->pool_start) / st->page_size;
-	if (!(page & 1) || (page - 1) / 2 >= st->num_slots)
-		return 0;
-	const struct kfence_slot *m = (const struct kfence_slot *)(
-		(const char *)st + st->slots_offset + (page - 1) / 2 * st->slot_size);
-	return __atomic_load_n(&m->state, __ATOMIC_ACQUIRE) == KFENCE_SLOT_FREED &&
-	       m->addr == p;
-}
-
-/*
  * Whether ptr, freed or reallocated through our hook of domain, is ours: any
  * pool address in RAW (nothing below it allocates from us), only the start
  * of one of our objects in MEM and OBJ when the layer below may embed (see
@@ -296,9 +275,7 @@ static int kf_freed_start(const void *ptr)
  */
 static __attribute__((noinline, cold)) int kf_owns_pool_address(int domain, void *ptr)
 {
-	size_t size;
-	return !kf_pass_down[domain] || kfence_object_size(ptr, &size) == 0 ||
-	       kf_freed_start(ptr);
+	return !kf_pass_down[domain] || kfence_is_object_start(ptr);
 }
 
 static inline int kf_owns(int domain, void *ptr)
