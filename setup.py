@@ -15,8 +15,9 @@ from setuptools.command.build_ext import build_ext
 
 HERE = Path(__file__).resolve().parent
 CSRC = HERE / "csrc"
-LIB_SOURCES = ["core.c", "fault.c", "leak.c", "malloc.c", "options.c", "platform.c", "report.c",
-               "state.c"]
+# Every C file in csrc/ is the library's, except the demo program and the CPython glue.
+NOT_LIB = {"demo.c", "pyext.c"}
+LIB_SOURCES = sorted(p.name for p in CSRC.glob("*.c") if p.name not in NOT_LIB)
 CFLAGS = [
     "-std=gnu11", "-O2", "-g", "-fPIC", "-Wall", "-Wextra",
     # Calls into glibc through the GOT: no PLT stub on the hot path.

@@ -30,73 +30,6 @@
 
 #include "kf_internal.h"
 
-#define KF_VERSION "0.1.0"
-#define KF_STATE_VERSION 1
-
-_Static_assert(sizeof(struct kfence_stack) == 8 + 8 * KF_STACK_MAX, "stack layout");
-_Static_assert(sizeof(struct kfence_slot) == 56 + 2 * sizeof(struct kfence_stack) + 1024, "slot layout");
-_Static_assert(sizeof(struct kfence_state) == 248, "state header layout");
-_Static_assert(KFENCE_COUNTER_COUNT <= 16, "counters[] too small");
-_Static_assert(sizeof(((struct kfence_report *)0)->corrupted) == 16, "corruption window");
-
-/* === Names, tied to the enums === */
-
-static const char *const kf_counter_names[] = {
-	[KFENCE_COUNTER_ALLOCATED] = "currently allocated",
-	[KFENCE_COUNTER_ALLOCS] = "total allocations",
-	[KFENCE_COUNTER_FREES] = "total frees",
-	[KFENCE_COUNTER_BUGS] = "total bugs",
-	[KFENCE_COUNTER_SKIP_CAPACITY] = "skipped allocations (capacity)",
-	[KFENCE_COUNTER_SKIP_TOO_LARGE] = "skipped allocations (too large)",
-	[KFENCE_COUNTER_SKIP_ALIGNMENT] = "skipped allocations (alignment)",
-	[KFENCE_COUNTER_SKIP_MAP_FAILED] = "skipped allocations (map failed)",
-	[KFENCE_COUNTER_LEAK_REFERENCED] = "referenced at exit",
-};
-_Static_assert(sizeof(kf_counter_names) / sizeof(kf_counter_names[0]) == KFENCE_COUNTER_COUNT,
-	       "a counter without a name");
-
-static const char *const kf_bug_names[] = {
-	[KFENCE_BUG_OOB] = "out-of-bounds",
-	[KFENCE_BUG_UAF] = "use-after-free",
-	[KFENCE_BUG_CORRUPTION] = "memory corruption",
-	[KFENCE_BUG_INVALID] = "invalid",
-	[KFENCE_BUG_INVALID_FREE] = "invalid free",
-	[KFENCE_BUG_LEAK] = "memory leak",
-};
-_Static_assert(sizeof(kf_bug_names) / sizeof(kf_bug_names[0]) == KFENCE_BUG_KINDS,
-	       "a bug kind without a name");
-
-static const char *const kf_cache_names[] = {
-	[KFENCE_CACHE_MALLOC] = "malloc",
-	[KFENCE_CACHE_CALLOC] = "calloc",
-	[KFENCE_CACHE_REALLOC] = "realloc",
-	[KFENCE_CACHE_MEMALIGN] = "memalign",
-	[KFENCE_CACHE_API] = "kfence_alloc",
-	[KFENCE_CACHE_PYMEM] = "pymem",
-};
-_Static_assert(sizeof(kf_cache_names) / sizeof(kf_cache_names[0]) == KFENCE_CACHE_KINDS,
-	       "a cache without a name");
-
-const char *kfence_counter_name(int i)
-{
-	return i >= 0 && i < KFENCE_COUNTER_COUNT ? kf_counter_names[i] : NULL;
-}
-
-const char *kfence_bug_name(int i)
-{
-	return i >= 0 && i < KFENCE_BUG_KINDS ? kf_bug_names[i] : NULL;
-}
-
-const char *kfence_cache_name(int i)
-{
-	return i >= 0 && i < KFENCE_CACHE_KINDS ? kf_cache_names[i] : NULL;
-}
-
-const char *kfence_version(void)
-{
-	return KF_VERSION;
-}
-
 /* === Global state === */
 
 struct kf_pool_range kf_pool;
@@ -226,7 +159,7 @@ static int kf_find_unwinder(struct dl_phdr_info *info, size_t size, void *data)
 
 void kf_capture_stack(struct kfence_stack *st)
 {
-	void *pcs[KF_STACK_MAX + 16];
+	void *pcs[KFENCE_STACK_MAX + 16];
 	int n = backtrace(pcs, (int)(kf_opt.stack_depth + 16));
 	int skip = 0;
 	while (skip < n && kf_in_self((uintptr_t)pcs[skip]))
@@ -265,7 +198,7 @@ static bool kf_time_gate(const struct kfence_control *c, int32_t *countdown)
 	uint64_t next = atomic_load_explicit(&kf_next_sample_ns, memory_order_relaxed);
 	if (now >= next &&
 	    atomic_compare_exchange_strong(&kf_next_sample_ns, &next,
-					   now + (uint64_t)c->sample_interval_ms * 1000000ull)) {
+					   now + (uint64_t)c->sample_interval * 1000000ull)) {
 		atomic_store_explicit(&kf_burst_left, c->burst, memory_order_relaxed);
 		if (c->burst)
 			*countdown = 1;
@@ -438,10 +371,10 @@ void *kf_guarded_alloc(size_t size, size_t align, int placement, int cache, bool
 	kf_close_guard((size_t)slot);
 	kf_close_guard((size_t)slot + 1);
 
-	if (placement == KF_PLACE_RANDOM)
-		placement = (kf_random() & 1) ? KF_PLACE_RIGHT : KF_PLACE_LEFT;
+	if (placement == KFENCE_PLACE_RANDOM)
+		placement = (kf_random() & 1) ? KFENCE_PLACE_RIGHT : KFENCE_PLACE_LEFT;
 	uintptr_t addr = page;
-	if (placement == KF_PLACE_RIGHT) {
+	if (placement == KFENCE_PLACE_RIGHT) {
 		size_t a = align ? align : kf_opt.align;
 		addr = (page + kf_page - (size ? size : 1)) & ~(uintptr_t)(a - 1);
 	}
@@ -815,7 +748,7 @@ static int kf_start(const char *options, const char *origin)
 	size_t pool_size = (2 * n + 1) * kf_page;
 	void *pool = kf_os_reserve(pool_size);
 	size_t state_size = sizeof(struct kfence_state) + n * sizeof(struct kfence_slot) +
-			    KF_MAX_REPORTS * sizeof(struct kfence_report);
+			    KFENCE_MAX_REPORTS * sizeof(struct kfence_report);
 	state_size = (state_size + kf_page - 1) & ~(kf_page - 1);
 	/* Private to this process: shadows, freelist, open guards, own mappings, backed slots. */
 	size_t priv_size = n * sizeof(struct kf_shadow) + n * sizeof(uint32_t) + (n + 1) + n + n;
@@ -831,12 +764,12 @@ static int kf_start(const char *options, const char *origin)
 	}
 
 	memcpy(s->magic, "KFENCE\0\0", 8);
-	s->version = KF_STATE_VERSION;
+	s->version = KFENCE_STATE_VERSION;
 	s->header_size = sizeof(struct kfence_state);
 	s->slot_size = sizeof(struct kfence_slot);
 	s->report_size = sizeof(struct kfence_report);
 	s->num_slots = (uint32_t)n;
-	s->max_reports = KF_MAX_REPORTS;
+	s->max_reports = KFENCE_MAX_REPORTS;
 	s->total_size = state_size;
 	s->slots_offset = sizeof(struct kfence_state);
 	s->reports_offset = sizeof(struct kfence_state) + n * sizeof(struct kfence_slot);
@@ -848,10 +781,11 @@ static int kf_start(const char *options, const char *origin)
 	struct timespec rt;
 	clock_gettime(CLOCK_REALTIME, &rt);
 	s->start_realtime_ns = (uint64_t)rt.tv_sec * 1000000000ull + (uint64_t)rt.tv_nsec;
-	s->control.enabled = 1;
-	s->control.sample_interval_ms = (uint32_t)kf_opt.sample_interval;
-	s->control.sample_rate = (uint32_t)kf_opt.sample_rate;
-	s->control.burst = (uint32_t)kf_opt.burst;
+#define KFENCE_CONTROL_RUNTIME(name) s->control.name = (uint32_t)kf_opt.name;
+#define KFENCE_CONTROL_START(name)
+#define KF_OPTION(type, name, def, min, max, when, desc) KFENCE_CONTROL_##when(name)
+#include "options.inc"
+#undef KF_OPTION
 
 	kf_shadow = priv;
 	kf_private = (struct kf_range){ (uintptr_t)priv, (uintptr_t)priv + priv_size };

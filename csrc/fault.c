@@ -186,7 +186,7 @@ static void kf_fault_stack(uintptr_t pc, struct kfence_stack *st)
 		st->depth = 1;
 		return;
 	}
-	void *pcs[KF_STACK_MAX + 16];
+	void *pcs[KFENCE_STACK_MAX + 16];
 	int n = backtrace(pcs, (int)kf_opt.stack_depth + 16);
 	int i = 0;
 	while (i < n && (uintptr_t)pcs[i] != pc)

@@ -20,8 +20,6 @@
 /* Initial-exec TLS: no __tls_get_addr (which may malloc) on the hot path. */
 #define KF_TLS __thread __attribute__((tls_model("initial-exec")))
 
-#define KF_STACK_MAX 64
-#define KF_MAX_REPORTS 64
 /* Per-thread countdown before an unsampled thread looks at the clock again. */
 #define KF_CLOCK_CHECK_PERIOD 256
 /* Countdown while disabled or paused: the control block is re-read this often. */
@@ -29,15 +27,14 @@
 
 /* === Options (options.inc) === */
 
-enum kf_placement { KF_PLACE_RANDOM = 0, KF_PLACE_LEFT = 1, KF_PLACE_RIGHT = 2 };
-
 struct kf_options {
 #define KF_OPT_FIELD_UINT(name) uint64_t name;
+#define KF_OPT_FIELD_MS(name) uint64_t name;
 #define KF_OPT_FIELD_POW2(name) uint64_t name;
 #define KF_OPT_FIELD_BOOL(name) bool name;
 #define KF_OPT_FIELD_PLACEMENT(name) int name;
 #define KF_OPT_FIELD_STR(name) char name[256];
-#define KF_OPTION(type, name, def, min, max, desc) KF_OPT_FIELD_##type(name)
+#define KF_OPTION(type, name, def, min, max, when, desc) KF_OPT_FIELD_##type(name)
 #include "options.inc"
 #undef KF_OPTION
 };

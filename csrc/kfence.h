@@ -1,13 +1,15 @@
 /*
  * The public interface of libkfence.so beyond the malloc family it
  * interposes.  The Python package calls these through cffi (build_ffi.py
- * feeds this file, minus its preprocessor lines, to cdef), so: plain
- * declarations, no macros.
+ * runs the C preprocessor over this file with KFENCE_CDEF defined and feeds
+ * the result to cdef), so: declarations cffi can parse once preprocessed.
  */
 #ifndef KFENCE_H
 #define KFENCE_H
 
+#ifndef KFENCE_CDEF
 #include <stddef.h>
+#endif
 #include "kfence_state.h"
 
 /* Version of the library, "major.minor.patch". */
@@ -77,14 +79,27 @@ int kfence_annotate(const void *ptr, int which, const char *text);
 /* 1 when ptr lies in the pool (object, canary or guard page). */
 int kfence_is_pool_address(const void *ptr);
 
-/*
- * The option table: index i from 0 to kfence_option_count() - 1.
- * Returns 0, or -1 when i is out of range.
- */
+/* One entry of the option table (options.inc); the strings are static. */
+struct kfence_option_desc {
+	const char *name;
+	const char *type;           /* UINT, MS, POW2, BOOL, PLACEMENT or STR */
+	const char *default_value;
+	const char *when;           /* START or RUNTIME (a field of struct kfence_control) */
+	const char *description;
+	unsigned long long min, max;
+};
+
+/* The option table: index i from 0 to kfence_option_count() - 1; NULL out of range. */
 size_t kfence_option_count(void);
-int kfence_option_info(size_t i, const char **name, const char **type,
-		       const char **default_value, unsigned long long *min,
-		       unsigned long long *max, const char **description);
+const struct kfence_option_desc *kfence_option_desc(size_t i);
+
+/*
+ * Check one option: 0 and its canonical text (as the library prints it) in
+ * out, or -1 and why not (e.g. "expected an integer in 1..65536") in why.
+ * The one validator: Python's options use it too.
+ */
+int kfence_option_normalize(const char *key, const char *value, char *out, size_t out_size,
+			    char *why, size_t why_size);
 
 /*
  * Check a KFENCE_OPTIONS string without applying it: one "kfence:" warning
@@ -95,9 +110,19 @@ int kfence_options_check(const char *text);
 /* The value in force, as text, of option name; NULL when unknown. */
 const char *kfence_option_value(const char *name);
 
-/* Names for the enums in kfence_state.h; NULL when out of range. */
-const char *kfence_counter_name(int counter);
-const char *kfence_bug_name(int kind);
+/* The lists of kfence_state.h, entry by entry; NULL when out of range. */
+struct kfence_bug_desc {
+	const char *name, *headline;
+	int with_access;
+};
+struct kfence_counter_desc {
+	const char *name, *type, *metric, *label, *help;
+};
+const struct kfence_bug_desc *kfence_bug_desc(int kind);
+const struct kfence_counter_desc *kfence_counter_desc(int counter);
+const char *kfence_slot_state_name(int state);
+const char *kfence_access_name(int access);
 const char *kfence_cache_name(int cache);
+const char *kfence_placement_name(int placement);
 
 #endif

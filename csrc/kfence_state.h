@@ -1,69 +1,121 @@
 /*
- * The state kfence_py shares with its control plane: counters, per-slot
- * metadata, recent reports and the control block, in one versioned mapping.
+ * The contract between libkfence.so and everything that reads its state: the
+ * layout of the state (counters, per-slot metadata, recent reports and the
+ * control block, in one versioned mapping), and every enum with its names.
+ * It is stated here once; Python reads it through cffi (build_ffi.py runs
+ * the C preprocessor over this file with KFENCE_CDEF defined and hands the
+ * result to cdef), and the C side builds its name tables from the same lists.
  *
- * Another process (the controller, a post-mortem reader) decodes this layout,
- * so it is plain C with fixed-width fields and literal array sizes, and no
- * macros: build_ffi.py hands this file to cffi's cdef unchanged.  The sizes
- * are pinned with static asserts in state.c; bump KFENCE_STATE_VERSION there
- * on any change.
+ * Another process (the controller, a post-mortem reader) decodes this
+ * layout, so the structs are plain C with fixed-width fields.  Bump
+ * KFENCE_STATE_VERSION on any change to a struct below; the sizes are pinned
+ * with static asserts in api.c.
+ *
+ * The lists are X-macros: KFENCE_FOO(X) calls X once per entry.  Adding an
+ * entry here is all it takes for the enum, the C name table, and the Python
+ * side (which reads the names from the library) to know it.
  */
 #ifndef KFENCE_STATE_H
 #define KFENCE_STATE_H
 
+#ifndef KFENCE_CDEF
 #include <stdint.h>
+#endif
 
-enum kfence_slot_state {
-	KFENCE_SLOT_UNUSED = 0,     /* never handed out */
-	KFENCE_SLOT_ALLOCATED = 1,
-	KFENCE_SLOT_FREED = 2,
-	KFENCE_SLOT_BUSY = 3        /* being allocated or freed by one thread */
+enum kfence_layout {
+	KFENCE_STATE_VERSION = 1,
+	KFENCE_STACK_MAX = 64,         /* frames per recorded stack */
+	KFENCE_NOTE_SIZE = 512,        /* text under a stack (a Python traceback) */
+	KFENCE_MAX_REPORTS = 64,       /* the report ring */
+	KFENCE_COUNTER_SLOTS = 16,     /* room in counters[] (KFENCE_COUNTER_COUNT used) */
+	KFENCE_CORRUPTION_WINDOW = 16  /* bytes shown of a corrupted canary */
 };
 
-enum kfence_bug {
-	KFENCE_BUG_OOB = 0,          /* out-of-bounds access to a guard page */
-	KFENCE_BUG_UAF = 1,          /* access to the page of a freed object */
-	KFENCE_BUG_CORRUPTION = 2,   /* canary bytes changed, found at free */
-	KFENCE_BUG_INVALID = 3,      /* pool access attributable to no object */
-	KFENCE_BUG_INVALID_FREE = 4, /* double free, interior or stray pointer */
-	KFENCE_BUG_LEAK = 5,         /* unreferenced at exit (leak_check=1) */
-	KFENCE_BUG_KINDS = 6
-};
+/* X(ID, name): the life of a pool slot. */
+#define KFENCE_SLOT_STATES(X) \
+	X(UNUSED, "unused")       /* never handed out */ \
+	X(ALLOCATED, "allocated") \
+	X(FREED, "freed") \
+	X(BUSY, "busy")           /* being allocated or freed by one thread */
 
-enum kfence_access {
-	KFENCE_ACCESS_NONE = 0,
-	KFENCE_ACCESS_READ = 1,
-	KFENCE_ACCESS_WRITE = 2
-};
+/*
+ * X(ID, name, headline, with_access): a kind of bug.  name follows "BUG:
+ * KFENCE: " in a report's title; headline starts its first line; with_access
+ * is 1 when the kind has a read or write access, shown after both.
+ */
+#define KFENCE_BUGS(X) \
+	X(OOB, "out-of-bounds", "Out-of-bounds ", 1)            /* access to a guard page */ \
+	X(UAF, "use-after-free", "Use-after-free ", 1)          /* access to a freed object */ \
+	X(CORRUPTION, "memory corruption", "Corrupted memory at ", 0) /* canary changed */ \
+	X(INVALID, "invalid", "Invalid ", 1)                    /* pool access of no object */ \
+	X(INVALID_FREE, "invalid free", "Invalid free of ", 0)  /* double, interior, stray */ \
+	X(LEAK, "memory leak", "Unreferenced object ", 0)       /* unreferenced at exit */
 
-/* Which entry point allocated a guarded object ("cache=" in reports). */
-enum kfence_cache {
-	KFENCE_CACHE_MALLOC = 0,
-	KFENCE_CACHE_CALLOC = 1,
-	KFENCE_CACHE_REALLOC = 2,
-	KFENCE_CACHE_MEMALIGN = 3,
-	KFENCE_CACHE_API = 4,        /* kfence_alloc(): a buffer asked for on purpose */
-	KFENCE_CACHE_PYMEM = 5,      /* CPython's allocator domains */
-	KFENCE_CACHE_KINDS = 6
-};
+/* X(ID, name): the access a fault made. */
+#define KFENCE_ACCESSES(X) \
+	X(NONE, "") \
+	X(READ, "read") \
+	X(WRITE, "write")
 
-enum kfence_counter {
-	KFENCE_COUNTER_ALLOCATED = 0,        /* currently allocated */
-	KFENCE_COUNTER_ALLOCS = 1,           /* total allocations */
-	KFENCE_COUNTER_FREES = 2,            /* total frees */
-	KFENCE_COUNTER_BUGS = 3,             /* total bugs reported */
-	KFENCE_COUNTER_SKIP_CAPACITY = 4,    /* sampled, but every slot was in use */
-	KFENCE_COUNTER_SKIP_TOO_LARGE = 5,   /* sampled, larger than a page */
-	KFENCE_COUNTER_SKIP_ALIGNMENT = 6,   /* sampled, alignment above a page */
-	KFENCE_COUNTER_SKIP_MAP_FAILED = 7,  /* mprotect/mmap refused */
-	KFENCE_COUNTER_LEAK_REFERENCED = 8,  /* live at exit, still referenced */
-	KFENCE_COUNTER_COUNT = 9
-};
+/* X(ID, name): which entry point allocated a guarded object ("cache=" in reports). */
+#define KFENCE_CACHES(X) \
+	X(MALLOC, "malloc") \
+	X(CALLOC, "calloc") \
+	X(REALLOC, "realloc") \
+	X(MEMALIGN, "memalign") \
+	X(API, "kfence_alloc")  /* kfence_alloc(): a buffer asked for on purpose */ \
+	X(PYMEM, "pymem")       /* CPython's allocator domains */
+
+/* X(ID, name): where an object sits in its page (the placement option). */
+#define KFENCE_PLACEMENTS(X) \
+	X(RANDOM, "random") \
+	X(LEFT, "left")    /* at the page's start: underflows fault */ \
+	X(RIGHT, "right")  /* at its end: overflows fault */
+
+/*
+ * X(ID, name, type, metric, label, help): a counter.  name is its line in
+ * `kfence-py stats` (KFENCE's debugfs names); type is GAUGE or COUNTER; the
+ * Prometheus family is kfence_<metric>, with reason="<label>" when label is
+ * not empty; help is the family's help text.
+ */
+#define KFENCE_COUNTERS(X) \
+	X(ALLOCATED, "currently allocated", GAUGE, "allocated_objects", "", \
+	  "Guarded objects currently allocated") \
+	X(ALLOCS, "total allocations", COUNTER, "allocations", "", "Guarded allocations") \
+	X(FREES, "total frees", COUNTER, "frees", "", "Guarded frees") \
+	X(BUGS, "total bugs", COUNTER, "bugs", "", "Bugs reported") \
+	X(SKIP_CAPACITY, "skipped allocations (capacity)", COUNTER, "skipped_allocations", \
+	  "capacity", KFENCE_SKIP_HELP) \
+	X(SKIP_TOO_LARGE, "skipped allocations (too large)", COUNTER, "skipped_allocations", \
+	  "too large", KFENCE_SKIP_HELP) \
+	X(SKIP_ALIGNMENT, "skipped allocations (alignment)", COUNTER, "skipped_allocations", \
+	  "alignment", KFENCE_SKIP_HELP) \
+	X(SKIP_MAP_FAILED, "skipped allocations (map failed)", COUNTER, "skipped_allocations", \
+	  "map failed", KFENCE_SKIP_HELP) \
+	X(LEAK_REFERENCED, "referenced at exit", COUNTER, "referenced_at_exit", "", \
+	  "Guarded objects live at exit and still referenced (leak_check=1)")
+#define KFENCE_SKIP_HELP "Sampled allocations that fell through to glibc, by reason"
+
+#define KFENCE_ENUM_ENTRY2(prefix, id) prefix##id,
+#define KFENCE_SLOT_ENUM(id, name) KFENCE_ENUM_ENTRY2(KFENCE_SLOT_, id)
+#define KFENCE_BUG_ENUM(id, name, headline, with_access) KFENCE_ENUM_ENTRY2(KFENCE_BUG_, id)
+#define KFENCE_ACCESS_ENUM(id, name) KFENCE_ENUM_ENTRY2(KFENCE_ACCESS_, id)
+#define KFENCE_CACHE_ENUM(id, name) KFENCE_ENUM_ENTRY2(KFENCE_CACHE_, id)
+#define KFENCE_PLACEMENT_ENUM(id, name) KFENCE_ENUM_ENTRY2(KFENCE_PLACE_, id)
+#define KFENCE_COUNTER_ENUM(id, name, type, metric, label, help) \
+	KFENCE_ENUM_ENTRY2(KFENCE_COUNTER_, id)
+
+enum kfence_slot_state { KFENCE_SLOT_STATES(KFENCE_SLOT_ENUM) KFENCE_SLOT_STATE_COUNT };
+enum kfence_bug { KFENCE_BUGS(KFENCE_BUG_ENUM) KFENCE_BUG_KINDS };
+enum kfence_access { KFENCE_ACCESSES(KFENCE_ACCESS_ENUM) KFENCE_ACCESS_KINDS };
+enum kfence_cache { KFENCE_CACHES(KFENCE_CACHE_ENUM) KFENCE_CACHE_KINDS };
+enum kfence_placement { KFENCE_PLACEMENTS(KFENCE_PLACEMENT_ENUM) KFENCE_PLACEMENT_KINDS };
+enum kfence_counter { KFENCE_COUNTERS(KFENCE_COUNTER_ENUM) KFENCE_COUNTER_COUNT };
 
 struct kfence_stack {
 	uint32_t depth;
 	uint32_t reserved;
-	uint64_t pc[64];
+	uint64_t pc[KFENCE_STACK_MAX];
 };
 
 struct kfence_slot {
@@ -80,8 +132,8 @@ struct kfence_slot {
 	struct kfence_stack alloc_stack;
 	struct kfence_stack free_stack;
 	/* Text printed under each stack (the Python traceback); written by its owner. */
-	char alloc_note[512];
-	char free_note[512];
+	char alloc_note[KFENCE_NOTE_SIZE];
+	char free_note[KFENCE_NOTE_SIZE];
 };
 
 struct kfence_report {
@@ -95,17 +147,23 @@ struct kfence_report {
 	uint64_t ns;
 	struct kfence_stack stack;   /* faulting access, or the bad free */
 	struct kfence_slot object;   /* the object as it was when reported */
-	uint8_t corrupted[16];       /* corruption: bytes from the first bad one */
+	uint8_t corrupted[KFENCE_CORRUPTION_WINDOW];       /* corruption: bytes from the first bad one */
 	uint32_t corrupted_mask;     /* bit i: corrupted[i] differs from canary */
 	uint32_t reserved;
 };
 
-/* Written by the controller; read by the data plane on its slow path. */
+/*
+ * The options marked RUNTIME in options.inc, in its order: written by the
+ * controller, read by the data plane on its slow path.
+ */
 struct kfence_control {
-	uint32_t enabled;
-	uint32_t sample_interval_ms;
-	uint32_t sample_rate;
-	uint32_t burst;
+#define KFENCE_CONTROL_RUNTIME(name) uint32_t name;
+#define KFENCE_CONTROL_START(name)
+#define KF_OPTION(type, name, def, min, max, when, desc) KFENCE_CONTROL_##when(name)
+#include "options.inc"
+#undef KF_OPTION
+#undef KFENCE_CONTROL_RUNTIME
+#undef KFENCE_CONTROL_START
 };
 
 struct kfence_state {
@@ -126,7 +184,7 @@ struct kfence_state {
 	uint64_t start_ns;       /* CLOCK_MONOTONIC at start */
 	uint64_t start_realtime_ns;
 	struct kfence_control control;
-	uint64_t counters[16];   /* enum kfence_counter */
+	uint64_t counters[KFENCE_COUNTER_SLOTS];   /* enum kfence_counter */
 	uint64_t reports_written;
 };
 

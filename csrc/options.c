@@ -13,24 +13,31 @@
 
 struct kf_options kf_opt;
 
-enum kf_opt_kind { KF_T_UINT, KF_T_POW2, KF_T_BOOL, KF_T_PLACEMENT, KF_T_STR };
+enum kf_opt_kind { KF_T_UINT, KF_T_MS, KF_T_POW2, KF_T_BOOL, KF_T_PLACEMENT, KF_T_STR };
 
-struct kf_option_desc {
-	const char *name, *type, *def, *desc;
-	uint64_t min, max;
+struct kf_option {
+	struct kfence_option_desc pub;  /* what Python sees */
 	enum kf_opt_kind kind;
 	size_t offset;  /* of the field in struct kf_options */
 };
 
-static const struct kf_option_desc kf_options_table[] = {
-#define KF_OPTION(type, name, def, min, max, desc) \
-	{ #name, #type, def, desc, min, max, KF_T_##type, offsetof(struct kf_options, name) },
+static const struct kf_option kf_options_table[] = {
+#define KF_OPTION(type, name, def, min, max, when, desc) \
+	{ { #name, #type, def, #when, desc, min, max }, KF_T_##type, \
+	  offsetof(struct kf_options, name) },
 #include "options.inc"
 #undef KF_OPTION
 };
 #define KF_NUM_OPTIONS (sizeof(kf_options_table) / sizeof(kf_options_table[0]))
 
-static const char *const kf_placement_names[] = { "random", "left", "right" };
+/* A RUNTIME option is a uint32_t of the control block too: its values must fit. */
+#define KF_FITS_CONTROL_RUNTIME(name, max) \
+	_Static_assert((max) <= UINT32_MAX, #name " does not fit the control block");
+#define KF_FITS_CONTROL_START(name, max)
+#define KF_OPTION(type, name, def, min, max, when, desc) KF_FITS_CONTROL_##when(name, max)
+#include "options.inc"
+#undef KF_OPTION
+
 
 /* === Warnings === */
 
@@ -70,15 +77,16 @@ static bool kf_word_is(const char *s, size_t n, const char *word)
 }
 
 /* Store value s[0..n) into option d of o; false if the value is not acceptable. */
-static bool kf_set_value(struct kf_options *o, const struct kf_option_desc *d, const char *s,
+static bool kf_set_value(struct kf_options *o, const struct kf_option *d, const char *s,
 			 size_t n)
 {
 	void *field = (char *)o + d->offset;
 	uint64_t v;
 	switch (d->kind) {
 	case KF_T_UINT:
+	case KF_T_MS:
 	case KF_T_POW2:
-		if (!kf_parse_uint(s, n, &v) || v < d->min || v > d->max)
+		if (!kf_parse_uint(s, n, &v) || v < d->pub.min || v > d->pub.max)
 			return false;
 		if (d->kind == KF_T_POW2 && (v & (v - 1)))
 			return false;
@@ -95,8 +103,8 @@ static bool kf_set_value(struct kf_options *o, const struct kf_option_desc *d, c
 			return false;
 		return true;
 	case KF_T_PLACEMENT:
-		for (int i = 0; i < 3; i++) {
-			if (kf_word_is(s, n, kf_placement_names[i])) {
+		for (int i = 0; i < KFENCE_PLACEMENT_KINDS; i++) {
+			if (kf_word_is(s, n, kfence_placement_name(i))) {
 				*(int *)field = i;
 				return true;
 			}
@@ -113,13 +121,14 @@ static bool kf_set_value(struct kf_options *o, const struct kf_option_desc *d, c
 }
 
 /* The value of option d in o, as text, into out[cap]. */
-static const char *kf_format_value(const struct kf_options *o, const struct kf_option_desc *d,
+static const char *kf_format_value(const struct kf_options *o, const struct kf_option *d,
 				   char *out, size_t cap)
 {
 	const void *field = (const char *)o + d->offset;
 	struct kf_buf b = { out, 0, cap - 1 };
 	switch (d->kind) {
 	case KF_T_UINT:
+	case KF_T_MS:
 	case KF_T_POW2:
 		kf_buf_dec(&b, *(const uint64_t *)field);
 		break;
@@ -127,7 +136,7 @@ static const char *kf_format_value(const struct kf_options *o, const struct kf_o
 		kf_buf_str(&b, *(const bool *)field ? "1" : "0");
 		break;
 	case KF_T_PLACEMENT:
-		kf_buf_str(&b, kf_placement_names[*(const int *)field]);
+		kf_buf_str(&b, kfence_placement_name(*(const int *)field));
 		break;
 	case KF_T_STR:
 		kf_buf_str(&b, (const char *)field);
@@ -137,25 +146,31 @@ static const char *kf_format_value(const struct kf_options *o, const struct kf_o
 	return out;
 }
 
-static void kf_expectation(const struct kf_option_desc *d, char *out, size_t cap)
+static void kf_expectation(const struct kf_option *d, char *out, size_t cap)
 {
 	struct kf_buf b = { out, 0, cap - 1 };
 	switch (d->kind) {
 	case KF_T_UINT:
+	case KF_T_MS:
 	case KF_T_POW2:
 		kf_buf_str(&b, d->kind == KF_T_POW2 ? "a power of two in " : "an integer in ");
-		kf_buf_dec(&b, d->min);
+		kf_buf_dec(&b, d->pub.min);
 		kf_buf_str(&b, "..");
-		kf_buf_dec(&b, d->max);
+		kf_buf_dec(&b, d->pub.max);
+		if (d->kind == KF_T_MS)
+			kf_buf_str(&b, " (milliseconds)");
 		break;
 	case KF_T_BOOL:
 		kf_buf_str(&b, "0/1, true/false, yes/no or on/off");
 		break;
 	case KF_T_PLACEMENT:
-		kf_buf_str(&b, "random, left or right");
+		for (int i = 0; i < KFENCE_PLACEMENT_KINDS; i++) {
+			kf_buf_str(&b, i ? (i == KFENCE_PLACEMENT_KINDS - 1 ? " or " : ", ") : "");
+			kf_buf_str(&b, kfence_placement_name(i));
+		}
 		break;
 	case KF_T_STR:
-		kf_buf_str(&b, "a path shorter than 256 bytes");
+		kf_buf_str(&b, "a path without ':' shorter than 256 bytes");
 		break;
 	}
 	out[b.len] = '\0';
@@ -166,8 +181,8 @@ static void kf_expectation(const struct kf_option_desc *d, char *out, size_t cap
 static void kf_defaults_into(struct kf_options *o)
 {
 	for (size_t i = 0; i < KF_NUM_OPTIONS; i++) {
-		const struct kf_option_desc *d = &kf_options_table[i];
-		kf_set_value(o, d, d->def, strlen(d->def));
+		const struct kf_option *d = &kf_options_table[i];
+		kf_set_value(o, d, d->pub.default_value, strlen(d->pub.default_value));
 	}
 }
 
@@ -191,14 +206,14 @@ static int kf_parse_item(struct kf_options *o, const char *s, size_t n, const ch
 	}
 	size_t klen = (size_t)(eq - s);
 	for (size_t i = 0; i < KF_NUM_OPTIONS; i++) {
-		const struct kf_option_desc *d = &kf_options_table[i];
-		if (!kf_word_is(s, klen, d->name))
+		const struct kf_option *d = &kf_options_table[i];
+		if (!kf_word_is(s, klen, d->pub.name))
 			continue;
 		if (kf_set_value(o, d, eq + 1, n - klen - 1))
 			return 0;
 		kf_expectation(d, expect, sizeof(expect));
 		kf_warn("bad value in ", origin, " '", item, "': expected ", expect, "; keeping ",
-			d->name, "=", kf_format_value(o, d, current, sizeof(current)), NULL);
+			d->pub.name, "=", kf_format_value(o, d, current, sizeof(current)), NULL);
 		return 1;
 	}
 	item[klen < shown ? klen : shown] = '\0';
@@ -239,13 +254,13 @@ static void kf_options_check_set(void)
 			"(AT_SECURE): its environment may be another user's", NULL);
 	}
 	/* Below malloc's alignment only right-placed objects can end up (random: half of them). */
-	if (kf_opt.align < 2 * sizeof(void *) && kf_opt.placement != KF_PLACE_LEFT) {
+	if (kf_opt.align < 2 * sizeof(void *) && kf_opt.placement != KFENCE_PLACE_LEFT) {
 		char a[24], g[24];
 		struct kf_buf ba = { a, 0, sizeof(a) - 1 }, bg = { g, 0, sizeof(g) - 1 };
 		kf_buf_dec(&ba, kf_opt.align);
 		kf_buf_dec(&bg, 2 * sizeof(void *));
 		a[ba.len] = g[bg.len] = '\0';
-		kf_warn("align=", a, " with placement=", kf_placement_names[kf_opt.placement],
+		kf_warn("align=", a, " with placement=", kfence_placement_name(kf_opt.placement),
 			": guarded objects may be aligned to less than malloc's ", g,
 			" bytes; programs that rely on it may crash (CPython does)", NULL);
 	}
@@ -271,19 +286,51 @@ size_t kfence_option_count(void)
 	return KF_NUM_OPTIONS;
 }
 
-int kfence_option_info(size_t i, const char **name, const char **type,
-		       const char **default_value, unsigned long long *min,
-		       unsigned long long *max, const char **description)
+const struct kfence_option_desc *kfence_option_desc(size_t i)
 {
-	if (i >= KF_NUM_OPTIONS)
+	return i < KF_NUM_OPTIONS ? &kf_options_table[i].pub : NULL;
+}
+
+static const struct kf_option *kf_option_named(const char *name, size_t n)
+{
+	for (size_t i = 0; i < KF_NUM_OPTIONS; i++)
+		if (kf_word_is(name, n, kf_options_table[i].pub.name))
+			return &kf_options_table[i];
+	return NULL;
+}
+
+static void kf_copy_out(char *out, size_t cap, const char *s)
+{
+	if (!out || !cap)
+		return;
+	struct kf_buf b = { out, 0, cap - 1 };
+	kf_buf_str(&b, s);
+	out[b.len] = '\0';
+}
+
+int kfence_option_normalize(const char *key, const char *value, char *out, size_t out_size,
+			    char *why, size_t why_size)
+{
+	char text[272];
+	const struct kf_option *d = key ? kf_option_named(key, strlen(key)) : NULL;
+	if (!d || !value) {
+		kf_copy_out(why, why_size, d ? "no value" : "unknown option");
 		return -1;
-	const struct kf_option_desc *d = &kf_options_table[i];
-	*name = d->name;
-	*type = d->type;
-	*default_value = d->def;
-	*min = d->min;
-	*max = d->max;
-	*description = d->desc;
+	}
+	struct kf_options scratch;
+	size_t n = strlen(value);
+	/* A separator could not be written in KFENCE_OPTIONS: the item would split there. */
+	if (memchr(value, ':', n) || !kf_set_value(&scratch, d, value, n)) {
+		kf_expectation(d, text, sizeof(text));
+		char line[360];
+		struct kf_buf b = { line, 0, sizeof(line) - 1 };
+		kf_buf_str(&b, "expected ");
+		kf_buf_str(&b, text);
+		line[b.len] = '\0';
+		kf_copy_out(why, why_size, line);
+		return -1;
+	}
+	kf_copy_out(out, out_size, kf_format_value(&scratch, d, text, sizeof(text)));
 	return 0;
 }
 
@@ -291,7 +338,7 @@ const char *kfence_option_value(const char *name)
 {
 	static char values[KF_NUM_OPTIONS][272];
 	for (size_t i = 0; i < KF_NUM_OPTIONS; i++)
-		if (strcmp(kf_options_table[i].name, name) == 0)
+		if (strcmp(kf_options_table[i].pub.name, name) == 0)
 			return kf_format_value(&kf_opt, &kf_options_table[i], values[i],
 					       sizeof(values[i]));
 	return NULL;

@@ -217,7 +217,7 @@ static void kf_buf_stack(struct kf_buf *b, const struct kfence_stack *st, bool f
 		kf_buf_str(b, " (no stack)\n");
 		return;
 	}
-	for (uint32_t i = 0; i < st->depth && i < KF_STACK_MAX; i++) {
+	for (uint32_t i = 0; i < st->depth && i < KFENCE_STACK_MAX; i++) {
 		struct kf_frame f;
 		kf_describe(st->pc[i], first_exact && i == 0, &f);
 		kf_buf_str(b, " #");
@@ -354,28 +354,25 @@ static void kf_buf_object(struct kf_buf *b, long slot, const struct kfence_slot 
 	}
 }
 
+/* A kind with an access made a read or a write (a fault never says which: read). */
 static const char *kf_access_name(int access)
 {
-	return access == KFENCE_ACCESS_WRITE ? "write" : "read";
+	return kfence_access_name(access == KFENCE_ACCESS_WRITE ? access : KFENCE_ACCESS_READ);
 }
 
 /* "Out-of-bounds read at 0x... (3B right of kfence-#7):" and its kin. */
 static void kf_buf_what(struct kf_buf *b, const struct kf_report_in *in)
 {
-	static const char *const first[] = {
-		[KFENCE_BUG_OOB] = "Out-of-bounds ", [KFENCE_BUG_UAF] = "Use-after-free ",
-		[KFENCE_BUG_CORRUPTION] = "Corrupted memory at ", [KFENCE_BUG_INVALID] = "Invalid ",
-		[KFENCE_BUG_INVALID_FREE] = "Invalid free of ", [KFENCE_BUG_LEAK] = "Unreferenced object ",
-	};
-	kf_buf_str(b, first[in->kind]);
-	if (in->kind == KFENCE_BUG_OOB || in->kind == KFENCE_BUG_UAF || in->kind == KFENCE_BUG_INVALID) {
+	const struct kfence_bug_desc *bug = kfence_bug_desc(in->kind);
+	kf_buf_str(b, bug->headline);
+	if (bug->with_access) {
 		kf_buf_str(b, kf_access_name(in->access));
 		kf_buf_str(b, " at ");
 	}
 	kf_buf_hex(b, in->addr, 12);
 	if (in->kind == KFENCE_BUG_CORRUPTION) {
 		kf_buf_str(b, " [");
-		for (int i = 0; i < 16; i++) {
+		for (int i = 0; i < KFENCE_CORRUPTION_WINDOW; i++) {
 			kf_buf_str(b, " ");
 			if (in->corrupted_mask & (1u << i))
 				kf_buf_hex(b, in->corrupted[i], 2);
@@ -443,7 +440,7 @@ static void kf_report_fallback(const struct kf_report_in *in)
 	char line[160];
 	struct kf_buf b = { line, 0, sizeof(line) - 1 };
 	kf_buf_str(&b, "kfence: BUG: KFENCE: ");
-	kf_buf_str(&b, kfence_bug_name(in->kind));
+	kf_buf_str(&b, kfence_bug_desc(in->kind)->name);
 	kf_buf_str(&b, " at ");
 	kf_buf_hex(&b, in->addr, 12);
 	kf_buf_str(&b, " in pid ");
@@ -467,8 +464,8 @@ static void kf_print(const struct kf_report_in *in, const struct kfence_slot *m)
 	const char *rule = "==================================================================\n";
 	kf_buf_str(&b, rule);
 	kf_buf_str(&b, "BUG: KFENCE: ");
-	kf_buf_str(&b, kfence_bug_name(in->kind));
-	if (in->kind == KFENCE_BUG_OOB || in->kind == KFENCE_BUG_UAF || in->kind == KFENCE_BUG_INVALID) {
+	kf_buf_str(&b, kfence_bug_desc(in->kind)->name);
+	if (kfence_bug_desc(in->kind)->with_access) {
 		kf_buf_str(&b, " ");
 		kf_buf_str(&b, kf_access_name(in->access));
 	}

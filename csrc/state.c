@@ -43,7 +43,7 @@ static dev_t kf_state_dev;
 static _Atomic bool kf_state_full;  /* a slot could not be reserved: use no new ones */
 /* Bit i: report ring entry i is reserved in the file (all of them in private memory). */
 static _Atomic uint64_t kf_ring_backed = ~0ull;
-_Static_assert(KF_MAX_REPORTS <= 64, "kf_ring_backed has a bit per ring entry");
+_Static_assert(KFENCE_MAX_REPORTS <= 64, "kf_ring_backed has a bit per ring entry");
 
 static void kf_page_range(uint64_t off, uint64_t len, off_t *lo, off_t *n)
 {

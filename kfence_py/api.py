@@ -105,7 +105,7 @@ def enable(*, python_allocator: bool = False, **options: object) -> None:
             log.warning("kfence_py is already running; options fixed at start are kept: %s",
                         ", ".join(f"{k}={v}" for k, v in fixed.items()))
         control = _view().header.control
-        for key, field in (("sample_interval", "sample_interval_ms"),
+        for key, field in (("sample_interval", "sample_interval"),
                            ("sample_rate", "sample_rate"), ("burst", "burst")):
             if key in normalized:
                 setattr(control, field, int(normalized[key]))
@@ -205,14 +205,14 @@ def sampling(*, python_allocator: bool = True, **options: object) -> Iterator[No
     saved = None
     if lib.kfence_is_initialized():
         c = _view().header.control
-        saved = (c.enabled, c.sample_interval_ms, c.sample_rate, c.burst)
+        saved = (c.enabled, c.sample_interval, c.sample_rate, c.burst)
     enable(python_allocator=python_allocator, **options)
     try:
         yield
     finally:
         if saved is not None:
             c = _view().header.control
-            c.enabled, c.sample_interval_ms, c.sample_rate, c.burst = saved
+            c.enabled, c.sample_interval, c.sample_rate, c.burst = saved
         hooks_ok = _repair_python_hooks()
         _pyext.set_python_sampling(was_python and hooks_ok)
 

@@ -11,9 +11,8 @@ from dataclasses import dataclass
 
 from ._native import ffi, lib, text
 
-_BOOL_WORDS = {"1": "1", "true": "1", "yes": "1", "on": "1",
-               "0": "0", "false": "0", "no": "0", "off": "0"}
-PLACEMENTS = ("random", "left", "right")
+PLACEMENTS: tuple[str, ...] = tuple(text(lib.kfence_placement_name(i))
+                                    for i in range(lib.KFENCE_PLACEMENT_KINDS))
 
 
 @dataclass(frozen=True)
@@ -21,52 +20,42 @@ class OptionSpec:
     """One entry of the option table."""
 
     name: str
-    type: str  # UINT, POW2, BOOL, PLACEMENT or STR
+    type: str  # UINT, MS, POW2, BOOL, PLACEMENT or STR
     default: str
     minimum: int
     maximum: int
     description: str
+    runtime: bool  # a field of the control block: changeable while the process runs
 
     def normalize(self, value: object) -> str:
-        """The value as KFENCE_OPTIONS text; ValueError if the library would refuse it."""
+        """The value as the library prints it; ValueError (saying why) if it would refuse it.
+
+        The library's own validator decides, so Python and C cannot disagree.
+        """
         if isinstance(value, bool):
             value = int(value)
         raw = str(value).strip()
-        if self.type in ("UINT", "POW2"):
-            if not (raw.isascii() and raw.isdigit()):  # int() takes other scripts' digits too
-                raise ValueError(f"{self.name} must be an integer, not {value!r}")
-            number = int(raw)
-            if not self.minimum <= number <= self.maximum:
-                raise ValueError(
-                    f"{self.name} must be in {self.minimum}..{self.maximum}, not {number}")
-            if self.type == "POW2" and number & (number - 1):
-                raise ValueError(f"{self.name} must be a power of two, not {number}")
-            return str(number)
-        if self.type == "BOOL":
-            if raw.lower() not in _BOOL_WORDS:
-                raise ValueError(f"{self.name} must be a boolean (0/1), not {value!r}")
-            return _BOOL_WORDS[raw.lower()]
-        if self.type == "PLACEMENT":
-            if raw not in PLACEMENTS:
-                raise ValueError(f"{self.name} must be one of {', '.join(PLACEMENTS)}, "
-                                 f"not {value!r}")
-            return raw
-        if ":" in raw or len(raw.encode()) >= 256:
-            raise ValueError(f"{self.name} must be a path without ':' shorter than 256 bytes")
-        return raw
+        out, why = ffi.new("char[]", 512), ffi.new("char[]", 512)
+        if lib.kfence_option_normalize(self.name.encode(), raw.encode(), out, len(out),
+                                       why, len(why)) != 0:
+            raise ValueError(f"{self.name}: {text(why)}, not {value!r}")
+        return text(out)
 
 
 def option_specs() -> dict[str, OptionSpec]:
     """Every option, in table order."""
     specs: dict[str, OptionSpec] = {}
-    name, type_, default, desc = (ffi.new("char **") for _ in range(4))
-    minimum, maximum = ffi.new("unsigned long long *"), ffi.new("unsigned long long *")
     for i in range(lib.kfence_option_count()):
-        lib.kfence_option_info(i, name, type_, default, minimum, maximum, desc)
-        spec = OptionSpec(text(name[0]), text(type_[0]), text(default[0]),
-                          minimum[0], maximum[0], text(desc[0]))
+        d = lib.kfence_option_desc(i)
+        spec = OptionSpec(text(d.name), text(d.type), text(d.default_value), d.min, d.max,
+                          text(d.description), text(d.when) == "RUNTIME")
         specs[spec.name] = spec
     return specs
+
+
+def runtime_options() -> tuple[str, ...]:
+    """The options the control block changes while the library runs, in table order."""
+    return tuple(name for name, spec in option_specs().items() if spec.runtime)
 
 
 def format_options(values: Mapping[str, object]) -> str:
@@ -86,6 +75,8 @@ def markdown_table() -> str:
     for spec in option_specs().values():
         if spec.type == "UINT":
             values = f"{spec.minimum}..{spec.maximum}"
+        elif spec.type == "MS":
+            values = f"{spec.minimum}..{spec.maximum} ms"
         elif spec.type == "POW2":
             values = f"power of two, {spec.minimum}..{spec.maximum}"
         elif spec.type == "BOOL":

@@ -25,7 +25,7 @@ log = logging.getLogger("kfence_py")
 STATE_FILE = re.compile(r"^(?P<pid>\d+)\.state$")
 REPORT_PREFIX = "report"  # run sets report_path=<state_dir>/report: files report.<pid>
 # The control block's fields, by the option that sets each at start.
-CONTROL_FIELDS = {"enabled": "enabled", "sample_interval": "sample_interval_ms",
+CONTROL_FIELDS = {"enabled": "enabled", "sample_interval": "sample_interval",
                   "sample_rate": "sample_rate", "burst": "burst"}
 
 
@@ -41,7 +41,7 @@ class Process:
 
     def control(self) -> dict[str, int]:
         c = self.view.header.control
-        return {"enabled": int(c.enabled), "sample_interval": int(c.sample_interval_ms),
+        return {"enabled": int(c.enabled), "sample_interval": int(c.sample_interval),
                 "sample_rate": int(c.sample_rate), "burst": int(c.burst)}
 
     def maps(self) -> ProcessMaps | None:

@@ -41,7 +41,7 @@ MAX_STATE_SIZE = HEADER_SIZE + MAX_SLOTS * SLOT_SIZE + MAX_REPORTS * REPORT_SIZE
 # The enums, as tables indexed by the raw value: a value outside one is a bad state.
 SLOT_STATES: tuple[str, ...] = ("unused", "allocated", "freed", "busy")
 ACCESS: tuple[str | None, ...] = (None, "read", "write")
-BUG_KINDS: tuple[str, ...] = tuple(text(lib.kfence_bug_name(i))
+BUG_KINDS: tuple[str, ...] = tuple(text(lib.kfence_bug_desc(i).name)
                                    for i in range(lib.KFENCE_BUG_KINDS))
 CACHES: tuple[str, ...] = tuple(text(lib.kfence_cache_name(i))
                                 for i in range(lib.KFENCE_CACHE_KINDS))
@@ -68,7 +68,7 @@ def _fields(struct_name: str, *names: str) -> dict[str, int]:
 _SLOT = _fields("struct kfence_slot", "state", "cache")
 _REPORT = _fields("struct kfence_report", "kind", "access", "slot", "object")
 CONTROL_OFFSET = ffi.offsetof("struct kfence_state", "control")
-CONTROL_FIELDS = _fields("struct kfence_control", "enabled", "sample_interval_ms",
+CONTROL_FIELDS = _fields("struct kfence_control", "enabled", "sample_interval",
                          "sample_rate", "burst")
 _U32 = struct.Struct("=I")  # a control field, in the byte order of this machine
 
@@ -343,7 +343,7 @@ class StateView:
         busy = sum(1 for i in range(h.num_slots) if self.slots[i].state == lib.KFENCE_SLOT_BUSY)
         return Stats(
             pid=h.pid, enabled=bool(h.control.enabled),
-            sample_interval_ms=h.control.sample_interval_ms, sample_rate=h.control.sample_rate,
+            sample_interval_ms=h.control.sample_interval, sample_rate=h.control.sample_rate,
             burst=h.control.burst, pool_size=h.num_slots,
             currently_allocated=self.counter(lib.KFENCE_COUNTER_ALLOCATED),
             total_allocations=self.counter(lib.KFENCE_COUNTER_ALLOCS),

@@ -235,7 +235,7 @@ def test_realloc_of_zero_size_pymem_objects(run_python):
 
 
 def test_enable_validates_options():
-    with pytest.raises(ValueError, match="sample_rate must be an integer"):
+    with pytest.raises(ValueError, match="sample_rate: expected an integer"):
         kfence_py.enable(sample_rate="often")
     with pytest.raises(ValueError, match="unknown option 'sample_rat'"):
         kfence_py.enable(sample_rat=1)

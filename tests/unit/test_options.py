@@ -44,12 +44,12 @@ def test_format_options(values, text):
 
 @pytest.mark.parametrize(("values", "message"), [
     ({"sample_rat": 1}, "unknown option 'sample_rat'"),
-    ({"sample_rate": -1}, "sample_rate must be an integer"),
-    ({"num_objects": 0}, "num_objects must be in 1..65536"),
-    ({"align": 24}, "align must be a power of two"),
-    ({"placement": "middle"}, "placement must be one of random, left, right"),
-    ({"leak_check": "maybe"}, "leak_check must be a boolean"),
-    ({"report_path": "a:b"}, "report_path must be a path without ':'"),
+    ({"sample_rate": -1}, "sample_rate: expected an integer in 0..1000000000, not -1"),
+    ({"num_objects": 0}, "num_objects: expected an integer in 1..65536"),
+    ({"align": 24}, "align: expected a power of two in 1..4096"),
+    ({"placement": "middle"}, "placement: expected random, left or right"),
+    ({"leak_check": "maybe"}, "leak_check: expected 0/1, true/false, yes/no or on/off"),
+    ({"report_path": "a:b"}, "report_path: expected a path without ':'"),
 ])
 def test_bad_values_are_refused_with_a_message(values, message):
     with pytest.raises(ValueError, match=re.escape(message)):
