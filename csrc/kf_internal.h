@@ -19,6 +19,12 @@
 #define KF_UNLIKELY(x) __builtin_expect(!!(x), 0)
 /* Initial-exec TLS: no __tls_get_addr (which may malloc) on the hot path. */
 #define KF_TLS __thread __attribute__((tls_model("initial-exec")))
+/*
+ * Marks a function the fault handler may reach (see "Contexts" above): it
+ * is async-signal-safe, allocates nothing and takes no lock it could wait
+ * on for good.  Put it on the definition and the declaration.
+ */
+#define KF_SIGSAFE
 
 /* Per-thread countdown before an unsampled thread looks at the clock again. */
 #define KF_CLOCK_CHECK_PERIOD 256
@@ -78,6 +84,24 @@ struct kf_thread {
 	uint64_t rng;       /* xorshift state, 0 until seeded */
 };
 KF_HIDDEN extern KF_TLS struct kf_thread kf_self;
+
+/*
+ * The re-entrancy guard, one way: KF_ENTER() at the top of a block marks
+ * this thread as inside the library until the block is left, by any path
+ * (a cleanup attribute restores the value it found), so that malloc called
+ * from inside (by dlsym, the unwinder...) goes straight to glibc.
+ */
+static inline bool kf_enter(void)
+{
+	bool was = kf_self.in_lib;
+	kf_self.in_lib = true;
+	return was;
+}
+static inline void kf_leave(const bool *was)
+{
+	kf_self.in_lib = *was;
+}
+#define KF_ENTER() bool kf_was_in_lib_ __attribute__((cleanup(kf_leave))) = kf_enter()
 
 KF_HIDDEN extern struct kfence_state *kf_state;
 KF_HIDDEN extern struct kfence_slot *kf_slots;
