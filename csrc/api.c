@@ -3,6 +3,10 @@
  * kfence_state.h.
  */
 #define _GNU_SOURCE
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
 #include "kf_internal.h"
 
 #define KF_VERSION "0.1.0"
@@ -65,4 +69,89 @@ const char *kfence_placement_name(int placement)
 const char *kfence_version(void)
 {
 	return KF_VERSION;
+}
+
+/* === The library === */
+
+
+int kfence_init(const char *options)
+{
+	if (options)
+		return kf_init(options, "kfence_init()");
+	return kf_init(getenv("KFENCE_OPTIONS"), "KFENCE_OPTIONS");
+}
+
+int kfence_is_initialized(void)
+{
+	return kf_ready();
+}
+
+int kfence_is_interposing(void)
+{
+	return kf_interposing;
+}
+
+struct kfence_state *kfence_state(void)
+{
+	return kf_ready() ? kf_state : NULL;
+}
+
+void *kfence_alloc(size_t size, size_t align, int placement, int zero, int cache)
+{
+	if (size == 0 || (align & (align - 1)) || placement < 0 || placement > 2 ||
+	    cache < 0 || cache >= KFENCE_CACHE_KINDS) {
+		errno = EINVAL;
+		return NULL;
+	}
+	return kf_guarded_alloc(size, align, placement, cache, zero != 0);
+}
+
+void kfence_free(void *ptr)
+{
+	extern void free(void *);
+	if (kf_is_pool_address(ptr))
+		kf_pool_free(ptr, (uintptr_t)__builtin_return_address(0));
+	else
+		free(ptr);
+}
+
+int kfence_annotate(const void *ptr, int which, const char *text)
+{
+	size_t size;
+	if (!text || !kf_is_pool_address(ptr) || !kf_pool_live(ptr, &size) || which < 0 || which > 1)
+		return -1;
+	struct kfence_slot *m = &kf_slots[kf_addr_slot((uintptr_t)ptr)];
+	char *note = which ? m->free_note : m->alloc_note;
+	size_t n = strlen(text);
+	if (n >= sizeof(m->alloc_note))
+		n = sizeof(m->alloc_note) - 1;
+	memcpy(note, text, n);
+	note[n] = '\0';
+	return 0;
+}
+
+int kfence_is_pool_address(const void *ptr)
+{
+	return kf_is_pool_address(ptr);
+}
+
+void *kfence_sample(int32_t *countdown, size_t size, size_t align, int cache, int zero)
+{
+	if (cache < 0 || cache >= KFENCE_CACHE_KINDS || (align & (align - 1)))
+		return NULL;
+	return kf_sample_alloc(countdown, size, align, cache, zero != 0, 0);
+}
+
+int kfence_is_object_start(const void *ptr)
+{
+	if (!kf_is_pool_address(ptr))
+		return 0;
+	const struct kfence_slot *m = kf_slot_meta(kf_addr_slot((uintptr_t)ptr));
+	uint32_t s = m ? atomic_load_explicit((_Atomic uint32_t *)&m->state, memory_order_acquire) : 0;
+	return (s == KFENCE_SLOT_ALLOCATED || s == KFENCE_SLOT_FREED) && m->addr == (uintptr_t)ptr;
+}
+
+int kfence_object_size(const void *ptr, size_t *size)
+{
+	return kf_is_pool_address(ptr) && kf_pool_live(ptr, size) ? 0 : -1;
 }

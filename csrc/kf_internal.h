@@ -1,6 +1,35 @@
 /*
  * Internal interface of libkfence.so.  Naming by layer: kfence_ is public
  * (kfence.h), kf_ is internal, kf_os_ wraps a system call (platform.c).
+ * docs/ARCHITECTURE.md is the map: planes, files, the slot state machine.
+ *
+ * === Contexts: who runs this code, and what it may do there ===
+ *
+ * hot path      malloc.c's entry points, on every call of the program:
+ *               a TLS countdown, a range check, a tail call to glibc.  No
+ *               lock, no atomic read-modify-write, no system call, no clock.
+ * slow path     gate.c and pool.c, when a countdown runs out or a pool
+ *               pointer is freed: may take the pool lock (kf_pool_lock),
+ *               mprotect, read the clock, unwind (unless the caller is the
+ *               unwinder: kf_unwind_safe) and grow the state file.  Runs
+ *               inside KF_ENTER(), so any malloc it causes goes to glibc.
+ * signal        the SIGSEGV/SIGBUS handler and what it calls (fault.c, the
+ *               report path: report.c, format.c, symbols.c): only
+ *               KF_SIGSAFE functions.  No malloc, no stdio, no dladdr or
+ *               dl_iterate_phdr (the loader's lock), never the pool lock; the
+ *               print lock is a bounded spin; a BUSY slot is waited for
+ *               with a deadline.
+ * fork child    the atfork child handler, and kf_become_owner() at the
+ *               first slow path or fault of a process made by fork or raw
+ *               clone: only what is async-signal-safe until the state is its
+ *               own (the parent may have had other threads).  A vfork child
+ *               writes nothing of ours (kf_vfork_child).
+ * before init   kf_start_state is not READY (the constructor, a malloc from
+ *               another constructor, dlsym inside kf_start): every entry
+ *               point goes to glibc; kf_start may allocate (inside
+ *               KF_ENTER(), from glibc).
+ * exit          kf_on_exit (the last atexit handler) and the interposed
+ *               _exit family: leak check, then the exit status.
  */
 #ifndef KF_INTERNAL_H
 #define KF_INTERNAL_H
@@ -20,9 +49,9 @@
 /* Initial-exec TLS: no __tls_get_addr (which may malloc) on the hot path. */
 #define KF_TLS __thread __attribute__((tls_model("initial-exec")))
 /*
- * Marks a function the fault handler may reach (see "Contexts" above): it
- * is async-signal-safe, allocates nothing and takes no lock it could wait
- * on for good.  Put it on the definition and the declaration.
+ * Marks a function the fault handler may reach (the "signal" context
+ * above): it is async-signal-safe, allocates nothing and takes no lock it
+ * could wait on for good.  Put it on the definition and the declaration.
  */
 #define KF_SIGSAFE
 
@@ -31,7 +60,7 @@
 /* Countdown while disabled or paused: the control block is re-read this often. */
 #define KF_IDLE_PERIOD 65536
 
-/* === Options (options.inc) === */
+/* === Options (options.c, from options.inc) === */
 
 struct kf_options {
 #define KF_OPT_FIELD_UINT(name) uint64_t name;
@@ -51,7 +80,84 @@ KF_HIDDEN extern struct kf_options kf_opt;
 KF_HIDDEN void kf_options_defaults(void);
 KF_HIDDEN void kf_options_parse(const char *text, const char *origin);
 
-/* === Global state === */
+/* === Start-up, fork and exit (init.c) === */
+
+enum kf_start_state {
+	KF_START_NONE = 0,  /* nobody has started the library yet */
+	KF_START_RUNNING,   /* kf_start() is running on some thread */
+	KF_START_READY,     /* the pool is up */
+	KF_START_FAILED     /* off for good (enabled=0, or the pool could not be made) */
+};
+KF_HIDDEN extern _Atomic int kf_start_state;  /* enum kf_start_state */
+/* True when this copy of the library is the process's malloc. */
+KF_HIDDEN extern bool kf_interposing;
+
+KF_SIGSAFE static inline bool kf_ready(void)
+{
+	return atomic_load_explicit(&kf_start_state, memory_order_acquire) == KF_START_READY;
+}
+
+/* Start the library once (the first caller does, the others wait): 0, or -1 when it is off. */
+KF_HIDDEN int kf_init(const char *options, const char *origin);
+
+/*
+ * owned is 0 in a process made by fork or raw clone until it took the state
+ * for its own; pid is the process whose memory this is (0 after a raw clone).
+ */
+struct kf_owner {
+	uint32_t owned, pid;
+};
+KF_HIDDEN extern volatile struct kf_owner *kf_owner;
+KF_SIGSAFE KF_HIDDEN bool kf_become_owner(void);
+/* A vfork child: it shares its parent's memory (and records) until it execs or exits. */
+KF_SIGSAFE KF_HIDDEN bool kf_vfork_child(void);
+
+/* Before writing the state: a new process first makes it its own.  False in a vfork child. */
+KF_SIGSAFE static inline bool kf_check_owner(void)
+{
+	return KF_LIKELY(kf_owner->owned) || kf_become_owner();
+}
+
+/* === Threads (gate.c) === */
+
+struct kf_thread {
+	int32_t countdown;  /* allocations left before the slow path looks */
+	bool in_lib;        /* re-entrancy guard: set while the library works (KF_ENTER) */
+	uint32_t tid;       /* cached gettid(); reset in the child after fork */
+	uint64_t rng;       /* xorshift state, 0 until seeded */
+};
+KF_HIDDEN extern KF_TLS struct kf_thread kf_self;
+
+/*
+ * The re-entrancy guard, one way: KF_ENTER() at the top of a block marks
+ * this thread as inside the library until the block is left, by any path
+ * (a cleanup attribute restores the value it found), so that malloc called
+ * from inside (by dlsym, the unwinder...) goes straight to glibc.
+ */
+KF_SIGSAFE static inline bool kf_enter(void)
+{
+	bool was = kf_self.in_lib;
+	kf_self.in_lib = true;
+	return was;
+}
+KF_SIGSAFE static inline void kf_leave(const bool *was)
+{
+	kf_self.in_lib = *was;
+}
+#define KF_ENTER() bool kf_was_in_lib_ __attribute__((cleanup(kf_leave))) = kf_enter()
+
+/* === The sampling gate (gate.c) === */
+
+/*
+ * The slow path behind every allocation entry point: NULL means "use glibc".
+ * caller: the return address of the entry point (0 if unknown).
+ */
+KF_HIDDEN void *kf_sample_alloc(int32_t *countdown, size_t size, size_t align, int cache,
+				 bool zero, uintptr_t caller);
+/* This thread's xorshift generator. */
+KF_SIGSAFE KF_HIDDEN uint64_t kf_random(void);
+
+/* === The pool (pool.c) === */
 
 /*
  * Read on every free() to tell pool pointers apart, so one cache line, no
@@ -64,45 +170,6 @@ struct kf_pool_range {
 };
 KF_HIDDEN extern struct kf_pool_range kf_pool;
 KF_HIDDEN extern size_t kf_page;
-
-static inline bool kf_is_pool_address(const void *p)
-{
-	return (uintptr_t)p - kf_pool.start < kf_pool.size;
-}
-
-/* The slot whose data page holds pool address p, or -1 for a guard page. */
-static inline long kf_addr_slot(uintptr_t p)
-{
-	size_t pg = (p - kf_pool.start) / kf_page;
-	return (pg & 1) ? (long)(pg - 1) / 2 : -1;
-}
-
-struct kf_thread {
-	int32_t countdown;  /* allocations left before the slow path looks */
-	bool in_lib;        /* reentrancy guard: set while the library works */
-	uint32_t tid;       /* cached gettid(); reset in the child after fork */
-	uint64_t rng;       /* xorshift state, 0 until seeded */
-};
-KF_HIDDEN extern KF_TLS struct kf_thread kf_self;
-
-/*
- * The re-entrancy guard, one way: KF_ENTER() at the top of a block marks
- * this thread as inside the library until the block is left, by any path
- * (a cleanup attribute restores the value it found), so that malloc called
- * from inside (by dlsym, the unwinder...) goes straight to glibc.
- */
-static inline bool kf_enter(void)
-{
-	bool was = kf_self.in_lib;
-	kf_self.in_lib = true;
-	return was;
-}
-static inline void kf_leave(const bool *was)
-{
-	kf_self.in_lib = *was;
-}
-#define KF_ENTER() bool kf_was_in_lib_ __attribute__((cleanup(kf_leave))) = kf_enter()
-
 KF_HIDDEN extern struct kfence_state *kf_state;
 KF_HIDDEN extern struct kfence_slot *kf_slots;
 /* The library's private records (shadows, freelist...), which the leak scan skips. */
@@ -112,47 +179,36 @@ KF_HIDDEN extern struct kf_range {
 /* Per slot: its metadata may be read and written (state.c); all 1 in private memory. */
 KF_HIDDEN extern uint8_t *kf_slot_backed;
 
+KF_SIGSAFE static inline bool kf_is_pool_address(const void *p)
+{
+	return (uintptr_t)p - kf_pool.start < kf_pool.size;
+}
+
+/* The slot whose data page holds pool address p, or -1 for a guard page. */
+KF_SIGSAFE static inline long kf_addr_slot(uintptr_t p)
+{
+	size_t pg = (p - kf_pool.start) / kf_page;
+	return (pg & 1) ? (long)(pg - 1) / 2 : -1;
+}
+
 /* Slot metadata, or NULL for no slot or one the state file has no room for yet. */
-static inline struct kfence_slot *kf_slot_meta(long slot)
+KF_SIGSAFE static inline struct kfence_slot *kf_slot_meta(long slot)
 {
 	return slot >= 0 && kf_slot_backed[slot] ? &kf_slots[slot] : NULL;
 }
 
-/*
- * owned is 0 in a process made by fork or raw clone until it took the state
- * for its own; pid is the process whose memory this is (0 after a raw clone).
- */
-struct kf_owner {
-	uint32_t owned, pid;
-};
-KF_HIDDEN extern volatile struct kf_owner *kf_owner;
-KF_HIDDEN bool kf_become_owner(void);
-/* A vfork child: it shares its parent's memory (and records) until it execs or exits. */
-KF_HIDDEN bool kf_vfork_child(void);
-
-/* Before writing the state: a new process first makes it its own.  False in a vfork child. */
-static inline bool kf_check_owner(void)
-{
-	return KF_LIKELY(kf_owner->owned) || kf_become_owner();
-}
-KF_HIDDEN extern _Atomic int kf_init_state; /* 0 none, 1 running, 2 ready, -1 failed */
-/* Text range of this library, for dropping our own frames from stacks. */
-KF_HIDDEN extern uintptr_t kf_self_lo, kf_self_hi;
-
-static inline void kf_count(int counter, int64_t delta)
+KF_SIGSAFE static inline void kf_count(int counter, int64_t delta)
 {
 	atomic_fetch_add_explicit((_Atomic uint64_t *)&kf_state->counters[counter],
 				  (uint64_t)delta, memory_order_relaxed);
 }
 
-/* === Core (core.c) === */
+/* Canary byte for an address, KFENCE's pattern. */
+KF_SIGSAFE static inline uint8_t kf_canary(uintptr_t addr)
+{
+	return (uint8_t)(0xaa ^ (addr & 0x7));
+}
 
-/*
- * The slow path behind every allocation entry point: NULL means "use glibc".
- * caller: the return address of the entry point (0 if unknown).
- */
-KF_HIDDEN void *kf_sample_alloc(int32_t *countdown, size_t size, size_t align, int cache,
-				 bool zero, uintptr_t caller);
 /*
  * A guarded object whatever the sampling decision; NULL with errno set.
  * align: right-placed objects start at a multiple of it (0: the align option).
@@ -163,16 +219,28 @@ KF_HIDDEN void *kf_guarded_alloc(size_t size, size_t align, int placement,
 KF_HIDDEN void kf_pool_free(void *p, uintptr_t caller);
 /* True when p is the start of a live pool object; its size in *size. */
 KF_HIDDEN bool kf_pool_live(const void *p, size_t *size);
-KF_HIDDEN uint64_t kf_now_ns(void);
-KF_HIDDEN uint32_t kf_tid(void);
+KF_SIGSAFE KF_HIDDEN uintptr_t kf_slot_page(size_t slot);
+/* A guard page the fault handler opened, to close again at the next alloc. */
+KF_SIGSAFE KF_HIDDEN void kf_mark_guard_open(size_t guard_index);
+/* Bytes of private records for n slots, and their set-up in priv (before the pool is published). */
+KF_HIDDEN size_t kf_pool_private_size(size_t n);
+KF_HIDDEN void kf_pool_setup(struct kfence_state *s, void *priv, size_t priv_size);
+/* The pool lock: freelist, slot backing, sealing.  Never taken in the signal context. */
+KF_HIDDEN void kf_pool_lock(void);
+KF_HIDDEN void kf_pool_unlock(void);
+/* In a new process whose lock may be held by a thread it does not have. */
+KF_SIGSAFE KF_HIDDEN void kf_pool_lock_reset(void);
+
+/* === Stacks (stack.c) === */
+
 /* Stack of the caller, our own frames left out. */
 KF_HIDDEN void kf_capture_stack(struct kfence_stack *st);
 /* False when code at pc may hold the unwinder's lock: do not unwind from there. */
-KF_HIDDEN bool kf_unwind_safe(uintptr_t pc);
-KF_HIDDEN uintptr_t kf_slot_page(size_t slot);
-/* A guard page the fault handler opened, to close again at the next alloc. */
-KF_HIDDEN void kf_mark_guard_open(size_t guard_index);
-KF_HIDDEN bool kf_in_self(uintptr_t pc);
+KF_SIGSAFE KF_HIDDEN bool kf_unwind_safe(uintptr_t pc);
+/* True for a pc in this library or a module registered as internal. */
+KF_SIGSAFE KF_HIDDEN bool kf_in_self(uintptr_t pc);
+/* At start-up: load the unwinder, find it and ourselves. */
+KF_HIDDEN void kf_stack_init(void);
 
 /* === Interposition (malloc.c) === */
 
@@ -181,13 +249,7 @@ KF_HIDDEN bool kf_detect_interposing(void);
 /* Find glibc's malloc_usable_size and aligned_alloc (no __libc_ names). */
 KF_HIDDEN void kf_resolve_libc(void);
 
-/* Canary byte for an address, KFENCE's pattern. */
-static inline uint8_t kf_canary(uintptr_t addr)
-{
-	return (uint8_t)(0xaa ^ (addr & 0x7));
-}
-
-/* === Reports (report.c) === */
+/* === Reports (report.c: record and emit; format.c: text; symbols.c) === */
 
 struct kf_report_in {
 	int kind;              /* enum kfence_bug */
@@ -202,30 +264,62 @@ struct kf_report_in {
 };
 
 /*
- * Print and record a report, once per object and kind; true if printed.
+ * Record and print a report, once per object and kind; true if printed.
  * With halt_on_error it does not return.
  */
-KF_HIDDEN bool kf_report(const struct kf_report_in *in);
-KF_HIDDEN void kf_report_atfork_child(void);
-KF_HIDDEN int kf_report_fd_open(void);
-KF_HIDDEN void kf_report_fd_close(int fd);
+KF_SIGSAFE KF_HIDDEN bool kf_report(const struct kf_report_in *in);
+/* kf_report() of the object as the caller copied it, not as its slot is now (NULL: now). */
+KF_SIGSAFE KF_HIDDEN bool kf_report_object(const struct kf_report_in *in,
+					   const struct kfence_slot *object);
+KF_SIGSAFE KF_HIDDEN void kf_report_atfork_child(void);
+KF_SIGSAFE KF_HIDDEN int kf_report_fd_open(void);
+KF_SIGSAFE KF_HIDDEN void kf_report_fd_close(int fd);
+
+#define KF_REPORT_RULE "==================================================================\n"
+/* The report's text into out[cap]; its length. */
+KF_SIGSAFE KF_HIDDEN size_t kf_format_report(const struct kf_report_in *in,
+					     const struct kfence_slot *m, char *out, size_t cap);
+/* One line saying a report could not be printed in full; its length. */
+KF_SIGSAFE KF_HIDDEN size_t kf_format_fallback(const struct kf_report_in *in, char *out,
+					       size_t cap);
 
 /* Small formatter that never allocates, for reports and warnings. */
 struct kf_buf {
 	char *p;
 	size_t len, cap;
 };
-KF_HIDDEN void kf_buf_str(struct kf_buf *b, const char *s);
-KF_HIDDEN void kf_buf_dec(struct kf_buf *b, uint64_t v);
-KF_HIDDEN void kf_buf_hex(struct kf_buf *b, uint64_t v, int width);
+KF_SIGSAFE KF_HIDDEN void kf_buf_str(struct kf_buf *b, const char *s);
+KF_SIGSAFE KF_HIDDEN void kf_buf_dec(struct kf_buf *b, uint64_t v);
+KF_SIGSAFE KF_HIDDEN void kf_buf_hex(struct kf_buf *b, uint64_t v, int width);
 /* One line "kfence: <parts...>\n" on stderr; the list of strings ends with NULL. */
-KF_HIDDEN void kf_warn(const char *first, ...) __attribute__((sentinel));
+KF_SIGSAFE KF_HIDDEN void kf_warn(const char *first, ...) __attribute__((sentinel));
+
+/* A frame, described: module path and offset, function and offset. */
+struct kf_frame {
+	const char *module;  /* path of the module, "?" when unknown */
+	uintptr_t module_off;
+	const char *sym;     /* NULL when unknown */
+	uintptr_t sym_off;
+};
+/*
+ * Symbols of one report, without the loader's lock: begin, want every
+ * address (exact: a faulting pc; else a return address), load (one pass
+ * over /proc/self/maps), describe any of them, end.  Report lock held.
+ */
+KF_SIGSAFE KF_HIDDEN void kf_symbols_begin(void);
+KF_SIGSAFE KF_HIDDEN void kf_symbols_want(uintptr_t pc, bool exact);
+KF_SIGSAFE KF_HIDDEN void kf_symbols_load(void);
+KF_SIGSAFE KF_HIDDEN void kf_describe(uintptr_t pc, bool exact, struct kf_frame *f);
+KF_SIGSAFE KF_HIDDEN void kf_symbols_end(void);
 
 /* === Fault handler (fault.c) === */
 
 KF_HIDDEN int kf_install_fault_handler(void);
 
 /* === State file (state.c) === */
+
+/* A new state (in private memory) for n slots over the pool; NULL if no memory. */
+KF_HIDDEN struct kfence_state *kf_state_new(size_t n, uintptr_t pool, size_t pool_size);
 
 /* The state is a <state_dir>/<pid>.state file mapping (else private memory). */
 KF_HIDDEN extern bool kf_state_shared;
@@ -275,10 +369,9 @@ KF_HIDDEN void kf_os_block_signals(sigset_t *saved);
 KF_HIDDEN void kf_os_restore_signals(const sigset_t *saved);
 KF_HIDDEN uint64_t kf_os_random64(void);
 KF_HIDDEN long kf_os_max_map_count(void);
-
-/* === Reports of a copied object (report.c, for fault.c) === */
-
-/* kf_report() of the object as the caller copied it, not as its slot is now (NULL: now). */
-KF_HIDDEN bool kf_report_object(const struct kf_report_in *in, const struct kfence_slot *object);
+/* A description of errno value err without locale or allocation (unlike strerror). */
+KF_SIGSAFE KF_HIDDEN const char *kf_os_strerror(int err);
+KF_SIGSAFE KF_HIDDEN uint64_t kf_now_ns(void);
+KF_SIGSAFE KF_HIDDEN uint32_t kf_tid(void);
 
 #endif

@@ -263,10 +263,8 @@ size_t malloc_usable_size(void *p)
 	if (!p)
 		return 0;
 	if (!kf_libc_usable_size) {
-		bool was = kf_self.in_lib;
-		kf_self.in_lib = true;
+		KF_ENTER();
 		kf_resolve_libc();
-		kf_self.in_lib = was;
 	}
 	return kf_libc_usable_size ? kf_libc_usable_size(p) : 0;
 }

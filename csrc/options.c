@@ -39,22 +39,6 @@ static const struct kf_option kf_options_table[] = {
 #undef KF_OPTION
 
 
-/* === Warnings === */
-
-void kf_warn(const char *first, ...)
-{
-	char line[768];
-	struct kf_buf b = { line, 0, sizeof(line) - 1 };
-	va_list ap;
-	kf_buf_str(&b, "kfence: ");
-	va_start(ap, first);
-	for (const char *s = first; s; s = va_arg(ap, const char *))
-		kf_buf_str(&b, s);
-	va_end(ap);
-	line[b.len++] = '\n';
-	kf_os_write_all(2, line, b.len);
-}
-
 /* === Values === */
 
 static bool kf_parse_uint(const char *s, size_t n, uint64_t *out)

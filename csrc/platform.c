@@ -142,12 +142,33 @@ const char *kf_os_prepare_state_dir(const char *dir)
 {
 	struct stat st;
 	if (mkdir(dir, 0700) != 0 && errno != EEXIST)
-		return strerror(errno);
+		return kf_os_strerror(errno);
 	if (lstat(dir, &st) != 0)
-		return strerror(errno);
+		return kf_os_strerror(errno);
 	/* Others must not read our stacks or write our control block. */
 	if (!S_ISDIR(st.st_mode) || st.st_uid != geteuid() || (st.st_mode & 077))
 		return "not a directory of this user with mode 0700";
 	return NULL;
 }
 
+
+uint64_t kf_now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+uint32_t kf_tid(void)
+{
+	if (KF_UNLIKELY(!kf_self.tid))
+		kf_self.tid = kf_os_gettid();
+	return kf_self.tid;
+}
+
+const char *kf_os_strerror(int err)
+{
+	/* glibc's table, untranslated: no locale, no allocation (strerror may do both). */
+	const char *s = strerrordesc_np(err);
+	return s ? s : "unknown error";
+}

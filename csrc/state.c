@@ -27,6 +27,7 @@
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "kf_internal.h"
@@ -294,7 +295,7 @@ bool kf_state_back_slot(size_t slot)
 	 * memory now would race with other threads writing the mapping.
 	 */
 	if (!atomic_exchange(&kf_state_full, true))
-		kf_warn("cannot grow the state file ", kf_state_path, ": ", strerror(err),
+		kf_warn("cannot grow the state file ", kf_state_path, ": ", kf_os_strerror(err),
 			"; no new pool slots will be used", NULL);
 	return false;
 }
@@ -374,5 +375,42 @@ void kf_state_seal(void)
 	/* No new slots then: growing the file later may be forbidden. */
 	if (!atomic_exchange(&kf_state_full, true))
 		kf_warn("cannot reserve the state file ", kf_state_path, " before a sandbox: ",
-			strerror(errno), "; no new pool slots will be used", NULL);
+			kf_os_strerror(errno), "; no new pool slots will be used", NULL);
+}
+
+struct kfence_state *kf_state_new(size_t n, uintptr_t pool, size_t pool_size)
+{
+	size_t size = sizeof(struct kfence_state) + n * sizeof(struct kfence_slot) +
+		      KFENCE_MAX_REPORTS * sizeof(struct kfence_report);
+	size = (size + kf_page - 1) & ~(kf_page - 1);
+	struct kfence_state *s = kf_os_map(size);
+	if (!s)
+		return NULL;
+	memcpy(s->magic, "KFENCE\0\0", 8);
+	s->version = KFENCE_STATE_VERSION;
+	s->header_size = sizeof(struct kfence_state);
+	s->slot_size = sizeof(struct kfence_slot);
+	s->report_size = sizeof(struct kfence_report);
+	s->num_slots = (uint32_t)n;
+	s->max_reports = KFENCE_MAX_REPORTS;
+	s->total_size = size;
+	s->slots_offset = sizeof(struct kfence_state);
+	s->reports_offset = sizeof(struct kfence_state) + n * sizeof(struct kfence_slot);
+	s->pid = (uint32_t)getpid();
+	s->page_size = (uint32_t)kf_page;
+	s->pool_start = pool;
+	s->pool_size = pool_size;
+	s->start_ns = kf_now_ns();
+	struct timespec rt;
+	clock_gettime(CLOCK_REALTIME, &rt);
+	s->start_realtime_ns = (uint64_t)rt.tv_sec * 1000000000ull + (uint64_t)rt.tv_nsec;
+	/* The control block starts as the options say: the RUNTIME ones of options.inc. */
+#define KFENCE_CONTROL_RUNTIME(name) s->control.name = (uint32_t)kf_opt.name;
+#define KFENCE_CONTROL_START(name)
+#define KF_OPTION(type, name, def, min, max, when, desc) KFENCE_CONTROL_##when(name)
+#include "options.inc"
+#undef KF_OPTION
+#undef KFENCE_CONTROL_RUNTIME
+#undef KFENCE_CONTROL_START
+	return s;
 }

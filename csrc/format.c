@@ -1,0 +1,267 @@
+/*
+ * Text: a small formatter that never allocates, the warnings, and the
+ * report (the KFENCE layout: title, what happened, the access's stack, the
+ * object with its allocation and free stacks).  Everything here may run in
+ * the SIGSEGV handler: no allocation, no stdio, no lock.
+ */
+#define _GNU_SOURCE
+#include <stdarg.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "kf_internal.h"
+
+/* === Formatter === */
+
+void kf_buf_str(struct kf_buf *b, const char *s)
+{
+	while (*s && b->len < b->cap)
+		b->p[b->len++] = *s++;
+}
+
+void kf_buf_dec(struct kf_buf *b, uint64_t v)
+{
+	char tmp[24];
+	int n = 0;
+	do {
+		tmp[n++] = (char)('0' + v % 10);
+		v /= 10;
+	} while (v);
+	while (n && b->len < b->cap)
+		b->p[b->len++] = tmp[--n];
+}
+
+void kf_buf_hex(struct kf_buf *b, uint64_t v, int width)
+{
+	char tmp[16];
+	int n = 0;
+	do {
+		tmp[n++] = "0123456789abcdef"[v & 15];
+		v >>= 4;
+	} while (v || n < width);
+	kf_buf_str(b, "0x");
+	while (n && b->len < b->cap)
+		b->p[b->len++] = tmp[--n];
+}
+
+static void kf_buf_time(struct kf_buf *b, uint64_t ns)
+{
+	char frac[8];
+	uint64_t us = (ns / 1000) % 1000000;
+	for (int i = 5; i >= 0; i--, us /= 10)
+		frac[i] = (char)('0' + us % 10);
+	frac[6] = '\0';
+	kf_buf_dec(b, ns / 1000000000ull);
+	kf_buf_str(b, ".");
+	kf_buf_str(b, frac);
+	kf_buf_str(b, "s");
+}
+
+/* === Warnings === */
+
+void kf_warn(const char *first, ...)
+{
+	char line[768];
+	struct kf_buf b = { line, 0, sizeof(line) - 1 };
+	va_list ap;
+	kf_buf_str(&b, "kfence: ");
+	va_start(ap, first);
+	for (const char *s = first; s; s = va_arg(ap, const char *))
+		kf_buf_str(&b, s);
+	va_end(ap);
+	line[b.len++] = '\n';
+	kf_os_write_all(2, line, b.len);
+}
+
+static bool kf_in_libc(const char *module)
+{
+	const char *base = strrchr(module, '/');
+	base = base ? base + 1 : module;
+	return strncmp(base, "libc.so", 7) == 0 || strncmp(base, "ld-linux", 8) == 0;
+}
+
+static void kf_buf_symbol(struct kf_buf *b, const struct kf_frame *f)
+{
+	if (!f->sym) {
+		kf_buf_str(b, "<unknown>");
+		return;
+	}
+	kf_buf_str(b, f->sym);
+	kf_buf_str(b, "+");
+	kf_buf_hex(b, f->sym_off, 1);
+}
+
+/* " #i 0xpc in sym+0xoff (module+0xoff)" for every frame; the first is exact if fault_pc. */
+static void kf_buf_stack(struct kf_buf *b, const struct kfence_stack *st, bool first_exact)
+{
+	if (!st->depth) {
+		kf_buf_str(b, " (no stack)\n");
+		return;
+	}
+	for (uint32_t i = 0; i < st->depth && i < KFENCE_STACK_MAX; i++) {
+		struct kf_frame f;
+		kf_describe(st->pc[i], first_exact && i == 0, &f);
+		kf_buf_str(b, " #");
+		kf_buf_dec(b, i);
+		kf_buf_str(b, " ");
+		kf_buf_hex(b, st->pc[i], 12);
+		kf_buf_str(b, " in ");
+		kf_buf_symbol(b, &f);
+		kf_buf_str(b, " (");
+		kf_buf_str(b, f.module);
+		kf_buf_str(b, "+");
+		kf_buf_hex(b, f.module_off, 1);
+		kf_buf_str(b, ")\n");
+	}
+}
+
+static void kf_buf_object(struct kf_buf *b, long slot, const struct kfence_slot *m)
+{
+	kf_buf_str(b, "kfence-#");
+	kf_buf_dec(b, (uint64_t)slot);
+	kf_buf_str(b, ": ");
+	kf_buf_hex(b, m->addr, 12);
+	kf_buf_str(b, "-");
+	kf_buf_hex(b, m->addr + (m->size ? m->size - 1 : 0), 12);
+	kf_buf_str(b, ", size=");
+	kf_buf_dec(b, m->size);
+	kf_buf_str(b, ", cache=");
+	kf_buf_str(b, kfence_cache_name((int)m->cache) ? kfence_cache_name((int)m->cache) : "?");
+	kf_buf_str(b, "\n\nallocated by thread ");
+	kf_buf_dec(b, m->alloc_tid);
+	kf_buf_str(b, " at ");
+	kf_buf_time(b, m->alloc_ns);
+	kf_buf_str(b, ":\n");
+	kf_buf_stack(b, &m->alloc_stack, false);
+	kf_buf_str(b, m->alloc_note);
+	if (m->free_tid) {
+		kf_buf_str(b, "\nfreed by thread ");
+		kf_buf_dec(b, m->free_tid);
+		kf_buf_str(b, " at ");
+		kf_buf_time(b, m->free_ns);
+		kf_buf_str(b, ":\n");
+		kf_buf_stack(b, &m->free_stack, false);
+		kf_buf_str(b, m->free_note);
+	}
+}
+
+/* A kind with an access made a read or a write (a fault never says which: read). */
+static const char *kf_access_name(int access)
+{
+	return kfence_access_name(access == KFENCE_ACCESS_WRITE ? access : KFENCE_ACCESS_READ);
+}
+
+/* "Out-of-bounds read at 0x... (3B right of kfence-#7):" and its kin. */
+static void kf_buf_what(struct kf_buf *b, const struct kf_report_in *in)
+{
+	const struct kfence_bug_desc *bug = kfence_bug_desc(in->kind);
+	kf_buf_str(b, bug->headline);
+	if (bug->with_access) {
+		kf_buf_str(b, kf_access_name(in->access));
+		kf_buf_str(b, " at ");
+	}
+	kf_buf_hex(b, in->addr, 12);
+	if (in->kind == KFENCE_BUG_CORRUPTION) {
+		kf_buf_str(b, " [");
+		for (int i = 0; i < KFENCE_CORRUPTION_WINDOW; i++) {
+			kf_buf_str(b, " ");
+			if (in->corrupted_mask & (1u << i))
+				kf_buf_hex(b, in->corrupted[i], 2);
+			else
+				kf_buf_str(b, ".");
+		}
+		kf_buf_str(b, " ]");
+	}
+	if (in->slot >= 0) {
+		kf_buf_str(b, " (");
+		if (in->kind == KFENCE_BUG_OOB) {
+			kf_buf_dec(b, (uint64_t)(in->distance < 0 ? -in->distance : in->distance));
+			kf_buf_str(b, in->distance < 0 ? "B left of " : "B right of ");
+		} else {
+			kf_buf_str(b, "in ");
+		}
+		kf_buf_str(b, "kfence-#");
+		kf_buf_dec(b, (uint64_t)in->slot);
+		kf_buf_str(b, ")");
+	}
+	kf_buf_str(b, ":\n");
+}
+
+/* Every address the report will name, for one pass over the process's modules. */
+KF_SIGSAFE static void kf_want_stack(const struct kfence_stack *st, bool first_exact)
+{
+	for (uint32_t i = 0; i < st->depth && i < KFENCE_STACK_MAX; i++)
+		kf_symbols_want(st->pc[i], first_exact && i == 0);
+}
+
+size_t kf_format_report(const struct kf_report_in *in, const struct kfence_slot *m, char *out,
+			size_t cap)
+{
+	/* The rule that ends the report always fits. */
+	struct kf_buf b = { out, 0, cap - sizeof(KF_REPORT_RULE) };
+	const struct kfence_bug_desc *bug = kfence_bug_desc(in->kind);
+	bool exact = in->fault_pc != 0;
+	const struct kfence_stack *where = in->kind == KFENCE_BUG_LEAK && m ? &m->alloc_stack : in->stack;
+	kf_symbols_begin();
+	kf_want_stack(in->stack, exact);
+	if (m) {
+		kf_want_stack(&m->alloc_stack, false);
+		kf_want_stack(&m->free_stack, false);
+	}
+	kf_symbols_load();
+
+	kf_buf_str(&b, KF_REPORT_RULE "BUG: KFENCE: ");
+	kf_buf_str(&b, bug->name);
+	if (bug->with_access) {
+		kf_buf_str(&b, " ");
+		kf_buf_str(&b, kf_access_name(in->access));
+	}
+	kf_buf_str(&b, " in ");
+	if (where->depth) {
+		bool where_exact = where == in->stack && exact;
+		struct kf_frame f;
+		kf_describe(where->pc[0], where_exact, &f);
+		/*
+		 * Name the code that made the access, not the C library routine it
+		 * called (memset, memcpy, strcpy...): the first frame outside libc.
+		 */
+		for (uint32_t i = 1; i < where->depth && kf_in_libc(f.module); i++)
+			kf_describe(where->pc[i], false, &f);
+		if (kf_in_libc(f.module))
+			kf_describe(where->pc[0], where_exact, &f);
+		kf_buf_symbol(&b, &f);
+	} else {
+		kf_buf_str(&b, "<unknown>");
+	}
+	kf_buf_str(&b, "\n\n");
+	kf_buf_what(&b, in);
+	if (in->kind != KFENCE_BUG_LEAK) {
+		kf_buf_stack(&b, in->stack, exact);
+		kf_buf_str(&b, "\n");
+	}
+	if (m)
+		kf_buf_object(&b, in->slot, m);
+	kf_buf_str(&b, "\npid ");
+	kf_buf_dec(&b, (uint64_t)getpid());
+	kf_buf_str(&b, ", thread ");
+	kf_buf_dec(&b, kf_tid());
+	kf_buf_str(&b, "\n");
+	b.cap = cap;
+	kf_buf_str(&b, KF_REPORT_RULE);
+	kf_symbols_end();
+	return b.len;
+}
+
+size_t kf_format_fallback(const struct kf_report_in *in, char *out, size_t cap)
+{
+	struct kf_buf b = { out, 0, cap - 1 };
+	kf_buf_str(&b, "kfence: BUG: KFENCE: ");
+	kf_buf_str(&b, kfence_bug_desc(in->kind)->name);
+	kf_buf_str(&b, " at ");
+	kf_buf_hex(&b, in->addr, 12);
+	kf_buf_str(&b, " in pid ");
+	kf_buf_dec(&b, (uint64_t)getpid());
+	kf_buf_str(&b, " (full report not printed: another report is being written)");
+	out[b.len++] = '\n';
+	return b.len;
+}

@@ -1,0 +1,322 @@
+/*
+ * The pool: guarded objects in and out, the freelist, canaries and guards.
+ *
+ * Pool layout, in one reservation of 2 * num_slots + 1 pages:
+ *
+ *   [guard 0][data 0][guard 1][data 1] ... [data N-1][guard N]
+ *
+ * Slot i owns data page 2i+1; guard pages are shared between neighbours.
+ * Every page is PROT_NONE except the data pages of allocated objects, so an
+ * access past either end of an object, or to a freed object, faults.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <pthread.h>
+#include <string.h>
+
+#include "kf_internal.h"
+
+struct kf_pool_range kf_pool;
+struct kfence_state *kf_state;
+struct kfence_slot *kf_slots;
+size_t kf_page;
+struct kf_range kf_private;
+
+/*
+ * The freelist: a ring of slot indices, oldest-freed first, so the slot that
+ * has been free longest is reused first and a dangling pointer stays caught
+ * as long as possible.  Protected by kf_lock (never taken in the fault path).
+ */
+static pthread_mutex_t kf_lock = PTHREAD_MUTEX_INITIALIZER;
+static uint32_t *kf_freelist;
+static size_t kf_free_head, kf_free_count;   /* kf_lock */
+static _Atomic uint8_t *kf_guard_open;       /* num_slots + 1 flags */
+static _Atomic uint8_t *kf_own_mapping;      /* per slot: its data page is its own mapping */
+
+uintptr_t kf_slot_page(size_t slot)
+{
+	return kf_pool.start + (2 * slot + 1) * kf_page;
+}
+
+void kf_mark_guard_open(size_t guard_index)
+{
+	atomic_store_explicit(&kf_guard_open[guard_index], 1, memory_order_relaxed);
+}
+
+static void kf_close_guard(size_t g)
+{
+	if (atomic_exchange_explicit(&kf_guard_open[g], 0, memory_order_relaxed))
+		kf_os_protect(kf_pool.start + 2 * g * kf_page, kf_page, false);
+}
+
+/* The 8-byte canary word for an 8-aligned address. */
+static uint64_t kf_canary_word(void)
+{
+	uint64_t w = 0;
+	for (int i = 0; i < 8; i++)
+		w |= (uint64_t)kf_canary((uintptr_t)i) << (8 * i);
+	return w;
+}
+
+static void kf_freelist_push(uint32_t slot)
+{
+	kf_pool_lock();
+	kf_freelist[(kf_free_head + kf_free_count) % kf_state->num_slots] = slot;
+	kf_free_count++;
+	kf_pool_unlock();
+}
+
+static long kf_freelist_pop(void)
+{
+	long slot = -1;
+	kf_pool_lock();
+	if (kf_free_count) {
+		slot = kf_freelist[kf_free_head];
+		kf_free_head = (kf_free_head + 1) % kf_state->num_slots;
+		kf_free_count--;
+	}
+	kf_pool_unlock();
+	return slot;
+}
+
+void *kf_guarded_alloc(size_t size, size_t align, int placement, int cache, bool zero)
+{
+	if (!kf_ready()) {
+		errno = ENOMEM;
+		return NULL;
+	}
+	kf_check_owner();
+	if (size > kf_page) {
+		kf_count(KFENCE_COUNTER_SKIP_TOO_LARGE, 1);
+		errno = ENOMEM;
+		return NULL;
+	}
+	if (align > kf_page) {
+		kf_count(KFENCE_COUNTER_SKIP_ALIGNMENT, 1);
+		errno = EINVAL;
+		return NULL;
+	}
+	KF_ENTER();
+	long slot = kf_freelist_pop();
+	if (slot < 0) {
+		kf_count(KFENCE_COUNTER_SKIP_CAPACITY, 1);
+		errno = ENOSPC;
+		return NULL;
+	}
+	bool backed = kf_slot_backed[slot];
+	if (!backed) {
+		kf_pool_lock();
+		backed = kf_state_back_slot((size_t)slot);
+		kf_pool_unlock();
+	}
+	if (!backed) {
+		/* No room for its metadata in the state file: the slot is not used again. */
+		kf_count(KFENCE_COUNTER_SKIP_MAP_FAILED, 1);
+		errno = ENOMEM;
+		return NULL;
+	}
+	struct kfence_slot *m = &kf_slots[slot];
+	uint32_t prev_state = atomic_exchange((_Atomic uint32_t *)&m->state, KFENCE_SLOT_BUSY);
+	uintptr_t page = kf_slot_page((size_t)slot);
+	/*
+	 * The first use of a slot gives its data page a mapping of its own that
+	 * cannot merge with the guards around it; from then on alloc and free
+	 * only flip its protection, with no mapping split or merged (2.5x cheaper
+	 * here than mprotect on one page in the middle of a PROT_NONE region).
+	 */
+	bool opened = atomic_load_explicit(&kf_own_mapping[slot], memory_order_relaxed)
+			      ? kf_os_protect(page, kf_page, true) == 0
+			      : kf_os_map_own_page(page, kf_page) == 0;
+	if (opened)
+		atomic_store_explicit(&kf_own_mapping[slot], 1, memory_order_relaxed);
+	if (!opened) {
+		static _Atomic bool warned;
+		if (!atomic_exchange(&warned, true))
+			kf_warn("mprotect of a pool page failed; such allocations go to glibc", NULL);
+		kf_count(KFENCE_COUNTER_SKIP_MAP_FAILED, 1);
+		atomic_store((_Atomic uint32_t *)&m->state, prev_state);
+		kf_freelist_push((uint32_t)slot);
+		errno = ENOMEM;
+		return NULL;
+	}
+	kf_close_guard((size_t)slot);
+	kf_close_guard((size_t)slot + 1);
+
+	if (placement == KFENCE_PLACE_RANDOM)
+		placement = (kf_random() & 1) ? KFENCE_PLACE_RIGHT : KFENCE_PLACE_LEFT;
+	uintptr_t addr = page;
+	if (placement == KFENCE_PLACE_RIGHT) {
+		size_t a = align ? align : kf_opt.align;
+		addr = (page + kf_page - (size ? size : 1)) & ~(uintptr_t)(a - 1);
+	}
+	uint64_t word = kf_canary_word();
+	for (uint64_t *w = (uint64_t *)page; w < (uint64_t *)(page + kf_page); w++)
+		*w = word;
+	if (zero)
+		memset((void *)addr, 0, size);
+
+	m->addr = addr;
+	m->size = size;
+	m->cache = (uint32_t)cache;
+	m->alloc_tid = kf_tid();
+	m->alloc_ns = kf_now_ns() - kf_state->start_ns;
+	m->free_tid = 0;
+	m->free_ns = 0;
+	m->free_stack.depth = 0;
+	m->alloc_note[0] = '\0';
+	m->free_note[0] = '\0';
+	kf_capture_stack(&m->alloc_stack);
+	atomic_store_explicit((_Atomic uint32_t *)&m->reported, 0, memory_order_relaxed);
+	kf_slot_publish((size_t)slot, KFENCE_SLOT_ALLOCATED);
+	kf_count(KFENCE_COUNTER_ALLOCS, 1);
+	kf_count(KFENCE_COUNTER_ALLOCATED, 1);
+	return (void *)addr;
+}
+
+bool kf_pool_live(const void *p, size_t *size)
+{
+	kf_check_owner();
+	struct kfence_slot *m = kf_slot_meta(kf_addr_slot((uintptr_t)p));
+	if (!m)
+		return false;
+	if (atomic_load_explicit((_Atomic uint32_t *)&m->state, memory_order_acquire) !=
+		    KFENCE_SLOT_ALLOCATED ||
+	    m->addr != (uintptr_t)p)
+		return false;
+	*size = m->size;
+	return true;
+}
+
+/* First byte in [from, to) that is not canary, or 0. */
+static uintptr_t kf_first_bad_canary(uintptr_t from, uintptr_t to)
+{
+	uint64_t word = kf_canary_word();
+	uintptr_t a = from;
+	for (; a < to && (a & 7); a++)
+		if (*(uint8_t *)a != kf_canary(a))
+			return a;
+	for (; a + 8 <= to; a += 8)
+		if (*(uint64_t *)a != word)
+			break;
+	for (; a < to; a++)
+		if (*(uint8_t *)a != kf_canary(a))
+			return a;
+	return 0;
+}
+
+/* Report changed canary bytes around the object of slot m, if any. */
+static void kf_check_canary(long slot, const struct kfence_slot *m)
+{
+	uintptr_t page = kf_slot_page((size_t)slot);
+	uintptr_t lo = m->addr, hi = m->addr + m->size;
+	uintptr_t bad = kf_first_bad_canary(page, lo);
+	if (!bad)
+		bad = kf_first_bad_canary(hi, page + kf_page);
+	if (!bad)
+		return;
+	uint8_t bytes[16];
+	uint32_t mask = 0;
+	for (int i = 0; i < 16; i++) {
+		uintptr_t a = bad + (uintptr_t)i;
+		bool outside = a < lo || a >= hi;
+		bytes[i] = a < page + kf_page ? *(uint8_t *)a : 0;
+		if (a < page + kf_page && outside && bytes[i] != kf_canary(a))
+			mask |= 1u << i;
+	}
+	struct kf_report_in in = {
+		.kind = KFENCE_BUG_CORRUPTION, .access = KFENCE_ACCESS_NONE,
+		.addr = bad, .slot = slot, .stack = &m->free_stack,
+		.corrupted = bytes, .corrupted_mask = mask,
+	};
+	kf_report(&in);
+}
+
+static void kf_report_invalid_free(const void *p, uintptr_t caller)
+{
+	long slot = kf_addr_slot((uintptr_t)p);
+	if (!kf_slot_meta(slot) ||
+	    atomic_load((_Atomic uint32_t *)&kf_slots[slot].state) == KFENCE_SLOT_UNUSED)
+		slot = -1;
+	struct kfence_stack st = { .depth = 1, .pc = { caller } };
+	if (kf_unwind_safe(caller))
+		kf_capture_stack(&st);
+	struct kf_report_in in = {
+		.kind = KFENCE_BUG_INVALID_FREE, .access = KFENCE_ACCESS_NONE,
+		.addr = (uintptr_t)p, .slot = slot, .stack = &st,
+	};
+	kf_report(&in);
+}
+
+void kf_pool_free(void *p, uintptr_t caller)
+{
+	kf_check_owner();
+	KF_ENTER();
+	long slot = kf_addr_slot((uintptr_t)p);
+	uint32_t expected = KFENCE_SLOT_ALLOCATED;
+	struct kfence_slot *m = kf_slot_meta(slot);
+	/* The CAS makes exactly one of two racing frees the real one. */
+	if (!m || m->addr != (uintptr_t)p ||
+	    !atomic_compare_exchange_strong((_Atomic uint32_t *)&m->state, &expected,
+					    KFENCE_SLOT_BUSY)) {
+		kf_report_invalid_free(p, caller);
+		return;
+	}
+	m->free_tid = kf_tid();
+	m->free_ns = kf_now_ns() - kf_state->start_ns;
+	if (kf_unwind_safe(caller))
+		kf_capture_stack(&m->free_stack);
+	else
+		m->free_stack = (struct kfence_stack){ .depth = 1, .pc = { caller } };
+	kf_check_canary(slot, m);
+
+	uintptr_t page = kf_slot_page((size_t)slot);
+	if (kf_os_discard(page, kf_page) != 0)
+		kf_count(KFENCE_COUNTER_SKIP_MAP_FAILED, 1);
+	kf_slot_publish((size_t)slot, KFENCE_SLOT_FREED);
+	kf_count(KFENCE_COUNTER_FREES, 1);
+	kf_count(KFENCE_COUNTER_ALLOCATED, -1);
+	kf_freelist_push((uint32_t)slot);
+}
+
+/*
+ * The pool's private records in priv (see kf_pool_private_size), every slot
+ * free and writable.  Before the pool is published.
+ */
+void kf_pool_setup(struct kfence_state *s, void *priv, size_t priv_size)
+{
+	size_t n = s->num_slots;
+	kf_shadow = priv;
+	kf_private = (struct kf_range){ (uintptr_t)priv, (uintptr_t)priv + priv_size };
+	kf_freelist = (uint32_t *)(kf_shadow + n);
+	kf_guard_open = (_Atomic uint8_t *)(kf_freelist + n);
+	kf_own_mapping = kf_guard_open + n + 1;
+	kf_slot_backed = (uint8_t *)(kf_own_mapping + n);
+	memset(kf_slot_backed, 1, n);  /* private memory: every slot can be written */
+	for (size_t i = 0; i < n; i++)
+		kf_freelist[i] = (uint32_t)i;
+	kf_free_head = 0;
+	kf_free_count = n;
+	kf_slots = (struct kfence_slot *)((char *)s + s->slots_offset);
+	kf_state = s;
+}
+
+size_t kf_pool_private_size(size_t n)
+{
+	/* Shadows, freelist, open guards, own mappings, backed slots. */
+	return n * sizeof(struct kf_shadow) + n * sizeof(uint32_t) + (n + 1) + n + n;
+}
+
+void kf_pool_lock(void)
+{
+	pthread_mutex_lock(&kf_lock);
+}
+
+void kf_pool_unlock(void)
+{
+	pthread_mutex_unlock(&kf_lock);
+}
+
+void kf_pool_lock_reset(void)
+{
+	kf_lock = (pthread_mutex_t)PTHREAD_MUTEX_INITIALIZER;
+}

@@ -1,0 +1,268 @@
+/*
+ * Symbols for reports, looked up without the dynamic loader: this runs in
+ * the SIGSEGV handler, where dladdr() and dl_iterate_phdr() could wait for
+ * good on the loader's lock (held by a thread stopped in dlopen, or by a
+ * library constructor waiting for the very thread that faulted).
+ *
+ * So the modules come from /proc/self/maps, read once per report for all
+ * its addresses (kf_symbols_begin), and the symbols from the module's own
+ * ELF file, mapped read-only: .symtab when it has one (static functions
+ * too), else .dynsym.  Only system calls; no allocation, no lock.
+ */
+#define _GNU_SOURCE
+#include <elf.h>
+#include <fcntl.h>
+#include <link.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "kf_internal.h"
+
+/* Every address of one report: a faulting pc, and the frames of up to three stacks. */
+#define KF_MAX_ADDRS (3 * KFENCE_STACK_MAX + 1)
+
+/* Where each address of the report lies; valid between begin and end (report lock held). */
+static struct kf_where {
+	uintptr_t addr;     /* the address looked up */
+	uint64_t file_off;  /* its offset in the module's file */
+	uint32_t path;      /* offset in kf_paths; 0: no module */
+} kf_where[KF_MAX_ADDRS];
+static size_t kf_nwhere;
+static char kf_paths[16384];  /* "\0" then each module path once, NUL-terminated */
+static size_t kf_paths_len;
+
+/*
+ * The ELF file of one module, mapped while a report is written, so that the
+ * frames of one stack, mostly in one module, open it once.
+ */
+static struct {
+	uint32_t path;  /* the cache key */
+	const uint8_t *map;
+	size_t size;
+} kf_elf;
+
+KF_SIGSAFE static void kf_elf_close(void)
+{
+	if (kf_elf.map)
+		munmap((void *)kf_elf.map, kf_elf.size);
+	kf_elf.map = NULL;
+	kf_elf.path = 0;
+}
+
+KF_SIGSAFE static const uint8_t *kf_elf_open(uint32_t path)
+{
+	if (kf_elf.map && kf_elf.path == path)
+		return kf_elf.map;
+	kf_elf_close();
+	int fd = open(kf_paths + path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+	if (fd < 0)
+		return NULL;
+	struct stat st;
+	void *m = MAP_FAILED;
+	if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && (size_t)st.st_size >= sizeof(ElfW(Ehdr)))
+		m = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+	close(fd);
+	if (m == MAP_FAILED)
+		return NULL;
+	const ElfW(Ehdr) *eh = m;
+	size_t size = (size_t)st.st_size;
+	if (memcmp(eh->e_ident, ELFMAG, SELFMAG) != 0 || eh->e_ident[EI_CLASS] != ELFCLASS64 ||
+	    eh->e_shoff + (size_t)eh->e_shnum * sizeof(ElfW(Shdr)) > size ||
+	    eh->e_phoff + (size_t)eh->e_phnum * sizeof(ElfW(Phdr)) > size) {
+		munmap(m, size);
+		return NULL;
+	}
+	kf_elf.map = m;
+	kf_elf.size = size;
+	kf_elf.path = path;
+	return m;
+}
+
+/* The link-time address of file offset off (its PT_LOAD segment), or 0 if none holds it. */
+KF_SIGSAFE static uintptr_t kf_elf_vaddr(const uint8_t *map, uint64_t off)
+{
+	const ElfW(Ehdr) *eh = (const ElfW(Ehdr) *)map;
+	const ElfW(Phdr) *ph = (const ElfW(Phdr) *)(map + eh->e_phoff);
+	for (int i = 0; i < eh->e_phnum; i++)
+		if (ph[i].p_type == PT_LOAD && off >= ph[i].p_offset &&
+		    off < ph[i].p_offset + ph[i].p_memsz)
+			return ph[i].p_vaddr + (off - ph[i].p_offset);
+	return 0;
+}
+
+/*
+ * The function containing vaddr from the symbol tables of type (SHT_SYMTAB
+ * or SHT_DYNSYM).  Returns the symbol's name and value.
+ */
+KF_SIGSAFE static const char *kf_elf_lookup(const uint8_t *map, size_t size, uint32_t type_wanted,
+					    uintptr_t vaddr, uintptr_t *value)
+{
+	const ElfW(Ehdr) *eh = (const ElfW(Ehdr) *)map;
+	const ElfW(Shdr) *sh = (const ElfW(Shdr) *)(map + eh->e_shoff);
+	const char *best = NULL;
+	uintptr_t best_value = 0;
+	for (int i = 0; i < eh->e_shnum; i++) {
+		if (sh[i].sh_type != type_wanted || sh[i].sh_link >= eh->e_shnum)
+			continue;
+		const ElfW(Shdr) *strs = &sh[sh[i].sh_link];
+		if (sh[i].sh_offset + sh[i].sh_size > size || strs->sh_offset + strs->sh_size > size)
+			continue;
+		const ElfW(Sym) *sym = (const ElfW(Sym) *)(map + sh[i].sh_offset);
+		size_t n = sh[i].sh_size / sizeof(ElfW(Sym));
+		for (size_t k = 0; k < n; k++) {
+			int type = ELF64_ST_TYPE(sym[k].st_info);
+			if ((type != STT_FUNC && type != STT_GNU_IFUNC) || !sym[k].st_value ||
+			    sym[k].st_value > vaddr || sym[k].st_name >= strs->sh_size)
+				continue;
+			bool inside = vaddr < sym[k].st_value + (sym[k].st_size ? sym[k].st_size : 1);
+			if (inside || sym[k].st_value > best_value) {
+				best = (const char *)(map + strs->sh_offset + sym[k].st_name);
+				best_value = sym[k].st_value;
+				if (inside) {
+					*value = best_value;
+					return best;
+				}
+			}
+		}
+	}
+	*value = best_value;
+	return best;
+}
+
+/* Parse a hex number at *s, moving past it. */
+KF_SIGSAFE static uint64_t kf_hex(const char **s, const char *end)
+{
+	uint64_t v = 0;
+	for (; *s < end; (*s)++) {
+		char c = **s;
+		int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+		if (d < 0)
+			break;
+		v = v * 16 + (uint64_t)d;
+	}
+	return v;
+}
+
+/* The offset of path in kf_paths, added if new; 0 when there is no room. */
+KF_SIGSAFE static uint32_t kf_path_intern(const char *path, size_t n)
+{
+	for (size_t at = 1; at < kf_paths_len; at += strlen(kf_paths + at) + 1)
+		if (strlen(kf_paths + at) == n && memcmp(kf_paths + at, path, n) == 0)
+			return (uint32_t)at;
+	if (kf_paths_len + n + 1 > sizeof(kf_paths))
+		return 0;
+	uint32_t at = (uint32_t)kf_paths_len;
+	memcpy(kf_paths + at, path, n);
+	kf_paths[at + n] = '\0';
+	kf_paths_len += n + 1;
+	return at;
+}
+
+/* One line of /proc/self/maps: "lo-hi perms offset dev inode   path". */
+KF_SIGSAFE static void kf_maps_line(const char *s, const char *end)
+{
+	uint64_t lo = kf_hex(&s, end);
+	s++;
+	uint64_t hi = kf_hex(&s, end);
+	for (s++; s < end && *s != ' '; s++)  /* the permissions */
+		;
+	s++;
+	uint64_t off = kf_hex(&s, end);
+	/* The path starts at the first '/' after the inode; none for anonymous memory. */
+	const char *path = memchr(s, '/', (size_t)(end - s));
+	if (!path)
+		return;
+	uint32_t interned = 0;
+	for (size_t i = 0; i < kf_nwhere; i++) {
+		struct kf_where *w = &kf_where[i];
+		if (w->path || w->addr < lo || w->addr >= hi)
+			continue;
+		if (!interned && !(interned = kf_path_intern(path, (size_t)(end - path))))
+			return;
+		w->path = interned;
+		w->file_off = off + (w->addr - lo);
+	}
+}
+
+/* The address looked up for pc: a return address belongs to the call before it. */
+KF_SIGSAFE static uintptr_t kf_look(uintptr_t pc, bool exact)
+{
+	return exact ? pc : pc - 1;
+}
+
+void kf_symbols_begin(void)
+{
+	kf_nwhere = 0;
+	kf_paths[0] = '\0';
+	kf_paths_len = 1;
+}
+
+void kf_symbols_want(uintptr_t pc, bool exact)
+{
+	if (kf_nwhere < KF_MAX_ADDRS)
+		kf_where[kf_nwhere++] = (struct kf_where){ .addr = kf_look(pc, exact) };
+}
+
+void kf_symbols_load(void)
+{
+	int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return;
+	/* Lines are read into buf whole; a line longer than buf (a huge path) is skipped. */
+	char buf[4096];
+	size_t have = 0;
+	for (;;) {
+		ssize_t got = read(fd, buf + have, sizeof(buf) - have);
+		if (got <= 0)
+			break;
+		have += (size_t)got;
+		char *start = buf, *nl;
+		while ((nl = memchr(start, '\n', have - (size_t)(start - buf)))) {
+			kf_maps_line(start, nl);
+			start = nl + 1;
+		}
+		have -= (size_t)(start - buf);
+		memmove(buf, start, have);
+		if (have == sizeof(buf))
+			have = 0;
+	}
+	close(fd);
+}
+
+void kf_symbols_end(void)
+{
+	kf_elf_close();
+	kf_nwhere = 0;
+}
+
+void kf_describe(uintptr_t pc, bool exact, struct kf_frame *f)
+{
+	uintptr_t look = kf_look(pc, exact);
+	f->module = "?";
+	f->module_off = pc;
+	f->sym = NULL;
+	f->sym_off = 0;
+	const struct kf_where *w = NULL;
+	for (size_t i = 0; i < kf_nwhere && !w; i++)
+		if (kf_where[i].addr == look && kf_where[i].path)
+			w = &kf_where[i];
+	if (!w)
+		return;
+	f->module = kf_paths + w->path;
+	const uint8_t *map = kf_elf_open(w->path);
+	uintptr_t vaddr = map ? kf_elf_vaddr(map, w->file_off) : 0;
+	/* Without the file (deleted, or not ELF), the file offset is the best we have. */
+	f->module_off = (vaddr ? vaddr : w->file_off) + (pc - look);
+	if (!vaddr)
+		return;
+	uintptr_t value;
+	const char *name = kf_elf_lookup(map, kf_elf.size, SHT_SYMTAB, vaddr, &value);
+	if (!name)
+		name = kf_elf_lookup(map, kf_elf.size, SHT_DYNSYM, vaddr, &value);
+	if (name) {
+		f->sym = name;
+		f->sym_off = vaddr + (pc - look) - value;
+	}
+}
