@@ -1,10 +1,9 @@
 /*
- * A report that cannot take the report lock, with stderr writable: thread C
+ * Reports while another thread holds the dynamic loader's lock: thread C
  * dlopen()s slow_ctor.so (argv[1]) and so holds the loader's lock; threads A
- * and B each write to a freed object.  The one that takes the report lock
- * waits for the loader's lock (symbols, dladdr), the other one's wait for
- * the report lock times out.  That one lets the constructor finish, so the
- * first report is printed in full after all.
+ * and B each write to a freed object.  A report looks symbols up without
+ * the loader (no dladdr), so the first is printed while C waits and its
+ * thread then lets the constructor finish; the second follows.
  */
 #include <pthread.h>
 #include <sched.h>
