@@ -36,32 +36,32 @@ static const struct kfence_counter_desc kf_counters[] = { KFENCE_COUNTERS(KF_COU
 
 #define KF_IN(table, i) ((i) >= 0 && (size_t)(i) < sizeof(table) / sizeof(table[0]))
 
-const struct kfence_bug_desc *kfence_bug_desc(int kind)
+KF_SIGSAFE const struct kfence_bug_desc *kfence_bug_desc(int kind)
 {
 	return KF_IN(kf_bugs, kind) ? &kf_bugs[kind] : NULL;
 }
 
-const struct kfence_counter_desc *kfence_counter_desc(int counter)
+KF_SIGSAFE const struct kfence_counter_desc *kfence_counter_desc(int counter)
 {
 	return KF_IN(kf_counters, counter) ? &kf_counters[counter] : NULL;
 }
 
-const char *kfence_slot_state_name(int state)
+KF_SIGSAFE const char *kfence_slot_state_name(int state)
 {
 	return KF_IN(kf_slot_state_names, state) ? kf_slot_state_names[state] : NULL;
 }
 
-const char *kfence_access_name(int access)
+KF_SIGSAFE const char *kfence_access_name(int access)
 {
 	return KF_IN(kf_access_names, access) ? kf_access_names[access] : NULL;
 }
 
-const char *kfence_cache_name(int cache)
+KF_SIGSAFE const char *kfence_cache_name(int cache)
 {
 	return KF_IN(kf_cache_names, cache) ? kf_cache_names[cache] : NULL;
 }
 
-const char *kfence_placement_name(int placement)
+KF_SIGSAFE const char *kfence_placement_name(int placement)
 {
 	return KF_IN(kf_placement_names, placement) ? kf_placement_names[placement] : NULL;
 }

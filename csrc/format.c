@@ -13,13 +13,13 @@
 
 /* === Formatter === */
 
-void kf_buf_str(struct kf_buf *b, const char *s)
+KF_SIGSAFE void kf_buf_str(struct kf_buf *b, const char *s)
 {
 	while (*s && b->len < b->cap)
 		b->p[b->len++] = *s++;
 }
 
-void kf_buf_dec(struct kf_buf *b, uint64_t v)
+KF_SIGSAFE void kf_buf_dec(struct kf_buf *b, uint64_t v)
 {
 	char tmp[24];
 	int n = 0;
@@ -31,7 +31,7 @@ void kf_buf_dec(struct kf_buf *b, uint64_t v)
 		b->p[b->len++] = tmp[--n];
 }
 
-void kf_buf_hex(struct kf_buf *b, uint64_t v, int width)
+KF_SIGSAFE void kf_buf_hex(struct kf_buf *b, uint64_t v, int width)
 {
 	char tmp[16];
 	int n = 0;
@@ -44,7 +44,7 @@ void kf_buf_hex(struct kf_buf *b, uint64_t v, int width)
 		b->p[b->len++] = tmp[--n];
 }
 
-static void kf_buf_time(struct kf_buf *b, uint64_t ns)
+KF_SIGSAFE static void kf_buf_time(struct kf_buf *b, uint64_t ns)
 {
 	char frac[8];
 	uint64_t us = (ns / 1000) % 1000000;
@@ -59,7 +59,7 @@ static void kf_buf_time(struct kf_buf *b, uint64_t ns)
 
 /* === Warnings === */
 
-void kf_warn(const char *first, ...)
+KF_SIGSAFE void kf_warn(const char *first, ...)
 {
 	char line[768];
 	struct kf_buf b = { line, 0, sizeof(line) - 1 };
@@ -73,14 +73,14 @@ void kf_warn(const char *first, ...)
 	kf_os_write_all(2, line, b.len);
 }
 
-static bool kf_in_libc(const char *module)
+KF_SIGSAFE static bool kf_in_libc(const char *module)
 {
 	const char *base = strrchr(module, '/');
 	base = base ? base + 1 : module;
 	return strncmp(base, "libc.so", 7) == 0 || strncmp(base, "ld-linux", 8) == 0;
 }
 
-static void kf_buf_symbol(struct kf_buf *b, const struct kf_frame *f)
+KF_SIGSAFE static void kf_buf_symbol(struct kf_buf *b, const struct kf_frame *f)
 {
 	if (!f->sym) {
 		kf_buf_str(b, "<unknown>");
@@ -92,7 +92,7 @@ static void kf_buf_symbol(struct kf_buf *b, const struct kf_frame *f)
 }
 
 /* " #i 0xpc in sym+0xoff (module+0xoff)" for every frame; the first is exact if fault_pc. */
-static void kf_buf_stack(struct kf_buf *b, const struct kfence_stack *st, bool first_exact)
+KF_SIGSAFE static void kf_buf_stack(struct kf_buf *b, const struct kfence_stack *st, bool first_exact)
 {
 	if (!st->depth) {
 		kf_buf_str(b, " (no stack)\n");
@@ -115,7 +115,7 @@ static void kf_buf_stack(struct kf_buf *b, const struct kfence_stack *st, bool f
 	}
 }
 
-static void kf_buf_object(struct kf_buf *b, long slot, const struct kfence_slot *m)
+KF_SIGSAFE static void kf_buf_object(struct kf_buf *b, long slot, const struct kfence_slot *m)
 {
 	kf_buf_str(b, "kfence-#");
 	kf_buf_dec(b, (uint64_t)slot);
@@ -146,13 +146,13 @@ static void kf_buf_object(struct kf_buf *b, long slot, const struct kfence_slot 
 }
 
 /* A kind with an access made a read or a write (a fault never says which: read). */
-static const char *kf_access_name(int access)
+KF_SIGSAFE static const char *kf_access_name(int access)
 {
 	return kfence_access_name(access == KFENCE_ACCESS_WRITE ? access : KFENCE_ACCESS_READ);
 }
 
 /* "Out-of-bounds read at 0x... (3B right of kfence-#7):" and its kin. */
-static void kf_buf_what(struct kf_buf *b, const struct kf_report_in *in)
+KF_SIGSAFE static void kf_buf_what(struct kf_buf *b, const struct kf_report_in *in)
 {
 	const struct kfence_bug_desc *bug = kfence_bug_desc(in->kind);
 	kf_buf_str(b, bug->headline);
@@ -194,7 +194,7 @@ KF_SIGSAFE static void kf_want_stack(const struct kfence_stack *st, bool first_e
 		kf_symbols_want(st->pc[i], first_exact && i == 0);
 }
 
-size_t kf_format_report(const struct kf_report_in *in, const struct kfence_slot *m, char *out,
+KF_SIGSAFE size_t kf_format_report(const struct kf_report_in *in, const struct kfence_slot *m, char *out,
 			size_t cap)
 {
 	/* The rule that ends the report always fits. */
@@ -252,7 +252,7 @@ size_t kf_format_report(const struct kf_report_in *in, const struct kfence_slot 
 	return b.len;
 }
 
-size_t kf_format_fallback(const struct kf_report_in *in, char *out, size_t cap)
+KF_SIGSAFE size_t kf_format_fallback(const struct kf_report_in *in, char *out, size_t cap)
 {
 	struct kf_buf b = { out, 0, cap - 1 };
 	kf_buf_str(&b, "kfence: BUG: KFENCE: ");

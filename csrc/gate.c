@@ -16,7 +16,7 @@ KF_TLS struct kf_thread kf_self;
 static _Atomic uint64_t kf_next_sample_ns;
 static _Atomic int64_t kf_burst_left;
 
-uint64_t kf_random(void)
+KF_SIGSAFE uint64_t kf_random(void)
 {
 	uint64_t x = kf_self.rng;
 	if (KF_UNLIKELY(!x))

@@ -32,7 +32,7 @@ bool kf_interposing;
  */
 static struct kf_owner kf_owner_fallback = { 1, 0 };
 
-bool kf_vfork_child(void)
+KF_SIGSAFE bool kf_vfork_child(void)
 {
 	uint32_t pid = kf_owner->pid;
 	return pid && pid != (uint32_t)getpid();
@@ -47,7 +47,7 @@ volatile struct kf_owner *kf_owner = &kf_owner_fallback;
  * vfork child of a process that has not taken its own yet: that is the
  * parent's to do, and the child writes nothing.
  */
-bool kf_become_owner(void)
+KF_SIGSAFE bool kf_become_owner(void)
 {
 	/* The pid whose thread is at it: one left by a parent (fork mid-way) is stale. */
 	static _Atomic uint32_t adopting;

@@ -327,11 +327,11 @@ KF_HIDDEN extern bool kf_state_shared;
  * Move s into a new sparse <dir>/<pid>.state (header and live objects; the
  * rest reserved on first use): 0 or an errno.
  */
-KF_HIDDEN int kf_state_publish(struct kfence_state *s, const char *dir);
+KF_SIGSAFE KF_HIDDEN int kf_state_publish(struct kfence_state *s, const char *dir);
 /* Reserve report ring entry i before writing it; false if impossible. */
-KF_HIDDEN bool kf_state_back_report(size_t i);
+KF_SIGSAFE KF_HIDDEN bool kf_state_back_report(size_t i);
 /* Replace the shared mapping s by a private copy in place (stacks lost if memory is short). */
-KF_HIDDEN void kf_state_privatize(struct kfence_state *s);
+KF_SIGSAFE KF_HIDDEN void kf_state_privatize(struct kfence_state *s);
 /* What this process knows of each slot, in private memory: a fork copies it as it is. */
 struct kf_shadow {
 	uint32_t state, generation;
@@ -339,7 +339,7 @@ struct kf_shadow {
 };
 KF_HIDDEN extern struct kf_shadow *kf_shadow;
 /* Store a slot's new state (ALLOCATED or FREED; release order), bumping its generation. */
-KF_HIDDEN void kf_slot_publish(size_t slot, uint32_t state);
+KF_SIGSAFE KF_HIDDEN void kf_slot_publish(size_t slot, uint32_t state);
 /* Reserve every slot's metadata now (before a sandbox forbids it later). */
 KF_HIDDEN void kf_state_seal(void);
 /* Reserve file space for a slot's metadata before its first use; false if impossible. */
@@ -353,21 +353,21 @@ KF_HIDDEN void kf_leak_check(void);
 
 KF_HIDDEN void *kf_os_reserve(size_t size);
 /* Readable, writable, zeroed anonymous memory, NULL on failure. */
-KF_HIDDEN void *kf_os_map(size_t size);
-KF_HIDDEN int kf_os_protect(uintptr_t addr, size_t size, bool accessible);
+KF_SIGSAFE KF_HIDDEN void *kf_os_map(size_t size);
+KF_SIGSAFE KF_HIDDEN int kf_os_protect(uintptr_t addr, size_t size, bool accessible);
 /* Map a readable, writable page at addr (in the pool) as a mapping of its own. */
-KF_HIDDEN int kf_os_map_own_page(uintptr_t addr, size_t size);
+KF_SIGSAFE KF_HIDDEN int kf_os_map_own_page(uintptr_t addr, size_t size);
 /* Make pages inaccessible; the system may take their memory back (MADV_FREE). */
-KF_HIDDEN int kf_os_discard(uintptr_t addr, size_t size);
-KF_HIDDEN void kf_os_unmap(void *addr, size_t size);
-KF_HIDDEN void kf_os_write_all(int fd, const void *s, size_t n);
+KF_SIGSAFE KF_HIDDEN int kf_os_discard(uintptr_t addr, size_t size);
+KF_SIGSAFE KF_HIDDEN void kf_os_unmap(void *addr, size_t size);
+KF_SIGSAFE KF_HIDDEN void kf_os_write_all(int fd, const void *s, size_t n);
 /* NULL if dir exists (or was made) 0700 and ours, else why not. */
 KF_HIDDEN const char *kf_os_prepare_state_dir(const char *dir);
-KF_HIDDEN uint32_t kf_os_gettid(void);
+KF_SIGSAFE KF_HIDDEN uint32_t kf_os_gettid(void);
 /* Every signal blocked on this thread (the old mask in *saved), and back. */
-KF_HIDDEN void kf_os_block_signals(sigset_t *saved);
-KF_HIDDEN void kf_os_restore_signals(const sigset_t *saved);
-KF_HIDDEN uint64_t kf_os_random64(void);
+KF_SIGSAFE KF_HIDDEN void kf_os_block_signals(sigset_t *saved);
+KF_SIGSAFE KF_HIDDEN void kf_os_restore_signals(const sigset_t *saved);
+KF_SIGSAFE KF_HIDDEN uint64_t kf_os_random64(void);
 KF_HIDDEN long kf_os_max_map_count(void);
 /* A description of errno value err without locale or allocation (unlike strerror). */
 KF_SIGSAFE KF_HIDDEN const char *kf_os_strerror(int err);

@@ -26,14 +26,14 @@ void *kf_os_reserve(size_t size)
 	return p == MAP_FAILED ? NULL : p;
 }
 
-void *kf_os_map(size_t size)
+KF_SIGSAFE void *kf_os_map(size_t size)
 {
 	void *p = mmap(NULL, size, PROT_READ | PROT_WRITE,
 		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	return p == MAP_FAILED ? NULL : p;
 }
 
-int kf_os_map_own_page(uintptr_t addr, size_t size)
+KF_SIGSAFE int kf_os_map_own_page(uintptr_t addr, size_t size)
 {
 	/*
 	 * Without MAP_NORESERVE, unlike the reservation around it: mappings with
@@ -44,13 +44,13 @@ int kf_os_map_own_page(uintptr_t addr, size_t size)
 	return p == MAP_FAILED ? -1 : 0;
 }
 
-int kf_os_protect(uintptr_t addr, size_t size, bool accessible)
+KF_SIGSAFE int kf_os_protect(uintptr_t addr, size_t size, bool accessible)
 {
 	return mprotect((void *)addr, size,
 			accessible ? PROT_READ | PROT_WRITE : PROT_NONE);
 }
 
-int kf_os_discard(uintptr_t addr, size_t size)
+KF_SIGSAFE int kf_os_discard(uintptr_t addr, size_t size)
 {
 	/*
 	 * Protect, and let the kernel take the memory back when it needs it
@@ -65,12 +65,12 @@ int kf_os_discard(uintptr_t addr, size_t size)
 	return 0;
 }
 
-void kf_os_unmap(void *addr, size_t size)
+KF_SIGSAFE void kf_os_unmap(void *addr, size_t size)
 {
 	munmap(addr, size);
 }
 
-void kf_os_write_all(int fd, const void *data, size_t n)
+KF_SIGSAFE void kf_os_write_all(int fd, const void *data, size_t n)
 {
 	const char *s = data;
 	int saved = errno;
@@ -86,7 +86,7 @@ void kf_os_write_all(int fd, const void *data, size_t n)
 	errno = saved;
 }
 
-void kf_os_block_signals(sigset_t *saved)
+KF_SIGSAFE void kf_os_block_signals(sigset_t *saved)
 {
 	sigset_t all;
 	memset(&all, 0xff, sizeof(all));
@@ -94,17 +94,17 @@ void kf_os_block_signals(sigset_t *saved)
 	syscall(SYS_rt_sigprocmask, SIG_SETMASK, &all, saved, _NSIG / 8);
 }
 
-void kf_os_restore_signals(const sigset_t *saved)
+KF_SIGSAFE void kf_os_restore_signals(const sigset_t *saved)
 {
 	syscall(SYS_rt_sigprocmask, SIG_SETMASK, saved, NULL, _NSIG / 8);
 }
 
-uint32_t kf_os_gettid(void)
+KF_SIGSAFE uint32_t kf_os_gettid(void)
 {
 	return (uint32_t)syscall(SYS_gettid);
 }
 
-uint64_t kf_os_random64(void)
+KF_SIGSAFE uint64_t kf_os_random64(void)
 {
 	uint64_t v = 0;
 	int saved = errno;
@@ -152,21 +152,21 @@ const char *kf_os_prepare_state_dir(const char *dir)
 }
 
 
-uint64_t kf_now_ns(void)
+KF_SIGSAFE uint64_t kf_now_ns(void)
 {
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-uint32_t kf_tid(void)
+KF_SIGSAFE uint32_t kf_tid(void)
 {
 	if (KF_UNLIKELY(!kf_self.tid))
 		kf_self.tid = kf_os_gettid();
 	return kf_self.tid;
 }
 
-const char *kf_os_strerror(int err)
+KF_SIGSAFE const char *kf_os_strerror(int err)
 {
 	/* glibc's table, untranslated: no locale, no allocation (strerror may do both). */
 	const char *s = strerrordesc_np(err);

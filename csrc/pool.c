@@ -33,12 +33,12 @@ static size_t kf_free_head, kf_free_count;   /* kf_lock */
 static _Atomic uint8_t *kf_guard_open;       /* num_slots + 1 flags */
 static _Atomic uint8_t *kf_own_mapping;      /* per slot: its data page is its own mapping */
 
-uintptr_t kf_slot_page(size_t slot)
+KF_SIGSAFE uintptr_t kf_slot_page(size_t slot)
 {
 	return kf_pool.start + (2 * slot + 1) * kf_page;
 }
 
-void kf_mark_guard_open(size_t guard_index)
+KF_SIGSAFE void kf_mark_guard_open(size_t guard_index)
 {
 	atomic_store_explicit(&kf_guard_open[guard_index], 1, memory_order_relaxed);
 }
@@ -316,7 +316,7 @@ void kf_pool_unlock(void)
 	pthread_mutex_unlock(&kf_lock);
 }
 
-void kf_pool_lock_reset(void)
+KF_SIGSAFE void kf_pool_lock_reset(void)
 {
 	kf_lock = (pthread_mutex_t)PTHREAD_MUTEX_INITIALIZER;
 }

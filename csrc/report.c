@@ -20,7 +20,7 @@
 static char kf_report_text[65536];
 static _Atomic uint32_t kf_report_owner;  /* tid writing a report, 0 if none */
 
-static bool kf_report_lock(void)
+KF_SIGSAFE static bool kf_report_lock(void)
 {
 	uint32_t me = kf_tid(), expected = 0;
 	/*
@@ -39,26 +39,26 @@ static bool kf_report_lock(void)
 	return false;
 }
 
-void kf_report_atfork_child(void)
+KF_SIGSAFE void kf_report_atfork_child(void)
 {
 	/* The thread that was reporting does not exist in the child. */
 	atomic_store(&kf_report_owner, 0);
 }
 
-static void kf_report_unlock(void)
+KF_SIGSAFE static void kf_report_unlock(void)
 {
 	atomic_store(&kf_report_owner, 0);
 }
 
 /* Why the report file was refused, said once per process; reports go to stderr. */
-static void kf_report_file_refused(const char *path, const char *why)
+KF_SIGSAFE static void kf_report_file_refused(const char *path, const char *why)
 {
 	static _Atomic bool warned;
 	if (!atomic_exchange(&warned, true))
 		kf_warn("not writing reports to ", path, ": ", why, "; reporting to stderr", NULL);
 }
 
-int kf_report_fd_open(void)
+KF_SIGSAFE int kf_report_fd_open(void)
 {
 	if (!kf_opt.report_path[0])
 		return 2;
@@ -99,7 +99,7 @@ int kf_report_fd_open(void)
 	return fd;
 }
 
-void kf_report_fd_close(int fd)
+KF_SIGSAFE void kf_report_fd_close(int fd)
 {
 	if (fd != 2)
 		close(fd);
@@ -166,12 +166,12 @@ KF_SIGSAFE static void kf_emit(const char *text, size_t n)
 	kf_report_fd_close(fd);
 }
 
-bool kf_report(const struct kf_report_in *in)
+KF_SIGSAFE bool kf_report(const struct kf_report_in *in)
 {
 	return kf_report_object(in, NULL);
 }
 
-bool kf_report_object(const struct kf_report_in *in, const struct kfence_slot *object)
+KF_SIGSAFE bool kf_report_object(const struct kf_report_in *in, const struct kfence_slot *object)
 {
 	struct kfence_slot *slot = in->slot >= 0 ? &kf_slots[in->slot] : NULL;
 	const struct kfence_slot *m = object ? object : slot;

@@ -19,7 +19,7 @@ static struct {
 } kf_internal[4];
 static _Atomic int kf_internal_count;
 
-bool kf_in_self(uintptr_t pc)
+KF_SIGSAFE bool kf_in_self(uintptr_t pc)
 {
 	if (pc >= kf_self_lo && pc < kf_self_hi)
 		return true;
@@ -39,7 +39,7 @@ static struct {
 	uintptr_t lo, hi;
 } kf_unwinder;
 
-bool kf_unwind_safe(uintptr_t caller)
+KF_SIGSAFE bool kf_unwind_safe(uintptr_t caller)
 {
 	return !(caller >= kf_unwinder.lo && caller < kf_unwinder.hi);
 }

@@ -46,7 +46,7 @@ static _Atomic bool kf_state_full;  /* a slot could not be reserved: use no new 
 static _Atomic uint64_t kf_ring_backed = ~0ull;
 _Static_assert(KFENCE_MAX_REPORTS <= 64, "kf_ring_backed has a bit per ring entry");
 
-static void kf_page_range(uint64_t off, uint64_t len, off_t *lo, off_t *n)
+KF_SIGSAFE static void kf_page_range(uint64_t off, uint64_t len, off_t *lo, off_t *n)
 {
 	uint64_t a = off & ~(uint64_t)(kf_page - 1);
 	uint64_t b = (off + len + kf_page - 1) & ~(uint64_t)(kf_page - 1);
@@ -55,7 +55,7 @@ static void kf_page_range(uint64_t off, uint64_t len, off_t *lo, off_t *n)
 }
 
 /* Reserve the whole pages under [off, off + len): a page partly reserved can still SIGBUS. */
-static int kf_reserve(int fd, uint64_t off, uint64_t len)
+KF_SIGSAFE static int kf_reserve(int fd, uint64_t off, uint64_t len)
 {
 	off_t lo, n;
 	kf_page_range(off, len, &lo, &n);
@@ -66,7 +66,7 @@ static int kf_reserve(int fd, uint64_t off, uint64_t len)
 	return rc;
 }
 
-static int kf_pwrite_all(int fd, const void *data, size_t n, off_t off)
+KF_SIGSAFE static int kf_pwrite_all(int fd, const void *data, size_t n, off_t off)
 {
 	const char *s = data;
 	while (n > 0) {
@@ -82,7 +82,7 @@ static int kf_pwrite_all(int fd, const void *data, size_t n, off_t off)
 	return 0;
 }
 
-static uint64_t kf_slot_offset(const struct kfence_state *s, size_t slot)
+KF_SIGSAFE static uint64_t kf_slot_offset(const struct kfence_state *s, size_t slot)
 {
 	return s->slots_offset + slot * sizeof(struct kfence_slot);
 }
@@ -91,12 +91,12 @@ static uint64_t kf_slot_offset(const struct kfence_state *s, size_t slot)
  * A slot holding a live object of this process, by its own record: the
  * mapping is not read (a hole of a full tmpfs is a SIGBUS even to read).
  */
-static bool kf_slot_live(size_t i)
+KF_SIGSAFE static bool kf_slot_live(size_t i)
 {
 	return kf_slot_backed[i] && kf_shadow[i].state == KFENCE_SLOT_ALLOCATED;
 }
 
-void kf_slot_publish(size_t slot, uint32_t state)
+KF_SIGSAFE void kf_slot_publish(size_t slot, uint32_t state)
 {
 	struct kfence_slot *m = &kf_slots[slot];
 	struct kf_shadow *sh = &kf_shadow[slot];
@@ -109,7 +109,7 @@ void kf_slot_publish(size_t slot, uint32_t state)
 }
 
 /* Slot i as this process's own record has it: state, address, size; no stacks. */
-static void kf_slot_rebuild(struct kfence_slot *m, size_t i)
+KF_SIGSAFE static void kf_slot_rebuild(struct kfence_slot *m, size_t i)
 {
 	const struct kf_shadow *sh = &kf_shadow[i];
 	memset(m, 0, sizeof(*m));
@@ -120,7 +120,7 @@ static void kf_slot_rebuild(struct kfence_slot *m, size_t i)
 }
 
 /* The slot, read now, is what this process's own record says it is. */
-static bool kf_slot_agrees(const struct kfence_slot *m, size_t i)
+KF_SIGSAFE static bool kf_slot_agrees(const struct kfence_slot *m, size_t i)
 {
 	const struct kf_shadow *sh = &kf_shadow[i];
 	atomic_thread_fence(memory_order_acquire);
@@ -137,7 +137,7 @@ static bool kf_slot_agrees(const struct kfence_slot *m, size_t i)
  * agrees with this process's own record after the copy (nothing published
  * or begun in between), else rebuilt from the record.
  */
-static void kf_slot_copy(struct kfence_slot *copy, const struct kfence_slot *m, size_t i)
+KF_SIGSAFE static void kf_slot_copy(struct kfence_slot *copy, const struct kfence_slot *m, size_t i)
 {
 	memcpy(copy, (const void *)m, sizeof(*copy));
 	if (!kf_slot_agrees(m, i) || copy->generation != kf_shadow[i].generation)
@@ -151,7 +151,7 @@ static void kf_slot_copy(struct kfence_slot *copy, const struct kfence_slot *m, 
  * costs what it holds (kfence-py run makes one for every process of a
  * build).  0 or an errno.
  */
-static int kf_fill_file(int fd, const struct kfence_state *s)
+KF_SIGSAFE static int kf_fill_file(int fd, const struct kfence_state *s)
 {
 	struct rlimit lim;
 	/* Past RLIMIT_FSIZE, ftruncate and pwrite raise SIGXFSZ: never go there. */
@@ -190,7 +190,7 @@ static int kf_fill_file(int fd, const struct kfence_state *s)
 }
 
 /* After kf_fill_file: the new file backs the live slots, and only those. */
-static void kf_mark_backed(const struct kfence_state *s)
+KF_SIGSAFE static void kf_mark_backed(const struct kfence_state *s)
 {
 	for (size_t i = 0; i < s->num_slots; i++)
 		kf_slot_backed[i] = kf_slot_live(i);
@@ -201,7 +201,7 @@ static void kf_mark_backed(const struct kfence_state *s)
  * Close kf_state_fd if it is still our file: the program may have closed
  * that number and opened something of its own on it since.
  */
-static void kf_state_fd_drop(void)
+KF_SIGSAFE static void kf_state_fd_drop(void)
 {
 	struct stat st;
 	if (kf_state_fd >= 0 && fstat(kf_state_fd, &st) == 0 && st.st_ino == kf_state_ino &&
@@ -210,7 +210,7 @@ static void kf_state_fd_drop(void)
 	kf_state_fd = -1;
 }
 
-int kf_state_publish(struct kfence_state *s, const char *dir)
+KF_SIGSAFE int kf_state_publish(struct kfence_state *s, const char *dir)
 {
 	char tmp[sizeof(kf_state_path) + 8];
 	struct kf_buf b = { kf_state_path, 0, sizeof(kf_state_path) - 1 };
@@ -259,7 +259,7 @@ int kf_state_publish(struct kfence_state *s, const char *dir)
 }
 
 /* kf_state_fd if it is still our file; reopened by name if the program closed it. */
-static int kf_state_file(void)
+KF_SIGSAFE static int kf_state_file(void)
 {
 	struct stat st;
 	if (kf_state_fd >= 0 && fstat(kf_state_fd, &st) == 0 && st.st_ino == kf_state_ino &&
@@ -300,7 +300,7 @@ bool kf_state_back_slot(size_t slot)
 	return false;
 }
 
-void kf_state_privatize(struct kfence_state *s)
+KF_SIGSAFE void kf_state_privatize(struct kfence_state *s)
 {
 	size_t size = s->total_size;
 	struct kfence_state *copy = kf_os_map(size);
@@ -344,7 +344,7 @@ void kf_state_privatize(struct kfence_state *s)
  * the report path, so only system calls, and no lock: two threads may both
  * reserve the same pages, which is harmless.
  */
-bool kf_state_back_report(size_t i)
+KF_SIGSAFE bool kf_state_back_report(size_t i)
 {
 	uint64_t bit = 1ull << i;
 	if (!kf_state_shared || (atomic_load(&kf_ring_backed) & bit))

@@ -192,20 +192,20 @@ KF_SIGSAFE static uintptr_t kf_look(uintptr_t pc, bool exact)
 	return exact ? pc : pc - 1;
 }
 
-void kf_symbols_begin(void)
+KF_SIGSAFE void kf_symbols_begin(void)
 {
 	kf_nwhere = 0;
 	kf_paths[0] = '\0';
 	kf_paths_len = 1;
 }
 
-void kf_symbols_want(uintptr_t pc, bool exact)
+KF_SIGSAFE void kf_symbols_want(uintptr_t pc, bool exact)
 {
 	if (kf_nwhere < KF_MAX_ADDRS)
 		kf_where[kf_nwhere++] = (struct kf_where){ .addr = kf_look(pc, exact) };
 }
 
-void kf_symbols_load(void)
+KF_SIGSAFE void kf_symbols_load(void)
 {
 	int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
@@ -231,13 +231,13 @@ void kf_symbols_load(void)
 	close(fd);
 }
 
-void kf_symbols_end(void)
+KF_SIGSAFE void kf_symbols_end(void)
 {
 	kf_elf_close();
 	kf_nwhere = 0;
 }
 
-void kf_describe(uintptr_t pc, bool exact, struct kf_frame *f)
+KF_SIGSAFE void kf_describe(uintptr_t pc, bool exact, struct kf_frame *f)
 {
 	uintptr_t look = kf_look(pc, exact);
 	f->module = "?";
