@@ -60,7 +60,7 @@ def functions() -> dict[str, Function]:
         text = path.read_text()
         for m in DEFINITION.finditer(text):
             head = m.group("head")
-            if "typedef" in head or "struct" == head.strip():
+            if "typedef" in head or head.strip() == "struct":
                 continue
             body = re.sub(r"/\*.*?\*/|//[^\n]*|\"(?:\\.|[^\"\\])*\"", "", m.group("body"),
                           flags=re.S)
