@@ -4,7 +4,7 @@
  * The hot path (not sampled) is a decrement of a thread-local countdown and
  * a branch, then a tail call into glibc's own entry point; free() adds one
  * range check.  No lock, no atomic read-modify-write, no system call and no
- * clock read per call: all of that waits behind the countdown, in core.c.
+ * clock read per call: all of that waits behind the countdown, in gate.c.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
