@@ -98,7 +98,7 @@ struct kfence_state *kfence_state(void)
 
 void *kfence_alloc(size_t size, size_t align, int placement, int zero, int cache)
 {
-	if (size == 0 || (align & (align - 1)) || placement < 0 || placement > 2 ||
+	if (size == 0 || (align & (align - 1)) || placement < 0 || placement >= KFENCE_PLACEMENT_KINDS ||
 	    cache < 0 || cache >= KFENCE_CACHE_KINDS) {
 		errno = EINVAL;
 		return NULL;

@@ -34,9 +34,9 @@ int kfence_is_interposing(void);
 struct kfence_state *kfence_state(void);
 
 /*
- * A guarded object on purpose, whatever the sampling decision: placement 0
- * random, 1 left, 2 right; align a power of two up to the page size (0: the
- * align option); zero clears it.  NULL with errno ENOSPC when the pool is
+ * A guarded object on purpose, whatever the sampling decision: placement an
+ * enum kfence_placement, cache an enum kfence_cache; align a power of two up
+ * to the page size (0: the align option); zero clears it.  NULL with errno ENOSPC when the pool is
  * full, EINVAL for bad arguments, ENOMEM when the pool is down.
  */
 void *kfence_alloc(size_t size, size_t align, int placement, int zero,
