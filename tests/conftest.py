@@ -1,4 +1,15 @@
-"""Shared fixtures: compile small C/C++ programs and run them under the preload."""
+"""Shared fixtures: compile small C/C++ programs and run them under the preload.
+
+Markers (declared in pyproject.toml):
+
+- ``slow``: takes more than about two seconds. ``pytest -m "not slow"`` is the quick
+  subset, which still touches every area (unit, integration, controller, Python API).
+- ``machine(why)``: the test changes the machine itself, beyond its own processes and
+  temporary files (a system-wide sysctl, a Debian package installed with apt-get). It
+  is skipped unless the environment has ``KFENCE_TEST_MACHINE=1``, which CI
+  (``.ci/run``) sets; a developer's ``pytest`` never changes the machine behind their
+  back. ``why`` says what would change, and is shown in the skip reason.
+"""
 
 from __future__ import annotations
 
@@ -21,7 +32,19 @@ TESTS = Path(__file__).resolve().parent
 PROGS = TESTS / "integration" / "progs"
 CSRC = TESTS.parent / "csrc"
 
+# The opt-in for tests marked ``machine``: see the module docstring.
+MACHINE_OPT_IN = "KFENCE_TEST_MACHINE"
+
 pytest_plugins = ["pytester"]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Skip a test marked ``machine`` before any of its fixtures runs, unless opted in."""
+    marker = item.get_closest_marker("machine")
+    if marker is not None and os.environ.get(MACHINE_OPT_IN) != "1":
+        why = marker.args[0] if marker.args else "changes the machine"
+        pytest.skip(f"{why}; set {MACHINE_OPT_IN}=1 to allow changes to the machine")
 
 
 @dataclass

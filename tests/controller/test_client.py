@@ -26,6 +26,7 @@ def allocations(pid: int, state_dir, cwd) -> int:
     return proc["stats"]["total_allocations"]
 
 
+@pytest.mark.slow
 def test_runtime_reconfiguration_is_seen_in_the_counters(start_target, short_dir):
     driven, pid, state_dir = start_target(QUIET)
 
@@ -56,6 +57,7 @@ def test_runtime_reconfiguration_is_seen_in_the_counters(start_target, short_dir
     assert churn(70000) > 0
 
 
+@pytest.mark.slow
 def test_config_rejects_what_cannot_change(start_target, short_dir):
     _, pid, state_dir = start_target(QUIET)
     for change, message in (("num_objects=3", "cannot change at run time"),

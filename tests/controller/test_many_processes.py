@@ -31,6 +31,7 @@ def real_state(start_target) -> tuple[bytes, int, Path]:
     return (state_dir / f"{pid}.state").read_bytes(), pid, state_dir
 
 
+@pytest.mark.slow
 def test_a_thousand_state_files_under_a_low_descriptor_limit(real_state, short_dir):
     data, writer, state_dir = real_state
     count = 1000

@@ -42,6 +42,7 @@ def test_exits_through_libc_get_the_exitcode_from_the_library(short_dir, oob_exi
     assert "exited 0, but bugs were reported" not in run.stderr  # the process said 66
 
 
+@pytest.mark.slow
 def test_the_exitcode_option_is_the_status(short_dir, oob_exit):
     run = _run(short_dir, "--exitcode", "9", "--", str(oob_exit))
     assert run.returncode == 9, run.stderr

@@ -19,7 +19,8 @@ def signals(programs):
     return programs.build("signals.c")
 
 
-@pytest.mark.parametrize("options", [EVERY, {"sample_rate": 1, "num_objects": 8}, None],
+@pytest.mark.parametrize("options", [pytest.param(EVERY, marks=pytest.mark.slow),
+                                     {"sample_rate": 1, "num_objects": 8}, None],
                          ids=["every", "small-pool", "default"])
 def test_threads_free_each_others_objects(programs, threads, options):
     run = programs.run(threads, "threads", "4", "20000", options=options, timeout=120)

@@ -81,6 +81,7 @@ def test_tracemalloc_still_traces_over_our_hooks(run_python):
     assert run.reports == []
 
 
+@pytest.mark.slow
 def test_x_tracemalloc_with_pytest_kfence(pytester: pytest.Pytester, native_dir, monkeypatch):
     """`python -X tracemalloc -m pytest --kfence`, a test stopping tracemalloc, and exit."""
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(

@@ -36,6 +36,7 @@ def child(pytester: pytest.Pytester, native_dir, monkeypatch):
     return pytester
 
 
+@pytest.mark.slow
 def test_marked_tests_with_bugs_fail_with_the_report(child):
     child.makepyfile(test_buggy=BUGGY_TESTS)
     result = child.runpytest_subprocess(
@@ -71,6 +72,7 @@ def test_kfence_flag_samples_every_test(child):
     assert "use-after-free read" in result.stdout.str()
 
 
+@pytest.mark.slow
 def test_unknown_kfence_option_is_a_usage_error(child):
     child.makepyfile(test_x="def test_x(): pass")
     result = child.runpytest_subprocess("--kfence", "--kfence-options", "sample_rat=1")

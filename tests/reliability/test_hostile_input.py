@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -31,6 +32,7 @@ def items(text: str) -> list[str]:
     return [x for x in text.split(":") if x]
 
 
+@pytest.mark.slow
 # capfd is read (and so emptied) in every example
 @settings(max_examples=3000, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -50,6 +52,7 @@ def test_defaults_are_accepted(capfd):
     assert capfd.readouterr().err == ""
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None)
 @given(text=OPTIONS)
 def test_host_program_runs_whatever_the_options(text):

@@ -44,6 +44,7 @@ def low_max_map_count():
         MAX_MAP_COUNT.write_text(old)
 
 
+@pytest.mark.machine("writes the system-wide vm.max_map_count (put back after the test)")
 def test_mappings_refused_fall_back_to_glibc(programs, reliability_prog, low_max_map_count):
     # 200 maps: the pool is capped to 49 slots, and the program's own 120 maps
     # (plus its libraries') leave too few for all of them to be split out.

@@ -7,31 +7,53 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 import kfence_py
 
 EVERY = "sample_rate=1:num_objects=4096"
+T = TypeVar("T")
+
+
+def needs_debian(program: str, package: str) -> Callable[[T], T]:
+    """For a test that runs `program`, found on PATH. Where it is missing, the `debian`
+    fixture installs Debian `package` with apt-get, a change to the machine: the test is
+    then marked `machine`, and runs only with the opt-in (see tests/conftest.py)."""
+    def mark(test: T) -> T:
+        if shutil.which(program) is None:
+            why = (f"{program} is missing, and installing Debian package {package} "
+                   "with apt-get changes the machine")
+            test = pytest.mark.machine(why)(test)
+        return test
+
+    return mark
+
+
+APT_ENV = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
 
 
 @pytest.fixture(scope="session")
-def debian():
-    """Install a missing Debian package, as the test's own setup (root and apt-get only)."""
-    updated = False
+def apt_lists_updated() -> None:
+    """apt-get update, once, before the first package is installed."""
+    subprocess.run(["apt-get", "update", "-qq"], env=APT_ENV, check=False,
+                   capture_output=True, timeout=600)
 
+
+@pytest.fixture
+def debian(request: pytest.FixtureRequest):
+    """The path of a program; a missing one is installed from Debian (root and apt-get
+    only), and only for a test marked `machine`, which runs only with the opt-in."""
     def need(program: str, package: str) -> str:
-        nonlocal updated
         path = shutil.which(program)
-        if path is None and os.geteuid() == 0 and shutil.which("apt-get"):
-            env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-            if not updated:
-                subprocess.run(["apt-get", "update", "-qq"], env=env, check=False,
-                               capture_output=True, timeout=600)
-                updated = True
-            subprocess.run(["apt-get", "install", "-y", "-qq", package], env=env, check=False,
-                           capture_output=True, timeout=600)
+        if (path is None and request.node.get_closest_marker("machine") is not None
+                and os.geteuid() == 0 and shutil.which("apt-get")):
+            request.getfixturevalue("apt_lists_updated")
+            subprocess.run(["apt-get", "install", "-y", "-qq", package], env=APT_ENV,
+                           check=False, capture_output=True, timeout=600)
             path = shutil.which(program)
         if path is None:
             pytest.skip(f"{program} is not installed and could not be (Debian package {package})")
@@ -57,6 +79,7 @@ def same_with_and_without(cmd: list[str], tmp_path: Path, *, env: dict[str, str]
     return plain.stdout, guarded.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pymalloc", ["pymalloc", "malloc"])
 def test_python_runs_a_slice_of_its_own_test_suite(tmp_path, pymalloc):
     # regrtest prints seeds and timings: compare the verdicts, not the text
@@ -67,6 +90,7 @@ def test_python_runs_a_slice_of_its_own_test_suite(tmp_path, pymalloc):
     assert "Result: SUCCESS" in plain and "Result: SUCCESS" in guarded, guarded
 
 
+@pytest.mark.slow
 def test_gcc_and_gxx_compile_large_files(tmp_path):
     c = tmp_path / "big.c"
     c.write_text("\n".join(
@@ -82,6 +106,8 @@ def test_gcc_and_gxx_compile_large_files(tmp_path):
         same_with_and_without(cmd, tmp_path)
 
 
+@pytest.mark.slow
+@needs_debian("sqlite3", "sqlite3")
 def test_sqlite3(tmp_path, debian):
     sqlite3 = debian("sqlite3", "sqlite3")
     script = "create table t(k integer primary key, v text);\n" + "".join(
@@ -114,6 +140,7 @@ def test_git(tmp_path):
     same_with_and_without(["git", "-C", str(repo), "grep", "-c", "line 2"], tmp_path, env=env)
 
 
+@needs_debian("jq", "jq")
 def test_jq(tmp_path, debian):
     jq = debian("jq", "jq")
     data = "[" + ",".join(f'{{"id": {i}, "tags": ["a{i % 7}", "b{i % 3}"]}}'

@@ -82,6 +82,7 @@ def alive(path: Path) -> bool:
     return answer.startswith(b"HTTP/1.1 200") or answer.startswith(b"HTTP/1.0 200")
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(request=REQUEST)
@@ -101,6 +102,7 @@ def test_malformed_requests(server, request):
         assert status[:1] in (b"2", b"4", b"5") and status != b"500", answer[:200]
 
 
+@pytest.mark.slow
 def test_many_connections_and_slow_clients_leave_it_up_and_bounded(server):
     path, proc = server
     assert alive(path)

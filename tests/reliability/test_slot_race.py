@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 PAGE = os.sysconf("SC_PAGESIZE")
 
 
@@ -26,6 +28,7 @@ def consistent(report) -> bool:
     return report.kind == "invalid" and report.object_start is None
 
 
+@pytest.mark.slow
 def test_reports_stay_consistent_while_slots_are_reused(programs, reliability_prog):
     exe = reliability_prog("slotrace.c")
     run = programs.run(exe, "2", "300", options={"sample_rate": 1, "placement": "right",

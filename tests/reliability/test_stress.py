@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("options", [{"sample_rate": 1, "num_objects": 4096}, None],
                          ids=["every-allocation", "default"])
 def test_eight_threads_random_sizes(programs, reliability_prog, options):
@@ -16,6 +17,7 @@ def test_eight_threads_random_sizes(programs, reliability_prog, options):
     assert int(run.stdout.split()[1]) > 10_000, "the threads made progress"
 
 
+@pytest.mark.slow
 def test_fork_vfork_spawn_and_exec_under_load(programs, reliability_prog):
     run = programs.run(reliability_prog("spawn.c"), "200",
                        options={"sample_rate": 1, "num_objects": 1024}, timeout=180)
