@@ -315,6 +315,60 @@ KF_SIGSAFE KF_HIDDEN void kf_symbols_end(void);
 /* === Fault handler (fault.c) === */
 
 KF_HIDDEN int kf_install_fault_handler(void);
+/* glibc's own definition of name (in libc itself when it is loaded), or NULL. */
+KF_HIDDEN void *kf_libc_sym(const char *name);
+/* glibc's own name(sig) of the System V calls, for the other signals; -1 (ENOSYS) if none. */
+KF_HIDDEN int kf_libc_sysv_call(const char *name, int sig);
+
+/* SIGSEGV 0, SIGBUS 1 (their bits in a mask view, their records in sigchain.c), else -1. */
+static inline int kf_sig_index(int sig)
+{
+	return sig == SIGSEGV ? 0 : sig == SIGBUS ? 1 : -1;
+}
+
+/* The view bits of a mask. */
+static inline unsigned kf_bits_of(const sigset_t *set)
+{
+	return (sigismember(set, SIGSEGV) == 1) | (sigismember(set, SIGBUS) == 1) << 1;
+}
+
+static inline void kf_strip(sigset_t *set)
+{
+	sigdelset(set, SIGSEGV);
+	sigdelset(set, SIGBUS);
+}
+
+/* The program's own actions (sigchain.c). */
+
+/* Our handler is the kernel's action for SIGSEGV and SIGBUS (the program's is recorded). */
+KF_HIDDEN extern _Atomic bool kf_installed;
+/* Find glibc's signal() and sysv_signal(). */
+KF_HIDDEN void kf_sigchain_resolve(void);
+/* Put handler first in the kernel for SIGSEGV and SIGBUS, recording the program's: 0 or -1. */
+KF_HIDDEN int kf_sigchain_install(void (*handler)(int, siginfo_t *, void *));
+/* Run the program's action for sig, as the kernel would have run it. */
+KF_HIDDEN void kf_chain(int sig, siginfo_t *si, ucontext_t *uc);
+/* The default action of sig: SIG_DFL back in the kernel, and we are no longer installed. */
+KF_HIDDEN void kf_default_action(int sig, const siginfo_t *si);
+
+/* The program's view of its mask (sigmask.c). */
+
+/* Find glibc's mask, longjmp and thread functions: false if one it cannot do without is missing. */
+KF_HIDDEN bool kf_sigmask_resolve(void);
+/* pthread_sigmask() as the program sees it. */
+KF_HIDDEN int kf_mask(int how, const sigset_t *set, sigset_t *old);
+/* True when this thread's view blocks sig (SIGSEGV or SIGBUS). */
+KF_HIDDEN bool kf_view_blocks(int sig);
+/* A sent sig the view blocks: raised again when the view unblocks it. */
+KF_HIDDEN void kf_view_hold(int sig);
+/*
+ * Give this thread mask as a chained handler is entered with it (SIGSEGV
+ * and SIGBUS to the view, the rest to the kernel); returns the view to put
+ * back with kf_view_set() when the handler returns.
+ */
+KF_HIDDEN unsigned kf_view_enter(const sigset_t *mask);
+/* Set this thread's view; sent signals it no longer blocks are delivered now. */
+KF_HIDDEN void kf_view_set(unsigned view);
 
 /* === State file (state.c) === */
 
