@@ -263,8 +263,20 @@ int sigaction(int sig, const struct sigaction *act, struct sigaction *old)
 		*old = prev.sa;
 	return rc;
 }
-static __sighandler_t kf_signal(int sig, __sighandler_t handler, int flags)
+
+/*
+ * SIGSEGV and SIGBUS through sigaction() with flags; every other signal to
+ * glibc's own (*libc), which also knows what siginterrupt() asked for.
+ */
+static __sighandler_t kf_signal(__sighandler_t (*const *libc)(int, __sighandler_t), int sig,
+				__sighandler_t handler, int flags)
 {
+	if (kf_sig_index(sig) < 0) {
+		if (!*libc)
+			kf_sigchain_resolve();
+		if (*libc)
+			return (*libc)(sig, handler);
+	}
 	struct sigaction sa, old;
 	memset(&sa, 0, sizeof(sa));
 	sa.sa_handler = handler;
@@ -281,31 +293,18 @@ static __sighandler_t kf_signal(int sig, __sighandler_t handler, int flags)
 
 /*
  * SIGSEGV and SIGBUS get BSD semantics, as glibc's signal() gives them
- * (restartable, the signal blocked in its handler); every other signal goes
- * to glibc's own, which also knows what siginterrupt() asked for.
+ * (restartable, the signal blocked in its handler).
  */
 __sighandler_t signal(int sig, __sighandler_t handler)
 {
-	if (kf_sig_index(sig) < 0) {
-		if (!kf_libc_signal)
-			kf_sigchain_resolve();
-		if (kf_libc_signal)
-			return kf_libc_signal(sig, handler);
-	}
-	return kf_signal(sig, handler, SA_RESTART);
+	return kf_signal(&kf_libc_signal, sig, handler, SA_RESTART);
 }
 
 __sighandler_t bsd_signal(int sig, __sighandler_t handler) __attribute__((alias("signal"), copy(signal)));
 
 __sighandler_t sysv_signal(int sig, __sighandler_t handler)
 {
-	if (kf_sig_index(sig) < 0) {
-		if (!kf_libc_sysv_signal)
-			kf_sigchain_resolve();
-		if (kf_libc_sysv_signal)
-			return kf_libc_sysv_signal(sig, handler);
-	}
-	return kf_signal(sig, handler, SA_RESETHAND | SA_NODEFER);
+	return kf_signal(&kf_libc_sysv_signal, sig, handler, SA_RESETHAND | SA_NODEFER);
 }
 
 /* === The System V action calls, for SIGSEGV and SIGBUS: glibc's would bypass us === */
