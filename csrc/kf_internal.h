@@ -370,6 +370,33 @@ KF_HIDDEN unsigned kf_view_enter(const sigset_t *mask);
 /* Set this thread's view; sent signals it no longer blocks are delivered now. */
 KF_HIDDEN void kf_view_set(unsigned view);
 
+/* What a pool address means (diagnose.c). */
+
+/* The pool as a diagnosis sees it: its geometry, and how to read a slot's metadata. */
+struct kf_pool_view {
+	uintptr_t start, size;
+	size_t page;
+	size_t num_slots;
+	/*
+	 * A copy of slot's metadata into *copy: returns the state copied, or
+	 * UNUSED (copy untouched) for a slot never used or out of range, or
+	 * BUSY when no consistent copy could be had (copy then holds garbage).
+	 */
+	uint32_t (*read_slot)(void *ctx, long slot, struct kfence_slot *copy);
+	void *ctx;
+};
+/*
+ * What a fault at a means (enum kfence_diagnosis), with the finding in *out
+ * and, when out->slot >= 0, the object blamed as it was read in *obj.
+ */
+KF_HIDDEN int kf_diagnose(const struct kf_pool_view *pool, uintptr_t a, struct kfence_finding *out,
+			  struct kfence_slot *obj);
+/*
+ * This process's pool, read through waits for BUSY slots and consistent
+ * copies, with one bounded wait (*deadline) for the whole diagnosis.
+ */
+KF_HIDDEN void kf_live_pool_view(struct kf_pool_view *pool, uint64_t *deadline);
+
 /* === State file (state.c) === */
 
 /* A new state (in private memory) for n slots over the pool; NULL if no memory. */

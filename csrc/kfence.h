@@ -125,4 +125,14 @@ const char *kfence_access_name(int access);
 const char *kfence_cache_name(int cache);
 const char *kfence_placement_name(int placement);
 
+/*
+ * What a fault at addr would mean, as the fault handler decides it: which
+ * bug (out-of-bounds, use-after-free, invalid), which object, how far from
+ * it.  state is a copy of a state (a state file read into memory, whose
+ * num_slots slots the caller vouches are readable at state->slots_offset)
+ * or this process's own (kfence_state()).  Returns an enum
+ * kfence_diagnosis; *out is written unless it is KFENCE_DIAGNOSIS_BAD_STATE.
+ */
+int kfence_diagnose(const struct kfence_state *state, uint64_t addr, struct kfence_finding *out);
+
 #endif

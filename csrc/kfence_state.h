@@ -188,4 +188,28 @@ struct kfence_state {
 	uint64_t reports_written;
 };
 
+/*
+ * What a pool address means, as the fault handler decides it: the answer of
+ * kfence_diagnose() (kfence.h).  Not part of the state layout.
+ */
+enum kfence_diagnosis {
+	KFENCE_DIAGNOSIS_BAD_STATE = -1,  /* wrong magic or version, or no page size */
+	KFENCE_DIAGNOSIS_NOT_OURS = 0,    /* outside the pool */
+	KFENCE_DIAGNOSIS_BUG = 1,         /* a fault there is a bug: the finding says which */
+	KFENCE_DIAGNOSIS_LIVE = 2         /* in a live object's data page: no bug */
+};
+
+struct kfence_finding {
+	uint32_t kind;          /* enum kfence_bug: OOB, UAF or INVALID; KFENCE_BUG_KINDS: none */
+	int32_t slot;           /* the object blamed (or, LIVE, the live one); -1 when none */
+	int64_t distance;       /* OOB: bytes left (<0) or right (>0) of the object, as in reports */
+	uint64_t addr;          /* the address diagnosed */
+	uint64_t page;          /* the start of its pool page (0: not ours) */
+	int64_t guard;          /* that page's index among the guard pages; -1: a data page */
+	uint32_t slot_state;    /* enum kfence_slot_state of slot as read; UNUSED when slot is -1 */
+	uint32_t reserved;
+	uint64_t object_addr;   /* slot's object as read: its start and requested size */
+	uint64_t object_size;
+};
+
 #endif
