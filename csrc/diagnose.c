@@ -20,7 +20,7 @@
  * A guard-page fault: blame the nearer of the two neighbouring objects, as
  * seen in one consistent copy (into obj).  -1 if neither can be named.
  */
-static long kf_guard_blame(const struct kf_pool_view *pool, uintptr_t a, size_t g,
+KF_SIGSAFE static long kf_guard_blame(const struct kf_pool_view *pool, uintptr_t a, size_t g,
 			   int64_t *distance, struct kfence_slot *obj)
 {
 	/* Guard g lies between slots g - 1 and g. */
@@ -60,8 +60,8 @@ static long kf_guard_blame(const struct kf_pool_view *pool, uintptr_t a, size_t 
 	return -1;
 }
 
-int kf_diagnose(const struct kf_pool_view *pool, uintptr_t a, struct kfence_finding *out,
-		struct kfence_slot *obj)
+KF_SIGSAFE int kf_diagnose(const struct kf_pool_view *pool, uintptr_t a,
+			   struct kfence_finding *out, struct kfence_slot *obj)
 {
 	*out = (struct kfence_finding){
 		.kind = KFENCE_BUG_KINDS, .slot = -1, .addr = a, .guard = -1,
@@ -113,7 +113,7 @@ int kf_diagnose(const struct kf_pool_view *pool, uintptr_t a, struct kfence_find
  */
 #define KF_SETTLE_NS 100000000ull
 
-static uint64_t kf_load64(const uint64_t *p)
+KF_SIGSAFE static uint64_t kf_load64(const uint64_t *p)
 {
 	return __atomic_load_n(p, __ATOMIC_RELAXED);
 }
@@ -127,7 +127,7 @@ static uint64_t kf_load64(const uint64_t *p)
  * each stamps alloc_ns or free_ns anew, so the same state and stamps after
  * the copy as before it mean nothing was rewritten in between.
  */
-static uint32_t kf_slot_settle(void *deadline_p, long slot, struct kfence_slot *copy)
+KF_SIGSAFE static uint32_t kf_slot_settle(void *deadline_p, long slot, struct kfence_slot *copy)
 {
 	uint64_t *deadline = deadline_p;
 	const struct kfence_slot *m = kf_slot_meta(slot);
@@ -166,7 +166,7 @@ static uint32_t kf_slot_settle(void *deadline_p, long slot, struct kfence_slot *
 	}
 }
 
-void kf_live_pool_view(struct kf_pool_view *pool, uint64_t *deadline)
+KF_SIGSAFE void kf_live_pool_view(struct kf_pool_view *pool, uint64_t *deadline)
 {
 	*deadline = 0;
 	*pool = (struct kf_pool_view){
@@ -178,7 +178,7 @@ void kf_live_pool_view(struct kf_pool_view *pool, uint64_t *deadline)
 /* === A copied state === */
 
 /* Slot metadata of a state nothing writes any more: no waiting, only bounds. */
-static uint32_t kf_read_copied(void *state_p, long slot, struct kfence_slot *copy)
+KF_SIGSAFE static uint32_t kf_read_copied(void *state_p, long slot, struct kfence_slot *copy)
 {
 	const struct kfence_state *state = state_p;
 	if (slot < 0 || (uint64_t)slot >= state->num_slots)
@@ -191,7 +191,8 @@ static uint32_t kf_read_copied(void *state_p, long slot, struct kfence_slot *cop
 	return copy->state;
 }
 
-int kfence_diagnose(const struct kfence_state *state, uint64_t addr, struct kfence_finding *out)
+KF_SIGSAFE int kfence_diagnose(const struct kfence_state *state, uint64_t addr,
+			       struct kfence_finding *out)
 {
 	struct kf_pool_view pool;
 	uint64_t deadline;

@@ -17,7 +17,7 @@
 
 /* === Classification === */
 
-static int kf_fault_access(const ucontext_t *uc)
+KF_SIGSAFE static int kf_fault_access(const ucontext_t *uc)
 {
 #if defined(__x86_64__)
 	/* Page-fault error code: bit 1 set for a write. */
@@ -28,7 +28,7 @@ static int kf_fault_access(const ucontext_t *uc)
 #endif
 }
 
-static uintptr_t kf_fault_pc(const ucontext_t *uc)
+KF_SIGSAFE static uintptr_t kf_fault_pc(const ucontext_t *uc)
 {
 #if defined(__x86_64__)
 	return (uintptr_t)uc->uc_mcontext.gregs[REG_RIP];
@@ -41,7 +41,7 @@ static uintptr_t kf_fault_pc(const ucontext_t *uc)
 }
 
 /* The faulting instruction first, then its callers (the unwinder crosses the signal frame). */
-static void kf_fault_stack(uintptr_t pc, struct kfence_stack *st)
+KF_SIGSAFE static void kf_fault_stack(uintptr_t pc, struct kfence_stack *st)
 {
 	if (!kf_unwind_safe(pc)) {
 		/* A fault inside the unwinder, which may hold its lock: the pc alone. */
@@ -68,7 +68,7 @@ static void kf_fault_stack(uintptr_t pc, struct kfence_stack *st)
 }
 
 /* Let the faulting access complete; if the page cannot be opened, give up. */
-static void kf_recover(int sig, const siginfo_t *si, uintptr_t page)
+KF_SIGSAFE static void kf_recover(int sig, const siginfo_t *si, uintptr_t page)
 {
 	if (kf_os_protect(page, kf_page, true) == 0)
 		return;
@@ -78,7 +78,7 @@ static void kf_recover(int sig, const siginfo_t *si, uintptr_t page)
 }
 
 /* True (and reported, and recovered) if the fault is ours. */
-static bool kf_handle_pool_fault(int sig, siginfo_t *si, ucontext_t *uc)
+KF_SIGSAFE static bool kf_handle_pool_fault(int sig, siginfo_t *si, ucontext_t *uc)
 {
 	uintptr_t a = (uintptr_t)si->si_addr;
 	if (si->si_code <= 0 || !kf_is_pool_address((void *)a))
@@ -115,7 +115,7 @@ static bool kf_handle_pool_fault(int sig, siginfo_t *si, ucontext_t *uc)
 	return true;
 }
 
-static void kf_handler(int sig, siginfo_t *si, void *uc)
+KF_SIGSAFE static void kf_handler(int sig, siginfo_t *si, void *uc)
 {
 	int saved = errno;
 	if (!kf_handle_pool_fault(sig, si, uc)) {

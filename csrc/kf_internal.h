@@ -321,18 +321,18 @@ KF_HIDDEN void *kf_libc_sym(const char *name);
 KF_HIDDEN int kf_libc_sysv_call(const char *name, int sig);
 
 /* SIGSEGV 0, SIGBUS 1 (their bits in a mask view, their records in sigchain.c), else -1. */
-static inline int kf_sig_index(int sig)
+KF_SIGSAFE static inline int kf_sig_index(int sig)
 {
 	return sig == SIGSEGV ? 0 : sig == SIGBUS ? 1 : -1;
 }
 
 /* The view bits of a mask. */
-static inline unsigned kf_bits_of(const sigset_t *set)
+KF_SIGSAFE static inline unsigned kf_bits_of(const sigset_t *set)
 {
 	return (sigismember(set, SIGSEGV) == 1) | (sigismember(set, SIGBUS) == 1) << 1;
 }
 
-static inline void kf_strip(sigset_t *set)
+KF_SIGSAFE static inline void kf_strip(sigset_t *set)
 {
 	sigdelset(set, SIGSEGV);
 	sigdelset(set, SIGBUS);
@@ -347,28 +347,28 @@ KF_HIDDEN void kf_sigchain_resolve(void);
 /* Put handler first in the kernel for SIGSEGV and SIGBUS, recording the program's: 0 or -1. */
 KF_HIDDEN int kf_sigchain_install(void (*handler)(int, siginfo_t *, void *));
 /* Run the program's action for sig, as the kernel would have run it. */
-KF_HIDDEN void kf_chain(int sig, siginfo_t *si, ucontext_t *uc);
+KF_SIGSAFE KF_HIDDEN void kf_chain(int sig, siginfo_t *si, ucontext_t *uc);
 /* The default action of sig: SIG_DFL back in the kernel, and we are no longer installed. */
-KF_HIDDEN void kf_default_action(int sig, const siginfo_t *si);
+KF_SIGSAFE KF_HIDDEN void kf_default_action(int sig, const siginfo_t *si);
 
 /* The program's view of its mask (sigmask.c). */
 
 /* Find glibc's mask, longjmp and thread functions: false if one it cannot do without is missing. */
 KF_HIDDEN bool kf_sigmask_resolve(void);
 /* pthread_sigmask() as the program sees it. */
-KF_HIDDEN int kf_mask(int how, const sigset_t *set, sigset_t *old);
+KF_SIGSAFE KF_HIDDEN int kf_mask(int how, const sigset_t *set, sigset_t *old);
 /* True when this thread's view blocks sig (SIGSEGV or SIGBUS). */
-KF_HIDDEN bool kf_view_blocks(int sig);
+KF_SIGSAFE KF_HIDDEN bool kf_view_blocks(int sig);
 /* A sent sig the view blocks: raised again when the view unblocks it. */
-KF_HIDDEN void kf_view_hold(int sig);
+KF_SIGSAFE KF_HIDDEN void kf_view_hold(int sig);
 /*
  * Give this thread mask as a chained handler is entered with it (SIGSEGV
  * and SIGBUS to the view, the rest to the kernel); returns the view to put
  * back with kf_view_set() when the handler returns.
  */
-KF_HIDDEN unsigned kf_view_enter(const sigset_t *mask);
+KF_SIGSAFE KF_HIDDEN unsigned kf_view_enter(const sigset_t *mask);
 /* Set this thread's view; sent signals it no longer blocks are delivered now. */
-KF_HIDDEN void kf_view_set(unsigned view);
+KF_SIGSAFE KF_HIDDEN void kf_view_set(unsigned view);
 
 /* What a pool address means (diagnose.c). */
 
@@ -381,6 +381,7 @@ struct kf_pool_view {
 	 * A copy of slot's metadata into *copy: returns the state copied, or
 	 * UNUSED (copy untouched) for a slot never used or out of range, or
 	 * BUSY when no consistent copy could be had (copy then holds garbage).
+	 * KF_SIGSAFE, as kf_diagnose() is.
 	 */
 	uint32_t (*read_slot)(void *ctx, long slot, struct kfence_slot *copy);
 	void *ctx;
@@ -389,13 +390,13 @@ struct kf_pool_view {
  * What a fault at a means (enum kfence_diagnosis), with the finding in *out
  * and, when out->slot >= 0, the object blamed as it was read in *obj.
  */
-KF_HIDDEN int kf_diagnose(const struct kf_pool_view *pool, uintptr_t a, struct kfence_finding *out,
-			  struct kfence_slot *obj);
+KF_SIGSAFE KF_HIDDEN int kf_diagnose(const struct kf_pool_view *pool, uintptr_t a,
+				     struct kfence_finding *out, struct kfence_slot *obj);
 /*
  * This process's pool, read through waits for BUSY slots and consistent
  * copies, with one bounded wait (*deadline) for the whole diagnosis.
  */
-KF_HIDDEN void kf_live_pool_view(struct kf_pool_view *pool, uint64_t *deadline);
+KF_SIGSAFE KF_HIDDEN void kf_live_pool_view(struct kf_pool_view *pool, uint64_t *deadline);
 
 /* === State file (state.c) === */
 

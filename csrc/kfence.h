@@ -132,6 +132,7 @@ const char *kfence_placement_name(int placement);
  * num_slots slots the caller vouches are readable at state->slots_offset)
  * or this process's own (kfence_state()).  Returns an enum
  * kfence_diagnosis; *out is written unless it is KFENCE_DIAGNOSIS_BAD_STATE.
+ * Async-signal-safe: the program's own crash handler may call it.
  */
 int kfence_diagnose(const struct kfence_state *state, uint64_t addr, struct kfence_finding *out);
 

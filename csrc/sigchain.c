@@ -43,7 +43,7 @@ static union kf_action kf_app_action[2];
 static _Atomic unsigned kf_app_seq;
 _Atomic bool kf_installed;
 
-static void kf_app_lock(sigset_t *saved)
+KF_SIGSAFE static void kf_app_lock(sigset_t *saved)
 {
 	kf_os_block_signals(saved);
 	for (int tries = 0;; tries++) {
@@ -58,7 +58,7 @@ static void kf_app_lock(sigset_t *saved)
 	atomic_thread_fence(memory_order_release);
 }
 
-static void kf_app_unlock(const sigset_t *saved)
+KF_SIGSAFE static void kf_app_unlock(const sigset_t *saved)
 {
 	atomic_store_explicit(&kf_app_seq, (atomic_load_explicit(&kf_app_seq, memory_order_relaxed) | 1) + 1,
 			      memory_order_release);
@@ -66,21 +66,21 @@ static void kf_app_unlock(const sigset_t *saved)
 }
 
 /* Under kf_app_lock. */
-static void kf_app_store(int i, const struct sigaction *act)
+KF_SIGSAFE static void kf_app_store(int i, const struct sigaction *act)
 {
 	union kf_action u = { .sa = *act };
 	for (size_t k = 0; k < sizeof(u.w) / sizeof(u.w[0]); k++)
 		__atomic_store_n(&kf_app_action[i].w[k], u.w[k], __ATOMIC_RELAXED);
 }
 
-static void kf_app_copy(int i, union kf_action *u)
+KF_SIGSAFE static void kf_app_copy(int i, union kf_action *u)
 {
 	for (size_t k = 0; k < sizeof(u->w) / sizeof(u->w[0]); k++)
 		u->w[k] = __atomic_load_n(&kf_app_action[i].w[k], __ATOMIC_RELAXED);
 }
 
 /* A consistent copy of the program's action; never waits for long. */
-static void kf_app_read(int i, struct sigaction *out)
+KF_SIGSAFE static void kf_app_read(int i, struct sigaction *out)
 {
 	union kf_action u;
 	for (int tries = 0;; tries++) {
@@ -110,7 +110,7 @@ static void kf_app_atfork_child(void)
  * and return from the handler.  A fault re-executes and kills; a sent signal
  * is still blocked here and is delivered as we return.
  */
-void kf_default_action(int sig, const siginfo_t *si)
+KF_SIGSAFE void kf_default_action(int sig, const siginfo_t *si)
 {
 	struct sigaction dfl;
 	memset(&dfl, 0, sizeof(dfl));
@@ -124,7 +124,7 @@ void kf_default_action(int sig, const siginfo_t *si)
 /* === Chaining === */
 
 /* The program's action for sig, reset to SIG_DFL under the lock if SA_RESETHAND asks. */
-static void kf_app_take(int i, struct sigaction *app)
+KF_SIGSAFE static void kf_app_take(int i, struct sigaction *app)
 {
 	kf_app_read(i, app);
 	if (!(app->sa_flags & SA_RESETHAND) || app->sa_handler == SIG_DFL ||
@@ -144,7 +144,7 @@ static void kf_app_take(int i, struct sigaction *app)
 	kf_app_unlock(&saved);
 }
 
-void kf_chain(int sig, siginfo_t *si, ucontext_t *uc)
+KF_SIGSAFE void kf_chain(int sig, siginfo_t *si, ucontext_t *uc)
 {
 	struct sigaction app;
 	kf_app_take(kf_sig_index(sig), &app);
@@ -215,7 +215,7 @@ int kf_sigchain_install(void (*handler)(int, siginfo_t *, void *))
 
 /* === Interposed sigaction and signal === */
 
-int sigaction(int sig, const struct sigaction *act, struct sigaction *old)
+KF_SIGSAFE int sigaction(int sig, const struct sigaction *act, struct sigaction *old)
 {
 	int i = kf_sig_index(sig);
 	if (i < 0) {

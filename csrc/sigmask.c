@@ -58,7 +58,7 @@ __attribute__((constructor)) static void kf_sigmask_constructor(void)
 /* === The view === */
 
 /* Set this thread's view; sent signals it no longer blocks are delivered now. */
-void kf_view_set(unsigned view)
+KF_SIGSAFE void kf_view_set(unsigned view)
 {
 	kf_view = view;
 	unsigned ready = kf_pending & ~view;
@@ -71,17 +71,17 @@ void kf_view_set(unsigned view)
 		raise(SIGBUS);
 }
 
-bool kf_view_blocks(int sig)
+KF_SIGSAFE bool kf_view_blocks(int sig)
 {
 	return kf_view & (1u << kf_sig_index(sig));
 }
 
-void kf_view_hold(int sig)
+KF_SIGSAFE void kf_view_hold(int sig)
 {
 	kf_pending |= 1u << kf_sig_index(sig);
 }
 
-static int kf_real_mask(int how, const sigset_t *set, sigset_t *old)
+KF_SIGSAFE static int kf_real_mask(int how, const sigset_t *set, sigset_t *old)
 {
 	if (KF_LIKELY(kf_libc_pthread_sigmask != NULL))
 		return kf_libc_pthread_sigmask(how, set, old);
@@ -89,7 +89,7 @@ static int kf_real_mask(int how, const sigset_t *set, sigset_t *old)
 	return syscall(SYS_rt_sigprocmask, how, set, old, _NSIG / 8) ? errno : 0;
 }
 
-unsigned kf_view_enter(const sigset_t *mask)
+KF_SIGSAFE unsigned kf_view_enter(const sigset_t *mask)
 {
 	sigset_t m = *mask;
 	unsigned view = kf_view;
@@ -105,7 +105,7 @@ unsigned kf_view_enter(const sigset_t *mask)
  * blocked before we took over); everything else to glibc's own, which also
  * keeps its internal signals out of the set.
  */
-int kf_mask(int how, const sigset_t *set, sigset_t *old)
+KF_SIGSAFE int kf_mask(int how, const sigset_t *set, sigset_t *old)
 {
 	/* A vfork child's thread shares its parent's view: its mask is the kernel's alone. */
 	if (!atomic_load_explicit(&kf_installed, memory_order_relaxed) || kf_vfork_child())
@@ -147,12 +147,12 @@ int kf_mask(int how, const sigset_t *set, sigset_t *old)
 
 /* === Interposed mask functions === */
 
-int pthread_sigmask(int how, const sigset_t *set, sigset_t *old)
+KF_SIGSAFE int pthread_sigmask(int how, const sigset_t *set, sigset_t *old)
 {
 	return kf_mask(how, set, old);
 }
 
-int sigprocmask(int how, const sigset_t *set, sigset_t *old)
+KF_SIGSAFE int sigprocmask(int how, const sigset_t *set, sigset_t *old)
 {
 	int rc = kf_mask(how, set, old);
 	if (rc) {
@@ -224,13 +224,13 @@ int sigrelse(int sig)
  * which SIGSEGV and SIGBUS are never blocked while we are installed.)
  * A longjmp that keeps the mask keeps the view, as the kernel would.
  */
-static void kf_longjmp_view(struct __jmp_buf_tag *env)
+KF_SIGSAFE static void kf_longjmp_view(struct __jmp_buf_tag *env)
 {
 	if (env->__mask_was_saved && atomic_load_explicit(&kf_installed, memory_order_relaxed))
 		kf_view_set(kf_bits_of(&env->__saved_mask));
 }
 
-void siglongjmp(sigjmp_buf env, int val)
+KF_SIGSAFE void siglongjmp(sigjmp_buf env, int val)
 {
 	kf_longjmp_view(env);
 	kf_libc_siglongjmp(env, val);
@@ -241,7 +241,7 @@ void _longjmp(jmp_buf env, int val) __attribute__((alias("siglongjmp"), copy(sig
 
 /* What _FORTIFY_SOURCE turns longjmp() into. */
 void __longjmp_chk(sigjmp_buf env, int val) __attribute__((noreturn));
-void __longjmp_chk(sigjmp_buf env, int val)
+KF_SIGSAFE void __longjmp_chk(sigjmp_buf env, int val)
 {
 	kf_longjmp_view(env);
 	if (kf_libc_longjmp_chk)
