@@ -168,7 +168,7 @@ KF_SIGSAFE void kf_chain(int sig, siginfo_t *si, ucontext_t *uc)
 	if (app.sa_flags & SA_SIGINFO)
 		app.sa_sigaction(sig, si, uc);
 	else
-		h(sig);
+		app.sa_handler(sig);
 	/* Returning restores the interrupted mask (sigreturn), and the view with it. */
 	kf_view_set(view);
 }

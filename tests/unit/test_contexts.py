@@ -37,8 +37,9 @@ ACCEPTED = {
     # (kf_unwind_safe), so a fault can wait on it but not deadlock.
     "backtrace",
 }
-NOT_CALLS = {"if", "for", "while", "switch", "return", "sizeof", "defined", "__attribute__",
-             "_Static_assert", "alignof", "typeof", "__builtin_expect", "offsetof"}
+NOT_CALLS = {"if", "else", "for", "while", "switch", "return", "sizeof", "defined",
+             "__attribute__", "_Static_assert", "alignof", "typeof", "__builtin_expect",
+             "offsetof", "void"}
 
 DEFINITION = re.compile(
     r"^(?P<head>(?:[A-Za-z_][\w ]*?[\s\*]+)+?)(?P<name>[a-z_]\w*)\((?P<args>[^;{]*?)\)"
