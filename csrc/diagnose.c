@@ -20,8 +20,8 @@
  * A guard-page fault: blame the nearer of the two neighbouring objects, as
  * seen in one consistent copy (into obj).  -1 if neither can be named.
  */
-KF_SIGSAFE static long kf_guard_blame(const struct kf_pool_view *pool, uintptr_t a, size_t g,
-			   int64_t *distance, struct kfence_slot *obj)
+KF_SIGSAFE static long kf_guard_blame(const struct kf_pool_view *pool, uintptr_t a,
+				      size_t g, int64_t *distance, struct kfence_slot *obj)
 {
 	/* Guard g lies between slots g - 1 and g. */
 	long first = g > 0 ? (long)g - 1 : (long)g;
