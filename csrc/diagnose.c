@@ -94,6 +94,8 @@ KF_SIGSAFE int kf_diagnose(const struct kf_pool_view *pool, uintptr_t a,
 		if (slot >= 0) {
 			out->kind = KFENCE_BUG_OOB;
 			out->slot = (int32_t)slot;
+		} else {
+			out->distance = 0;  /* a neighbour measured, then lost: no object, no distance */
 		}
 	}
 	if (out->slot >= 0) {
@@ -171,7 +173,9 @@ KF_SIGSAFE void kf_live_pool_view(struct kf_pool_view *pool, uint64_t *deadline)
 	*deadline = 0;
 	*pool = (struct kf_pool_view){
 		.start = kf_pool.start, .size = kf_pool.size, .page = kf_page,
-		.num_slots = kf_state->num_slots, .read_slot = kf_slot_settle, .ctx = deadline,
+		/* From the pool's own geometry, not the shared header another process can write. */
+		.num_slots = (kf_pool.size / kf_page - 1) / 2, .read_slot = kf_slot_settle,
+		.ctx = deadline,
 	};
 }
 

@@ -29,6 +29,11 @@ static int (*kf_libc_pthread_sigmask)(int, const sigset_t *, sigset_t *);
 static int (*kf_libc_pthread_create)(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *);
 static void (*kf_libc_siglongjmp)(struct __jmp_buf_tag *, int) __attribute__((noreturn));
 static void (*kf_libc_longjmp_chk)(struct __jmp_buf_tag *, int) __attribute__((noreturn));
+static int (*kf_libc_sigsuspend)(const sigset_t *);
+static int (*kf_libc_ppoll)(struct pollfd *, nfds_t, const struct timespec *, const sigset_t *);
+static int (*kf_libc_pselect)(int, fd_set *, fd_set *, fd_set *, const struct timespec *,
+			      const sigset_t *);
+static int (*kf_libc_epoll_pwait)(int, struct epoll_event *, int, int, const sigset_t *);
 
 /*
  * The program's view of its own mask for SIGSEGV and SIGBUS, per thread
@@ -45,6 +50,11 @@ bool kf_sigmask_resolve(void)
 	*(void **)&kf_libc_pthread_create = kf_libc_sym("pthread_create");
 	*(void **)&kf_libc_siglongjmp = kf_libc_sym("siglongjmp");
 	*(void **)&kf_libc_longjmp_chk = kf_libc_sym("__longjmp_chk");
+	/* A handler may call these (sigsuspend, ppoll, pselect are async-signal-safe). */
+	*(void **)&kf_libc_sigsuspend = kf_libc_sym("sigsuspend");
+	*(void **)&kf_libc_ppoll = kf_libc_sym("ppoll");
+	*(void **)&kf_libc_pselect = kf_libc_sym("pselect");
+	*(void **)&kf_libc_epoll_pwait = kf_libc_sym("epoll_pwait");
 	return kf_libc_pthread_sigmask && kf_libc_pthread_create && kf_libc_siglongjmp;
 }
 
@@ -297,40 +307,34 @@ static const sigset_t *kf_wait_mask(const sigset_t *mask, sigset_t *copy)
 	return copy;
 }
 
+/*
+ * glibc's fn, found by the constructor (a call from a signal handler must
+ * not dlsym); a call from an earlier constructor looks it up now.
+ */
+#define KF_WAIT_CALL(fn, ...) \
+	((fn || (kf_sigmask_resolve(), fn)) ? fn(__VA_ARGS__) : (errno = ENOSYS, -1))
+
 int sigsuspend(const sigset_t *mask)
 {
-	static int (*libc)(const sigset_t *);
-	if (!libc)
-		libc = (int (*)(const sigset_t *))dlsym(RTLD_NEXT, "sigsuspend");
 	sigset_t copy;
-	return libc(kf_wait_mask(mask, &copy));
+	return KF_WAIT_CALL(kf_libc_sigsuspend, kf_wait_mask(mask, &copy));
 }
 
 int ppoll(struct pollfd *fds, nfds_t n, const struct timespec *t, const sigset_t *mask)
 {
-	static int (*libc)(struct pollfd *, nfds_t, const struct timespec *, const sigset_t *);
-	if (!libc)
-		*(void **)&libc = dlsym(RTLD_NEXT, "ppoll");
 	sigset_t copy;
-	return libc(fds, n, t, kf_wait_mask(mask, &copy));
+	return KF_WAIT_CALL(kf_libc_ppoll, fds, n, t, kf_wait_mask(mask, &copy));
 }
 
 int pselect(int n, fd_set *r, fd_set *w, fd_set *e, const struct timespec *t,
 	    const sigset_t *mask)
 {
-	static int (*libc)(int, fd_set *, fd_set *, fd_set *, const struct timespec *,
-			   const sigset_t *);
-	if (!libc)
-		*(void **)&libc = dlsym(RTLD_NEXT, "pselect");
 	sigset_t copy;
-	return libc(n, r, w, e, t, kf_wait_mask(mask, &copy));
+	return KF_WAIT_CALL(kf_libc_pselect, n, r, w, e, t, kf_wait_mask(mask, &copy));
 }
 
 int epoll_pwait(int fd, struct epoll_event *ev, int max, int timeout, const sigset_t *mask)
 {
-	static int (*libc)(int, struct epoll_event *, int, int, const sigset_t *);
-	if (!libc)
-		*(void **)&libc = dlsym(RTLD_NEXT, "epoll_pwait");
 	sigset_t copy;
-	return libc(fd, ev, max, timeout, kf_wait_mask(mask, &copy));
+	return KF_WAIT_CALL(kf_libc_epoll_pwait, fd, ev, max, timeout, kf_wait_mask(mask, &copy));
 }
