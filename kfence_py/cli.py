@@ -18,7 +18,7 @@ from . import __version__, render
 from ._native import DEMO_PATH, LIB_PATH
 from .client import request
 from .exitcodes import CliError, ExitCode
-from .options import format_options, markdown_table, option_specs
+from .options import format_options, markdown_table, option_specs, runtime_options
 from .reports import parse_reports
 from .retention import KEEP_CLEAN
 from .run import Runner, add_option_flags, options_from_args
@@ -280,9 +280,9 @@ class ConfigCommand(Command):
     def prepare_parser(self, parser: argparse.ArgumentParser) -> None:
         _source_arguments(parser)
         parser.add_argument("--json", action="store_true", help="print JSON")
+        *names, last = runtime_options()
         parser.add_argument("changes", nargs="*", metavar="KEY=VALUE",
-                            help="enabled, sample_interval, sample_rate or burst; "
-                            "none: show the settings")
+                            help=f"{', '.join(names)} or {last}; none: show the settings")
 
     def run(self, args: argparse.Namespace) -> int:
         changes = {}

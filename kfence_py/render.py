@@ -9,16 +9,18 @@ is gone.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._native import lib
+from .contract import COUNTERS
 from .elf import ProcessMaps
+from .options import OptionSpec, runtime_options
 from .reports import Frame, Report, parse_reports
 from .sources import Process, Source, Unreadable
-from .state import ObjectInfo, ReportRecord
+from .state import ObjectInfo, ReportRecord, Stats
 from .symbolize import FAULT_KINDS, RULE, SourceFrame, Symbolizer, format_frame, symbolize_text
 
 PROTOCOL = 1  # of the JSON documents and the HTTP interface; bump on incompatible change
@@ -52,14 +54,49 @@ def _state(p: Process) -> str:
 
 # --- stats -----------------------------------------------------------------
 
-_ROW = "{:>8}  {:<8} {:>7} {:>8} {:>11} {:>5} {:>9} {:>11} {:>11} {:>5}"
+
+def _setting_name(spec: OptionSpec) -> str:
+    return spec.name.replace("_", " ") + (" (ms)" if spec.type == "MS" else "")
+
+
+def stats_lines(s: Stats) -> list[str]:
+    """KFENCE's stats text, one "name: value" per line.
+
+    As KFENCE orders it: the switches (BOOL runtime options), the counters
+    (with the zombie allocations before the bugs), the other runtime options,
+    the pool size.
+    """
+    specs = runtime_options().values()
+    rows = [(_setting_name(spec), s.control[spec.name]) for spec in specs if spec.type == "BOOL"]
+    for counter in COUNTERS:
+        if counter.index == lib.KFENCE_COUNTER_BUGS:
+            rows.append(("zombie allocations", s.zombie_allocations))
+        rows.append((counter.name, s.counters[counter.index]))
+    rows += [(_setting_name(spec), s.control[spec.name]) for spec in specs if spec.type != "BOOL"]
+    rows.append(("pool size", s.pool_size))
+    return [f"{name}: {value}" for name, value in rows]
+
+
+def _summary_columns() -> list[tuple[str, Callable[[Stats], int]]]:
+    """The columns of the row per process: each runtime option, each counter without label.
+
+    A counter is headed by its stats name without the "total "/"currently "
+    of KFENCE's names ("allocations", "bugs").
+    """
+    columns: list[tuple[str, Callable[[Stats], int]]] = [
+        (name.replace("_", " "), lambda s, name=name: s.control[name])
+        for name in runtime_options()]
+    columns += [(c.name.removeprefix("total ").removeprefix("currently "),
+                 lambda s, i=c.index: s.counters[i])
+                for c in COUNTERS if not c.label]
+    return columns
 
 
 def stats_doc(snap: Snapshot) -> Doc:
     return snap._envelope(processes=[
         {"pid": p.pid, "running": p.running,
          "state_file": str(p.state_file) if p.state_file else None,
-         "stats": dataclasses.asdict(p.view.stats())}
+         "stats": p.view.stats().as_dict()}
         for p in snap.processes])
 
 
@@ -69,14 +106,13 @@ def stats_text(snap: Snapshot) -> str:
     lines = [f"processes: {len(snap.processes)} ({running} running) in {snap.source}"]
     stats = [(p, p.view.stats()) for p in snap.processes]
     if stats:
-        lines.append(_ROW.format("pid", "state", "enabled", "interval", "sample rate", "burst",
-                                 "allocated", "allocations", "frees", "bugs"))
+        columns = _summary_columns()
+        row = "{:>8}  {:<8}" + "".join(f" {{:>{max(len(h), 5)}}}" for h, _ in columns)
+        lines.append(row.format("pid", "state", *(h for h, _ in columns)))
         for p, s in stats:
-            lines.append(_ROW.format(p.pid, _state(p), int(s.enabled), s.sample_interval_ms,
-                                     s.sample_rate, s.burst, s.currently_allocated,
-                                     s.total_allocations, s.total_frees, s.total_bugs))
+            lines.append(row.format(p.pid, _state(p), *(value(s) for _, value in columns)))
     for p, s in stats:
-        lines += ["", f"pid {p.pid} ({_state(p)}):", *s.lines()]
+        lines += ["", f"pid {p.pid} ({_state(p)}):", *stats_lines(s)]
     lines += snap._trailer()
     return "\n".join(lines) + "\n"
 

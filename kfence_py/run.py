@@ -86,7 +86,7 @@ def add_option_flags(parser: argparse.ArgumentParser) -> None:
             kwargs.update(nargs="?", const="1", metavar="0|1")
             help_text = f"{spec.description} (default {default}; the flag alone means 1)"
         else:
-            kwargs["metavar"] = {"UINT": "N", "POW2": "N", "PLACEMENT": "WHERE"}.get(
+            kwargs["metavar"] = {"UINT": "N", "MS": "MS", "POW2": "N", "PLACEMENT": "WHERE"}.get(
                 spec.type, "PATH")
             help_text = f"{spec.description} (default {default})"
         if spec.name == "state_dir":
