@@ -1,7 +1,8 @@
 """The controller's views of a set of processes: text for people, JSON for tools.
 
-The server and the local client (``kfence-py stats --state-dir``) render with
-the same functions, so both print the same thing.  Raw pcs from the state are
+The one renderer: the server, the local client (``kfence-py stats
+--state-dir``) and the pytest plugin render with the same functions, so all
+print the same thing.  Raw pcs from the state are
 placed in their modules through the maps of a process that still runs; the
 printed reports ``run`` collected carry module+offset even after the process
 is gone.
@@ -10,18 +11,19 @@ is gone.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+import os
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from ._native import lib
-from .contract import COUNTERS
-from .elf import ProcessMaps
+from .contract import BUG_KINDS, COUNTERS
+from .elf import ProcessMaps, own_symbol
 from .options import OptionSpec, runtime_options
-from .reports import Frame, Report, parse_reports
+from .reports import FAULT_KINDS, RULE, Frame, Report, parse_reports, title, title_line
 from .sources import Process, Source, Unreadable
 from .state import ObjectInfo, ReportRecord, Stats
-from .symbolize import FAULT_KINDS, RULE, SourceFrame, Symbolizer, format_frame, symbolize_text
+from .symbolize import SourceFrame, Symbolizer, format_frame, symbolize_text
 
 PROTOCOL = 1  # of the JSON documents and the HTTP interface; bump on incompatible change
 Doc = dict[str, Any]
@@ -140,11 +142,17 @@ def config_text(snap: Snapshot) -> str:
 
 
 class _Frames:
-    """Raw pcs or parsed frames to frame records and text, for one process."""
+    """Raw pcs or parsed frames to frame records and text, for one process.
 
-    def __init__(self, maps: ProcessMaps | None, symbolizer: Symbolizer | None) -> None:
+    maps places raw pcs in their modules; symbols, when given, names the
+    symbol at a raw pc (possible in this process only).
+    """
+
+    def __init__(self, maps: ProcessMaps | None, symbolizer: Symbolizer | None,
+                 symbols: Callable[[int], str | None] | None = None) -> None:
         self.maps = maps
         self.symbolizer = symbolizer
+        self.symbols = symbols
 
     def _sources(self, module: str | None, offset: int | None,
                  exact: bool) -> list[SourceFrame]:
@@ -165,7 +173,8 @@ class _Frames:
         for i, pc in enumerate(pcs):
             where = self.maps.resolve(pc) if self.maps else None
             module, offset = where if where else (None, None)
-            doc, text = self._record(i, pc, None, module, offset, first_exact and i == 0)
+            symbol = self.symbols(pc) if self.symbols else None
+            doc, text = self._record(i, pc, symbol, module, offset, first_exact and i == 0)
             docs.append(doc)
             lines += text
         return docs, lines or [" (no stack)"]
@@ -177,11 +186,13 @@ class _Frames:
 
 
 def _first_function(frames: list[Doc]) -> str | None:
+    """The function of the first frame whose source is known, else frame #0's symbol's."""
     for frame in frames:
         for source in frame["source"]:
             if source["function"]:
                 return source["function"]
-    return None
+    symbol = frames[0]["symbol"] if frames else None
+    return symbol.rsplit("+", 1)[0] if symbol else None
 
 
 # --- objects ---------------------------------------------------------------
@@ -260,17 +271,19 @@ def report_doc(report: Report, pid: int | None, symbolizer: Symbolizer | None) -
             "text": report.text}
 
 
-def _record_doc(rec: ReportRecord, pid: int, frames: _Frames) -> tuple[Doc, list[str]]:
-    """A report from the state's ring (raw pcs) as a JSON record and text."""
+_OUT_OF_BOUNDS = BUG_KINDS[lib.KFENCE_BUG_OOB].name  # the kind with a distance
+
+
+def _record_doc(rec: ReportRecord, pid: int, frames: _Frames) -> Doc:
+    """A report from the state's ring (raw pcs) as a JSON record, its text under "text"."""
     stack, stack_lines = frames.from_pcs(rec.stack, first_exact=rec.kind in FAULT_KINDS)
-    access = f" {rec.access}" if rec.access else ""
     function = _first_function(stack)
-    lines = [RULE, f"BUG: KFENCE: {rec.kind}{access} in {function or '<unknown>'}", "",
-             f"{rec.kind}{access} at {rec.address:#x} (thread {rec.thread}, "
+    lines = [RULE, title_line(rec.kind, rec.access, function or "<unknown>"), "",
+             f"{title(rec.kind, rec.access)} at {rec.address:#x} (thread {rec.thread}, "
              f"at {rec.time:.6f}s):", *stack_lines]
     doc: Doc = {"pid": pid, "sequence": rec.sequence, "kind": rec.kind, "access": rec.access,
                 "function": function, "address": rec.address,
-                "distance": rec.distance if rec.kind == "out-of-bounds" else None,
+                "distance": rec.distance if rec.kind == _OUT_OF_BOUNDS else None,
                 "object": None, "stack": stack, "allocated": None, "freed": None}
     if rec.object is not None:
         obj_doc, obj_lines = _object_doc(rec.object, frames)
@@ -279,7 +292,17 @@ def _record_doc(rec: ReportRecord, pid: int, frames: _Frames) -> tuple[Doc, list
         lines += ["", *obj_lines]
     lines += ["", f"pid {pid}, thread {rec.thread}", RULE]
     doc["text"] = "\n".join(lines) + "\n"
-    return doc, lines
+    return doc
+
+
+def own_reports_text(records: Iterable[ReportRecord]) -> str:
+    """Reports of this process's ring as ``kfence-py reports`` prints them (pytest plugin).
+
+    Frames are named by the dynamic symbol at each pc; no symbolizer runs.
+    """
+    pid = os.getpid()
+    frames = _Frames(ProcessMaps.read(pid), None, own_symbol)
+    return "".join(_record_doc(rec, pid, frames)["text"] for rec in records)
 
 
 def _reports(snap: Snapshot, symbolizer: Symbolizer | None
@@ -298,11 +321,8 @@ def _reports(snap: Snapshot, symbolizer: Symbolizer | None
                           for r in parsed]
                 continue
         frames = _Frames(p.maps(), symbolizer)
-        out = []
-        for rec in p.view.reports():
-            doc, lines = _record_doc(rec, p.pid, frames)
-            out.append((doc, "\n".join(lines) + "\n"))
-        yield p, out
+        docs = [_record_doc(rec, p.pid, frames) for rec in p.view.reports()]
+        yield p, [(doc, doc["text"]) for doc in docs]
 
 
 def reports_doc(snap: Snapshot, symbolizer: Symbolizer | None = None) -> Doc:

@@ -160,22 +160,10 @@ class ObjectInfo:
     alloc_python: str = ""  # Python traceback at allocation (CPython allocator samples)
     free_python: str = ""  # ... and at free
 
-    def lines(self) -> list[str]:
-        out = [f"kfence-#{self.index}: {self.address:#x}-{self.address + max(self.size, 1) - 1:#x}"
-               f", size={self.size}, cache={self.cache}, state={self.state}",
-               f"allocated by thread {self.alloc_thread} at {self.alloc_time:.6f}s:"]
-        out += [f" #{i} {pc:#x}" for i, pc in enumerate(self.alloc_stack)]
-        out += self.alloc_python.splitlines()
-        if self.free_thread is not None:
-            out.append(f"freed by thread {self.free_thread} at {self.free_time:.6f}s:")
-            out += [f" #{i} {pc:#x}" for i, pc in enumerate(self.free_stack)]
-            out += self.free_python.splitlines()
-        return out
-
 
 @dataclass(frozen=True)
 class ReportRecord:
-    """A report as recorded in the state (the printed text is parsed by reports.py)."""
+    """A report as recorded in the state (reports.py parses the printed text)."""
 
     sequence: int
     kind: str

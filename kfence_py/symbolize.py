@@ -17,7 +17,6 @@ import bisect
 import json
 import logging
 import os
-import re
 import selectors
 import shutil
 import subprocess
@@ -29,6 +28,8 @@ from typing import Protocol
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
+
+from .reports import FAULT_KINDS, FRAME, RULE, TITLE
 
 log = logging.getLogger("kfence_py")
 
@@ -344,14 +345,6 @@ class Symbolizer:
 
 # --- Report text -----------------------------------------------------------
 
-RULE = "=" * 66
-_FRAME_LINE = re.compile(
-    r"^ #(?P<index>\d+) (?P<pc>0x[0-9a-f]+) in (?P<symbol>\S+) "
-    r"\((?P<module>.*)\+(?P<offset>0x[0-9a-f]+)\)$")
-_HEADER = re.compile(r"^BUG: KFENCE: (?P<kind>[a-z -]+?)(?: (?:read|write))? in ")
-# Kinds whose first frame is the faulting instruction itself, not a return address.
-FAULT_KINDS = ("out-of-bounds", "use-after-free", "invalid")
-
 
 def format_frame(index: int, pc: int, symbol: str | None, module: str | None, offset: int | None,
                  sources: Iterable[SourceFrame] = ()) -> list[str]:
@@ -386,9 +379,9 @@ def symbolize_lines(lines: Iterable[str], symbolizer: Symbolizer) -> Iterator[st
             fault = access_stack = False
             yield line
             continue
-        match = _FRAME_LINE.match(bare) if in_report else None
+        match = FRAME.match(bare) if in_report else None
         if match is None:
-            if in_report and (header := _HEADER.match(bare)):
+            if in_report and (header := TITLE.match(bare)):
                 fault = header["kind"] in FAULT_KINDS
             elif in_report and bare.endswith(":") and not bare.startswith(" "):
                 access_stack = not bare.startswith(("allocated by", "freed by"))
