@@ -67,8 +67,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         api.log.removeHandler(handler)
 
 
-def pytest_terminal_summary(terminalreporter: Any, exitstatus: int,
-                            config: pytest.Config) -> None:
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     handler = config.stash.get(_WARNINGS, None)
     if handler is not None and handler.messages:
         terminalreporter.section("kfence_py")
@@ -98,7 +97,7 @@ def _written() -> int:
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Generator:
+def pytest_runtest_protocol(item: pytest.Item) -> Generator:
     options = _options(item)
     if options is None:
         yield

@@ -20,12 +20,12 @@ from ._native import lib
 from .contract import BUG_KINDS, COUNTERS
 from .elf import ProcessMaps, own_symbol
 from .options import OptionSpec, runtime_options
+from .protocol import CONFIG, OBJECTS, REPORTS, STATS, document
 from .reports import FAULT_KINDS, RULE, Frame, Report, parse_reports, title, title_line
 from .sources import Process, Source, Unreadable
 from .state import ObjectInfo, ReportRecord, Stats
 from .symbolize import SourceFrame, Symbolizer, format_frame, symbolize_text
 
-PROTOCOL = 1  # of the JSON documents and the HTTP interface; bump on incompatible change
 Doc = dict[str, Any]
 
 
@@ -43,8 +43,8 @@ class Snapshot:
         return cls(source.describe(), processes, unreadable)
 
     def _envelope(self, **body: Any) -> Doc:
-        return {"protocol": PROTOCOL, "source": self.source, **body,
-                "unreadable": [{"path": str(u.path), "error": u.error} for u in self.unreadable]}
+        return document(source=self.source, **body, unreadable=[
+            {"path": str(u.path), "error": u.error} for u in self.unreadable])
 
     def _trailer(self) -> list[str]:
         return [f"unreadable: {u.error}" for u in self.unreadable]
@@ -360,8 +360,8 @@ class View:
 
 
 VIEWS = {
-    "/stats": View(stats_doc, stats_text, symbolized=False),
-    "/objects": View(objects_doc, objects_text, symbolized=True),
-    "/reports": View(reports_doc, reports_text, symbolized=True),
-    "/config": View(config_doc, config_text, symbolized=False),
+    STATS: View(stats_doc, stats_text, symbolized=False),
+    OBJECTS: View(objects_doc, objects_text, symbolized=True),
+    REPORTS: View(reports_doc, reports_text, symbolized=True),
+    CONFIG: View(config_doc, config_text, symbolized=False),
 }

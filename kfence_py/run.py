@@ -36,10 +36,10 @@ from ._native import LIB_PATH, lib
 from .elf import NotElf, elf_info
 from .exitcodes import CliError, ExitCode
 from .options import OptionSpec, format_options, option_specs
+from .protocol import SocketError
 from .render import report_doc
 from .reports import RULE, parse_reports
 from .retention import KEEP_CLEAN, prune
-from .server import SocketError, StatsServer
 from .sources import REPORT_PREFIX, DirectorySource
 from .state import StateError, StateView
 from .symbolize import Symbolizer, symbolize_text
@@ -372,6 +372,8 @@ class Runner:
             # Blocked before any thread starts, so that every thread inherits it.
             stack.enter_context(_signals_blocked((*FORWARDED, signal.SIGCHLD)))
             if self.socket_path is not None:
+                from .server import StatsServer  # the server's imports only for --socket
+
                 try:
                     server = StatsServer(self.socket_path,
                                          DirectorySource(state_dir, report_prefix),
