@@ -11,7 +11,7 @@ import errno
 import logging
 import os
 import tracemalloc
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -69,7 +69,7 @@ def _view() -> StateView:
     return view
 
 
-def _start(options: dict[str, object]) -> None:
+def _start(options: Mapping[str, object]) -> None:
     # KFENCE_OPTIONS first, the arguments after it: later keys win in the parser.
     text_options = ":".join(filter(None, [os.environ.get("KFENCE_OPTIONS", ""),
                                           format_options(options)]))

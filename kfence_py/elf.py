@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
+from elftools.elf.segments import InterpSegment
 
 ELF_MAGIC = b"\x7fELF"
 
@@ -60,7 +61,7 @@ def _elf_info(path: str, inode: int, mtime_ns: int) -> ElfInfo:
             interpreter = None
             loads = []
             for segment in elf.iter_segments():
-                if segment["p_type"] == "PT_INTERP":
+                if isinstance(segment, InterpSegment):  # PT_INTERP
                     interpreter = segment.get_interp_name()
                 elif segment["p_type"] == "PT_LOAD":
                     loads.append((segment["p_offset"], segment["p_filesz"],

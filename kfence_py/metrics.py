@@ -28,7 +28,7 @@ def _setting(spec: OptionSpec) -> GaugeMetricFamily:
     return GaugeMetricFamily(f"kfence_{spec.name}", spec.description, labels=["pid"])
 
 
-def _counter(counter: Counter) -> Metric:
+def _counter(counter: Counter) -> GaugeMetricFamily | CounterMetricFamily:
     """The family of a counter: kfence_<metric>, with a reason label if it has one."""
     cls = GaugeMetricFamily if counter.type == "GAUGE" else CounterMetricFamily
     return cls(f"kfence_{counter.metric}", counter.help,
@@ -59,7 +59,7 @@ class KfenceCollector(Collector):
         zombie = GaugeMetricFamily(
             "kfence_zombie_objects", "Objects caught between allocation and free",
             labels=pid_label)
-        counters: dict[str, Metric] = {}
+        counters: dict[str, GaugeMetricFamily | CounterMetricFamily] = {}
         for c in COUNTERS:
             counters.setdefault(c.metric, _counter(c))
         for p in processes:

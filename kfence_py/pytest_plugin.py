@@ -97,7 +97,7 @@ def _written() -> int:
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_protocol(item: pytest.Item) -> Generator:
+def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, Any, None]:
     options = _options(item)
     if options is None:
         yield
@@ -109,7 +109,8 @@ def pytest_runtest_protocol(item: pytest.Item) -> Generator:
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Generator:
+def pytest_runtest_makereport(item: pytest.Item,
+                              call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
     outcome = yield
     if not item.stash.get(_ENABLED, False):
         return

@@ -79,19 +79,17 @@ def stats_lines(s: Stats) -> list[str]:
     return [f"{name}: {value}" for name, value in rows]
 
 
-def _summary_columns() -> list[tuple[str, Callable[[Stats], int]]]:
-    """The columns of the row per process: each runtime option, each counter without label.
+def _summary(s: Stats | None) -> list[Any]:
+    """The row of a process (the header for None): each runtime option, each counter without label.
 
     A counter is headed by its stats name without the "total "/"currently "
     of KFENCE's names ("allocations", "bugs").
     """
-    columns: list[tuple[str, Callable[[Stats], int]]] = [
-        (name.replace("_", " "), lambda s, name=name: s.control[name])
-        for name in runtime_options()]
-    columns += [(c.name.removeprefix("total ").removeprefix("currently "),
-                 lambda s, i=c.index: s.counters[i])
-                for c in COUNTERS if not c.label]
-    return columns
+    row: list[Any] = [name.replace("_", " ") if s is None else s.control[name]
+                      for name in runtime_options()]
+    row += [c.name.removeprefix("total ").removeprefix("currently ") if s is None
+            else s.counters[c.index] for c in COUNTERS if not c.label]
+    return row
 
 
 def stats_doc(snap: Snapshot) -> Doc:
@@ -108,11 +106,11 @@ def stats_text(snap: Snapshot) -> str:
     lines = [f"processes: {len(snap.processes)} ({running} running) in {snap.source}"]
     stats = [(p, p.view.stats()) for p in snap.processes]
     if stats:
-        columns = _summary_columns()
-        row = "{:>8}  {:<8}" + "".join(f" {{:>{max(len(h), 5)}}}" for h, _ in columns)
-        lines.append(row.format("pid", "state", *(h for h, _ in columns)))
+        header = _summary(None)
+        row = "{:>8}  {:<8}" + "".join(f" {{:>{max(len(h), 5)}}}" for h in header)
+        lines.append(row.format("pid", "state", *header))
         for p, s in stats:
-            lines.append(row.format(p.pid, _state(p), *(value(s) for _, value in columns)))
+            lines.append(row.format(p.pid, _state(p), *_summary(s)))
     for p, s in stats:
         lines += ["", f"pid {p.pid} ({_state(p)}):", *stats_lines(s)]
     lines += snap._trailer()

@@ -144,7 +144,8 @@ def _parse_one(lines: list[str]) -> Report | None:
 
 def parse_reports(text: str) -> list[Report]:
     """Every report in text (other output around them is ignored)."""
-    reports, current = [], None
+    reports: list[Report] = []
+    current: list[str] | None = None
     for line in text.splitlines():
         if line == RULE:
             if current is None:

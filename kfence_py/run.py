@@ -30,7 +30,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from ._native import LIB_PATH, lib
 from .elf import NotElf, elf_info
@@ -79,7 +79,7 @@ def add_option_flags(parser: argparse.ArgumentParser) -> None:
         "KFENCE options", "each sets the KFENCE_OPTIONS key of the same name; "
         "KFENCE_OPTIONS from the environment applies first")
     for spec in option_specs().values():
-        kwargs: dict[str, object] = {"dest": f"option_{spec.name}", "type": _checker(spec),
+        kwargs: dict[str, Any] = {"dest": f"option_{spec.name}", "type": _checker(spec),
                                      "default": None}
         default = spec.default or "(empty)"
         if spec.type == "BOOL":

@@ -179,8 +179,8 @@ class StatsHandler(BaseHTTPRequestHandler):
     server: StatsServer
 
     def setup(self) -> None:
-        self.timeout = self.server.read_timeout
         super().setup()
+        self.connection.settimeout(self.server.read_timeout)
         self.peer = peer_credentials(self.request)
         self.rfile.close()
         self._reader = _DeadlineReader(self.connection)
@@ -194,7 +194,7 @@ class StatsHandler(BaseHTTPRequestHandler):
 
     def flush_headers(self) -> None:
         # Answers are written with the plain timeout, not what is left of the deadline.
-        self.connection.settimeout(self.timeout)
+        self.connection.settimeout(self.server.read_timeout)
         super().flush_headers()
 
     # The client address of a Unix socket is "", which the base class indexes.

@@ -23,7 +23,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ._native import ffi, lib
 from .contract import (
@@ -68,7 +68,7 @@ _U32 = struct.Struct("=I")  # a control field, in the byte order of this machine
 
 
 def _column(buffer: memoryview, start: int, count: int, stride: int, offset: int,
-            fmt: str = "I") -> memoryview:
+            fmt: Literal["I", "i"] = "I") -> memoryview:
     """The 4-byte field at offset of count records of stride bytes from start."""
     if count == 0:
         return memoryview(b"").cast(fmt)
