@@ -13,9 +13,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .contract import COUNTERS, Counter
+from .contract import Counter
 from .options import OptionSpec, runtime_options
 from .sources import Source
+from .state import STATS_COUNTERS
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -39,9 +40,9 @@ class KfenceCollector(Collector):
     """KFENCE's counters and sampling settings, one series per process (label pid).
 
     The families come from the library's tables: a gauge per runtime option
-    (option table) and a family per counter metric (counter table), with a
-    reason label where its counters have one; and the few values the
-    controller computes itself (running, pool slots, zombie objects).
+    (option table) and a family per counter metric (counter table, with the
+    zombie objects the reader counts), with a reason label where its counters
+    have one; and whether the process runs and its pool slots.
     """
 
     def __init__(self, source: Source) -> None:
@@ -56,12 +57,10 @@ class KfenceCollector(Collector):
         specs = runtime_options()
         settings = {name: _setting(spec) for name, spec in specs.items()}
         pool = GaugeMetricFamily("kfence_pool_objects", "Pool slots", labels=pid_label)
-        zombie = GaugeMetricFamily(
-            "kfence_zombie_objects", "Objects caught between allocation and free",
-            labels=pid_label)
         counters: dict[str, GaugeMetricFamily | CounterMetricFamily] = {}
-        for c in COUNTERS:
-            counters.setdefault(c.metric, _counter(c))
+        for c in STATS_COUNTERS:
+            if c.metric not in counters:
+                counters[c.metric] = _counter(c)
         for p in processes:
             s = p.view.stats()
             pid = [str(p.pid)]
@@ -70,10 +69,8 @@ class KfenceCollector(Collector):
                 value = s.control[name]
                 family.add_metric(pid, value / 1000 if specs[name].type == "MS" else value)
             pool.add_metric(pid, s.pool_size)
-            zombie.add_metric(pid, s.zombie_allocations)
-            for c in COUNTERS:
-                counters[c.metric].add_metric([*pid, c.key] if c.label else pid,
-                                              s.counters[c.index])
+            for c in STATS_COUNTERS:
+                counters[c.metric].add_metric([*pid, c.key] if c.label else pid, s.value(c))
         unreadable_gauge = GaugeMetricFamily(
             "kfence_unreadable_state_files", "State files that could not be read")
         unreadable_gauge.add_metric([], len(unreadable))
@@ -81,7 +78,6 @@ class KfenceCollector(Collector):
         yield from settings.values()
         yield pool
         yield from (f for f in counters.values() if f.type == "gauge")
-        yield zombie
         yield from (f for f in counters.values() if f.type != "gauge")
         yield unreadable_gauge
 

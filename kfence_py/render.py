@@ -2,10 +2,9 @@
 
 The one renderer: the server, the local client (``kfence-py stats
 --state-dir``) and the pytest plugin render with the same functions, so all
-print the same thing.  Raw pcs from the state are
-placed in their modules through the maps of a process that still runs; the
-printed reports ``run`` collected carry module+offset even after the process
-is gone.
+print the same thing.  Raw pcs from the state are placed in their modules
+through the maps of a process that still runs; the printed reports ``run``
+collected carry module+offset even after the process is gone.
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ from .options import OptionSpec, runtime_options
 from .protocol import CONFIG, OBJECTS, REPORTS, STATS, document
 from .reports import FAULT_KINDS, RULE, Frame, Report, parse_reports, title, title_line
 from .sources import Process, Source, Unreadable
-from .state import ObjectInfo, ReportRecord, Stats
+from .state import STATS_COUNTERS, ObjectInfo, ReportRecord, Stats
 from .symbolize import SourceFrame, Symbolizer, format_frame, symbolize_text
 
 Doc = dict[str, Any]
@@ -64,16 +63,12 @@ def _setting_name(spec: OptionSpec) -> str:
 def stats_lines(s: Stats) -> list[str]:
     """KFENCE's stats text, one "name: value" per line.
 
-    As KFENCE orders it: the switches (BOOL runtime options), the counters
-    (with the zombie allocations before the bugs), the other runtime options,
-    the pool size.
+    As KFENCE orders it: the switches (BOOL runtime options), the counters,
+    the other runtime options, the pool size.
     """
     specs = runtime_options().values()
     rows = [(_setting_name(spec), s.control[spec.name]) for spec in specs if spec.type == "BOOL"]
-    for counter in COUNTERS:
-        if counter.index == lib.KFENCE_COUNTER_BUGS:
-            rows.append(("zombie allocations", s.zombie_allocations))
-        rows.append((counter.name, s.counters[counter.index]))
+    rows += [(counter.name, s.value(counter)) for counter in STATS_COUNTERS]
     rows += [(_setting_name(spec), s.control[spec.name]) for spec in specs if spec.type != "BOOL"]
     rows.append(("pool size", s.pool_size))
     return [f"{name}: {value}" for name, value in rows]

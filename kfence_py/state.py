@@ -36,6 +36,7 @@ from .contract import (
     SLOT_STATES,
     STACK_MAX,
     STATE_VERSION,
+    Counter,
 )
 from .options import OptionSpec, option_specs, runtime_options
 
@@ -47,6 +48,7 @@ REPORT_SIZE = ffi.sizeof("struct kfence_report")
 # the report ring, and room for the header to grow.
 MAX_SLOTS = option_specs()["num_objects"].maximum
 MAX_STATE_SIZE = HEADER_SIZE + MAX_SLOTS * SLOT_SIZE + MAX_REPORTS * REPORT_SIZE + (1 << 16)
+
 
 class StateError(Exception):
     """A state that cannot be read: wrong magic or version, truncated."""
@@ -83,6 +85,12 @@ def _check_enum(source: str, what: str, values: memoryview, table: tuple[object,
                          f"0..{len(table) - 1})")
 
 
+# The zombie allocations (slots caught mid-free): counted by the reader, not the library,
+# and shown as one more counter, before the bugs as in KFENCE's stats.
+ZOMBIE = Counter(index=-1, name="zombie allocations", type="GAUGE", metric="zombie_objects",
+                 label="", help="Objects caught between allocation and free")
+STATS_COUNTERS = (*(c for c in COUNTERS if c.index < lib.KFENCE_COUNTER_BUGS), ZOMBIE,
+                  *(c for c in COUNTERS if c.index >= lib.KFENCE_COUNTER_BUGS))
 # Stats' name for the labelled counters of a family, where it predates the counter table.
 _FAMILY_KEYS = {"skipped_allocations": "skipped"}
 
@@ -112,25 +120,26 @@ class Stats:
         """Every value by its name, in KFENCE's order (``kfence-py stats --json``).
 
         The settings (a bool for a BOOL option, "_ms" after an MS one), the
-        pool size, then the counters by Counter.key, with the labelled ones of
-        a family in a dict of their own (``skipped``) and the zombie
-        allocations before the bugs, where KFENCE's stats put them.
+        pool size, then STATS_COUNTERS by Counter.key, with the labelled ones
+        of a family in a dict of their own (``skipped``).
         """
         out: dict[str, Any] = {"pid": self.pid}
         for spec in runtime_options().values():
             value = self.control[spec.name]
             out[_setting_key(spec)] = bool(value) if spec.type == "BOOL" else value
         out["pool_size"] = self.pool_size
-        for counter in COUNTERS:
-            if counter.index == lib.KFENCE_COUNTER_BUGS:
-                out["zombie_allocations"] = self.zombie_allocations
-            value = self.counters[counter.index]
+        for counter in STATS_COUNTERS:
+            value = self.value(counter)
             if counter.label:
                 family = _FAMILY_KEYS.get(counter.metric, counter.metric)
                 out.setdefault(family, {})[counter.key] = value
             else:
                 out[counter.key] = value
         return out
+
+    def value(self, counter: Counter) -> int:
+        """The value of one of STATS_COUNTERS."""
+        return self.zombie_allocations if counter is ZOMBIE else self.counters[counter.index]
 
     def __getattr__(self, name: str) -> Any:
         # Only for names that are not fields: stats().total_bugs, .sample_interval_ms, ...
