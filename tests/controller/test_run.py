@@ -37,9 +37,9 @@ def test_a_flag_for_every_option():
 
 def test_a_bad_option_value_is_a_usage_error(short_dir, target):
     run = kfence_cli("run", "--sample-rate", "lots", "--", str(target), cwd=short_dir)
-    assert run.returncode == 2 and "sample_rate must be an integer" in run.stderr
+    assert run.returncode == 2 and "sample_rate: expected an integer" in run.stderr
     run = kfence_cli("run", "--placement", "middle", "--", str(target), cwd=short_dir)
-    assert run.returncode == 2 and "placement must be one of" in run.stderr
+    assert run.returncode == 2 and "placement: expected random, left or right" in run.stderr
 
 
 def test_flags_become_kfence_options(short_dir, target):

@@ -323,7 +323,7 @@ def test_curl(server, live):
     code, out = curl("http://kfence/objects?format=json")
     assert code == 0 and json.loads(out)["objects"]
     code, out = curl("-d", "sample_interval=0", "http://kfence/config")
-    assert code == 22 and "sample_interval must be in 1.." in out
+    assert code == 22 and "sample_interval: expected an integer in 1.." in out
 
 
 # --- post-mortem, and other sources ------------------------------------------------------
