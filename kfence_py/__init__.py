@@ -27,6 +27,7 @@ from .api import (
     sampling,
     stats,
 )
+from .protocol import MAX_CLIENTS
 from .state import ObjectInfo, ReportRecord, StateError, Stats
 
 if TYPE_CHECKING:
@@ -68,7 +69,7 @@ def native_version() -> str:
 
 
 def serve(path: str | os.PathLike[str], *, symbolize: bool = True,
-          max_clients: int = 16) -> StatsServer:
+          max_clients: int = MAX_CLIENTS) -> StatsServer:
     """Serve this process's statistics over HTTP on the Unix socket path.
 
     Runs in a background thread; returns the server (``close()`` it, or use

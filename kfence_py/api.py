@@ -11,20 +11,17 @@ import errno
 import logging
 import os
 import tracemalloc
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 from . import _pyext
 from ._native import ffi, lib, text
-from .options import format_options, option_specs
+from .contract import PLACEMENTS
+from .options import format_options, option_specs, runtime_options
 from .state import ObjectInfo, ReportRecord, StateView, Stats
 
 log = logging.getLogger("kfence_py")
-
-PLACEMENTS = {"random": 0, "left": 1, "right": 2}
-# Options the control block changes while the library runs; the rest are fixed at start.
-RUNTIME_OPTIONS = ("enabled", "sample_interval", "sample_rate", "burst")
 
 
 class KfenceError(Exception):
@@ -72,7 +69,7 @@ def _view() -> StateView:
     return view
 
 
-def _start(options: dict[str, object]) -> None:
+def _start(options: Mapping[str, object]) -> None:
     # KFENCE_OPTIONS first, the arguments after it: later keys win in the parser.
     text_options = ":".join(filter(None, [os.environ.get("KFENCE_OPTIONS", ""),
                                           format_options(options)]))
@@ -85,31 +82,30 @@ def enable(*, python_allocator: bool = False, **options: object) -> None:
     """Start sampling in this process, with the options of KFENCE_OPTIONS.
 
     When the library is already running (preloaded, or enabled before), the
-    sampling options (sample_interval, sample_rate, burst) change at once and
-    the others, fixed at start, are ignored with a warning.  With
+    runtime options (those of the control block: sample_interval, sample_rate,
+    burst...) change at once and the others, fixed at start, are ignored with
+    a warning; sampling is switched on unless enabled=0 is given.  With
     ``python_allocator=True`` CPython's own allocations are sampled too,
     through hooks installed once above the allocator in place: a running
     tracemalloc is restarted above them (its earlier traces are lost, with a
     warning), and in-process (libkfence.so not preloaded) they are refused,
     with a warning, over another tool's hooks, which could remove them.
     """
-    normalized = {k: option_specs()[k].normalize(v) if k in option_specs() else v
-                  for k, v in options.items()}
-    format_options(normalized)  # raises ValueError on unknown keys
+    format_options(options)  # ValueError for an unknown key or a bad value
+    specs = option_specs()
+    normalized = {k: specs[k].normalize(v) for k, v in options.items()}
     if not lib.kfence_is_initialized():
         _start(normalized)
     else:
+        runtime = runtime_options()
         fixed = {k: v for k, v in normalized.items()
-                 if k not in RUNTIME_OPTIONS and text(lib.kfence_option_value(k.encode())) != v}
+                 if k not in runtime and text(lib.kfence_option_value(k.encode())) != v}
         if fixed:
             log.warning("kfence_py is already running; options fixed at start are kept: %s",
                         ", ".join(f"{k}={v}" for k, v in fixed.items()))
-        control = _view().header.control
-        for key, field in (("sample_interval", "sample_interval"),
-                           ("sample_rate", "sample_rate"), ("burst", "burst")):
-            if key in normalized:
-                setattr(control, field, int(normalized[key]))
-        control.enabled = int(normalized.get("enabled", "1"))
+        settings = {k: int(v) for k, v in normalized.items() if k in runtime and k != "enabled"}
+        settings["enabled"] = int(normalized.get("enabled", "1"))  # last: the rest is in place
+        _view().set_control(settings)
     if python_allocator:
         _sample_python_allocator()
 
@@ -202,17 +198,13 @@ def python_allocator_sampled() -> bool:
 def sampling(*, python_allocator: bool = True, **options: object) -> Iterator[None]:
     """Sample inside a with-block, restoring the sampling settings after it."""
     was_python = python_allocator_sampled()
-    saved = None
-    if lib.kfence_is_initialized():
-        c = _view().header.control
-        saved = (c.enabled, c.sample_interval, c.sample_rate, c.burst)
+    saved = _view().control() if lib.kfence_is_initialized() else None
     enable(python_allocator=python_allocator, **options)
     try:
         yield
     finally:
         if saved is not None:
-            c = _view().header.control
-            c.enabled, c.sample_interval, c.sample_rate, c.burst = saved
+            _view().set_control(saved)
         hooks_ok = _repair_python_hooks()
         _pyext.set_python_sampling(was_python and hooks_ok)
 
@@ -239,7 +231,7 @@ def alloc(size: int, *, placement: str = "right", zero: bool = True,
     if not lib.kfence_is_initialized():
         _start({})
     try:
-        return GuardedBuffer(size, PLACEMENTS[placement], align, bool(zero))
+        return GuardedBuffer(size, PLACEMENTS.index(placement), align, bool(zero))
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             slots = _view().header.num_slots

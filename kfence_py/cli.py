@@ -14,15 +14,15 @@ from pathlib import Path
 from typing import ClassVar, TypeVar
 from urllib.parse import urlencode
 
-from . import __version__, render
+from . import __version__, protocol, render
 from ._native import DEMO_PATH, LIB_PATH
 from .client import request
 from .exitcodes import CliError, ExitCode
-from .options import format_options, markdown_table, option_specs
+from .options import format_options, markdown_table, option_specs, runtime_options
+from .protocol import MAX_CLIENTS, SocketError
 from .reports import parse_reports
 from .retention import KEEP_CLEAN
 from .run import Runner, add_option_flags, options_from_args
-from .server import MAX_CLIENTS, SocketError, StatsServer
 from .sources import (
     ConfigError,
     DirectorySource,
@@ -36,10 +36,6 @@ from .state import StateError, StateVersionError
 from .symbolize import BACKENDS, Symbolizer, symbolize_lines
 
 log = logging.getLogger("kfence_py")
-
-EXIT_OK = ExitCode.OK
-EXIT_FAILURE = ExitCode.FAILURE
-EXIT_USAGE = ExitCode.USAGE
 
 
 class Command:
@@ -59,7 +55,7 @@ class LibPathCommand(Command):
 
     def run(self, args: argparse.Namespace) -> int:
         print(LIB_PATH)
-        return EXIT_OK
+        return ExitCode.OK
 
 
 class OptionsCommand(Command):
@@ -73,10 +69,10 @@ class OptionsCommand(Command):
     def run(self, args: argparse.Namespace) -> int:
         if args.markdown:
             sys.stdout.write(markdown_table())
-            return EXIT_OK
+            return ExitCode.OK
         for spec in option_specs().values():
             print(f"{spec.name}={spec.default}\n    {spec.description}")
-        return EXIT_OK
+        return ExitCode.OK
 
 
 class DemoCommand(Command):
@@ -101,8 +97,8 @@ class DemoCommand(Command):
         if reports and proc.returncode == exitcode:
             print(f"(the exit status is {exitcode}, the exitcode option, "
                   "because bugs were reported)")
-            return EXIT_OK
-        return EXIT_FAILURE
+            return ExitCode.OK
+        return ExitCode.FAILURE
 
 
 class RunCommand(Command):
@@ -167,6 +163,8 @@ class ServeCommand(Command):
         _symbolizer_arguments(parser)
 
     def run(self, args: argparse.Namespace) -> int:
+        from .server import StatsServer  # the server's imports only for the server
+
         if not args.state_dir.is_dir():
             raise CliError(f"{args.state_dir}: no such state directory", ExitCode.NO_SERVER)
         stop = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -187,7 +185,7 @@ class ServeCommand(Command):
                 log.info("stopping on signal %d", signo)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
-        return EXIT_OK
+        return ExitCode.OK
 
 
 class _ViewCommand(Command):
@@ -201,14 +199,12 @@ class _ViewCommand(Command):
 
     def run(self, args: argparse.Namespace) -> int:
         if args.socket:
-            query: dict[str, object] = {"format": "json" if args.json else "text"}
-            if args.pid is not None:
-                query["pid"] = args.pid
+            query = protocol.query(as_json=args.json, pid=args.pid)
             sys.stdout.write(request(args.socket, "GET", self.endpoint, query=query).text)
-            return EXIT_OK
+            return ExitCode.OK
         snap = render.Snapshot.take(_local_source(args))
         sys.stdout.write(_local_view(self.endpoint, snap, args.json))
-        return EXIT_OK
+        return ExitCode.OK
 
 
 def _source_arguments(parser: argparse.ArgumentParser) -> None:
@@ -258,19 +254,19 @@ def _local_view(endpoint: str, snap: render.Snapshot, as_json: bool) -> str:
 class StatsCommand(_ViewCommand):
     name = "stats"
     help = "KFENCE's statistics of one or more processes"
-    endpoint = "/stats"
+    endpoint = protocol.STATS
 
 
 class ObjectsCommand(_ViewCommand):
     name = "objects"
     help = "the guarded objects of one or more processes, with their stacks"
-    endpoint = "/objects"
+    endpoint = protocol.OBJECTS
 
 
 class ReportsCommand(_ViewCommand):
     name = "reports"
     help = "the reports of one or more processes, symbolized"
-    endpoint = "/reports"
+    endpoint = protocol.REPORTS
 
 
 class ConfigCommand(Command):
@@ -280,9 +276,9 @@ class ConfigCommand(Command):
     def prepare_parser(self, parser: argparse.ArgumentParser) -> None:
         _source_arguments(parser)
         parser.add_argument("--json", action="store_true", help="print JSON")
+        *names, last = runtime_options()
         parser.add_argument("changes", nargs="*", metavar="KEY=VALUE",
-                            help="enabled, sample_interval, sample_rate or burst; "
-                            "none: show the settings")
+                            help=f"{', '.join(names)} or {last}; none: show the settings")
 
     def run(self, args: argparse.Namespace) -> int:
         changes = {}
@@ -292,16 +288,14 @@ class ConfigCommand(Command):
                 raise CliError(f"expected KEY=VALUE, not {item!r}", ExitCode.USAGE)
             changes[key] = value
         if args.socket:
-            query: dict[str, object] = {"format": "json" if args.json else "text"}
-            if args.pid is not None:
-                query["pid"] = args.pid
+            query = protocol.query(as_json=args.json, pid=args.pid)
             if changes:
-                reply = request(args.socket, "POST", "/config", query=query,
+                reply = request(args.socket, "POST", protocol.CONFIG, query=query,
                                 body=urlencode(changes).encode())
             else:
-                reply = request(args.socket, "GET", "/config", query=query)
+                reply = request(args.socket, "GET", protocol.CONFIG, query=query)
             sys.stdout.write(reply.text)
-            return EXIT_OK
+            return ExitCode.OK
         source = _local_source(args)
         if changes:
             try:
@@ -311,8 +305,8 @@ class ConfigCommand(Command):
             except ConfigError as exc:
                 raise CliError(str(exc), ExitCode.USAGE) from None
         snap = _state_call(render.Snapshot.take, source)
-        sys.stdout.write(_local_view("/config", snap, args.json))
-        return EXIT_OK
+        sys.stdout.write(_local_view(protocol.CONFIG, snap, args.json))
+        return ExitCode.OK
 
 
 class SymbolizeCommand(Command):
@@ -331,7 +325,7 @@ class SymbolizeCommand(Command):
             for line in symbolize_lines(_input_lines(args.files), symbolizer):
                 sys.stdout.write(line)
                 sys.stdout.flush()  # a report piped in as it happens comes out at once
-        return EXIT_OK
+        return ExitCode.OK
 
 
 def _input_lines(paths: list[Path]) -> Iterator[str]:
@@ -373,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="kfence-py: %(message)s")
     if args.command is None:
         parser.print_help()
-        return EXIT_USAGE
+        return ExitCode.USAGE
     try:
         return int(commands[args.command].run(args))
     except CliError as exc:
@@ -383,4 +377,4 @@ def main(argv: list[str] | None = None) -> int:
         # Output cut short by a reader that went away (| head): not an error of ours.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-        return EXIT_OK
+        return ExitCode.OK

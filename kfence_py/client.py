@@ -15,16 +15,13 @@ from typing import Any
 from urllib.parse import urlencode
 
 from .exitcodes import CliError, ExitCode
-from .render import PROTOCOL
-from .server import PROTOCOL_HEADER, SocketError, check_socket_path
-
-TIMEOUT = 30.0
+from .protocol import CLIENT_TIMEOUT, PROTOCOL, PROTOCOL_HEADER, SocketError, check_socket_path
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):
     """http.client over a Unix socket; the host name is only for the Host header."""
 
-    def __init__(self, path: str | os.PathLike[str], timeout: float = TIMEOUT) -> None:
+    def __init__(self, path: str | os.PathLike[str], timeout: float = CLIENT_TIMEOUT) -> None:
         super().__init__("kfence", timeout=timeout)
         self.socket_path = path
 
@@ -55,7 +52,7 @@ class Response:
 def request(path: str | os.PathLike[str], method: str, endpoint: str, *,
             query: dict[str, object] | None = None, body: bytes | None = None,
             content_type: str = "application/x-www-form-urlencoded",
-            timeout: float = TIMEOUT) -> Response:
+            timeout: float = CLIENT_TIMEOUT) -> Response:
     """One request; CliError for anything but a 2xx answer of this protocol."""
     where = os.fsdecode(path)
     try:

@@ -9,14 +9,17 @@ through /proc/<pid>/maps and the module's PT_LOAD segments.
 from __future__ import annotations
 
 import bisect
+import ctypes
 import functools
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
+from elftools.elf.segments import InterpSegment
 
 ELF_MAGIC = b"\x7fELF"
 
@@ -58,7 +61,7 @@ def _elf_info(path: str, inode: int, mtime_ns: int) -> ElfInfo:
             interpreter = None
             loads = []
             for segment in elf.iter_segments():
-                if segment["p_type"] == "PT_INTERP":
+                if isinstance(segment, InterpSegment):  # PT_INTERP
                     interpreter = segment.get_interp_name()
                 elif segment["p_type"] == "PT_LOAD":
                     loads.append((segment["p_offset"], segment["p_filesz"],
@@ -128,3 +131,23 @@ def parse_maps(text: str) -> Iterator[MappedFile]:
         start, end = (int(x, 16) for x in parts[0].split("-"))
         path = parts[5].removesuffix(" (deleted)")
         yield MappedFile(start, end, int(parts[2], 16), int(parts[4]), path)
+
+
+class _DlInfo(ctypes.Structure):
+    _fields_: ClassVar = [("dli_fname", ctypes.c_char_p), ("dli_fbase", ctypes.c_void_p),
+                          ("dli_sname", ctypes.c_char_p), ("dli_saddr", ctypes.c_void_p)]
+
+
+@functools.lru_cache(maxsize=1)
+def _dladdr() -> Any:
+    fn = ctypes.CDLL(None).dladdr
+    fn.argtypes = [ctypes.c_void_p, ctypes.POINTER(_DlInfo)]
+    return fn
+
+
+def own_symbol(pc: int) -> str | None:
+    """``name+0xoff`` of the dynamic symbol at or before pc in this process (dladdr)."""
+    info = _DlInfo()
+    if not _dladdr()(pc, ctypes.byref(info)) or not info.dli_sname or not info.dli_saddr:
+        return None
+    return f"{info.dli_sname.decode(errors='replace')}+{pc - info.dli_saddr:#x}"

@@ -13,72 +13,72 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from .contract import Counter
+from .options import OptionSpec, runtime_options
 from .sources import Source
+from .state import STATS_COUNTERS
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
+def _setting(spec: OptionSpec) -> GaugeMetricFamily:
+    """The gauge of a runtime option: kfence_<name>, or kfence_<name>_seconds for an MS one."""
+    if spec.type == "MS":
+        return GaugeMetricFamily(f"kfence_{spec.name}_seconds",
+                                 f"{spec.description} Exported in seconds.", labels=["pid"])
+    return GaugeMetricFamily(f"kfence_{spec.name}", spec.description, labels=["pid"])
+
+
+def _counter(counter: Counter) -> GaugeMetricFamily | CounterMetricFamily:
+    """The family of a counter: kfence_<metric>, with a reason label if it has one."""
+    cls = GaugeMetricFamily if counter.type == "GAUGE" else CounterMetricFamily
+    return cls(f"kfence_{counter.metric}", counter.help,
+               labels=["pid", "reason"] if counter.label else ["pid"])
+
+
 class KfenceCollector(Collector):
-    """KFENCE's counters and sampling settings, one series per process (label pid)."""
+    """KFENCE's counters and sampling settings, one series per process (label pid).
+
+    The families come from the library's tables: a gauge per runtime option
+    (option table) and a family per counter metric (counter table, with the
+    zombie objects the reader counts), with a reason label where its counters
+    have one; and whether the process runs and its pool slots.
+    """
 
     def __init__(self, source: Source) -> None:
         self.source = source
 
     def collect(self) -> Iterator[Metric]:
         processes, unreadable = self.source.processes()
-        labels = ["pid"]
-        gauges = {
-            "running": GaugeMetricFamily(
-                "kfence_process_running", "1 while the process runs, 0 after it exited",
-                labels=labels),
-            "enabled": GaugeMetricFamily(
-                "kfence_enabled", "1 while sampling is switched on", labels=labels),
-            "interval": GaugeMetricFamily(
-                "kfence_sample_interval_seconds", "Time gate: one sampled allocation per "
-                "interval", labels=labels),
-            "rate": GaugeMetricFamily(
-                "kfence_sample_rate", "One in N allocations sampled (0: the time gate)",
-                labels=labels),
-            "burst": GaugeMetricFamily(
-                "kfence_burst", "Extra sampled allocations per interval", labels=labels),
-            "pool": GaugeMetricFamily(
-                "kfence_pool_objects", "Pool slots", labels=labels),
-            "allocated": GaugeMetricFamily(
-                "kfence_allocated_objects", "Guarded objects currently allocated",
-                labels=labels),
-            "zombie": GaugeMetricFamily(
-                "kfence_zombie_objects", "Objects caught between allocation and free",
-                labels=labels),
-        }
-        counters = {
-            "allocations": CounterMetricFamily(
-                "kfence_allocations", "Guarded allocations", labels=labels),
-            "frees": CounterMetricFamily("kfence_frees", "Guarded frees", labels=labels),
-            "bugs": CounterMetricFamily("kfence_bugs", "Bugs reported", labels=labels),
-            "skipped": CounterMetricFamily(
-                "kfence_skipped_allocations", "Sampled allocations that fell through to "
-                "glibc, by reason", labels=[*labels, "reason"]),
-        }
+        pid_label = ["pid"]
+        running = GaugeMetricFamily(
+            "kfence_process_running", "1 while the process runs, 0 after it exited",
+            labels=pid_label)
+        specs = runtime_options()
+        settings = {name: _setting(spec) for name, spec in specs.items()}
+        pool = GaugeMetricFamily("kfence_pool_objects", "Pool slots", labels=pid_label)
+        counters: dict[str, GaugeMetricFamily | CounterMetricFamily] = {}
+        for c in STATS_COUNTERS:
+            if c.metric not in counters:
+                counters[c.metric] = _counter(c)
         for p in processes:
             s = p.view.stats()
             pid = [str(p.pid)]
-            values: dict[str, Any] = {
-                "running": int(p.running), "enabled": int(s.enabled),
-                "interval": s.sample_interval_ms / 1000, "rate": s.sample_rate,
-                "burst": s.burst, "pool": s.pool_size, "allocated": s.currently_allocated,
-                "zombie": s.zombie_allocations}
-            for key, family in gauges.items():
-                family.add_metric(pid, values[key])
-            counters["allocations"].add_metric(pid, s.total_allocations)
-            counters["frees"].add_metric(pid, s.total_frees)
-            counters["bugs"].add_metric(pid, s.total_bugs)
-            for reason, count in s.skipped.items():
-                counters["skipped"].add_metric([*pid, reason], count)
+            running.add_metric(pid, int(p.running))
+            for name, family in settings.items():
+                value = s.control[name]
+                family.add_metric(pid, value / 1000 if specs[name].type == "MS" else value)
+            pool.add_metric(pid, s.pool_size)
+            for c in STATS_COUNTERS:
+                counters[c.metric].add_metric([*pid, c.key] if c.label else pid, s.value(c))
         unreadable_gauge = GaugeMetricFamily(
             "kfence_unreadable_state_files", "State files that could not be read")
         unreadable_gauge.add_metric([], len(unreadable))
-        yield from gauges.values()
-        yield from counters.values()
+        yield running
+        yield from settings.values()
+        yield pool
+        yield from (f for f in counters.values() if f.type == "gauge")
+        yield from (f for f in counters.values() if f.type != "gauge")
         yield unreadable_gauge
 
 

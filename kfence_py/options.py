@@ -6,13 +6,12 @@ the CLI and README's table all come from that list.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ._native import ffi, lib, text
-
-PLACEMENTS: tuple[str, ...] = tuple(text(lib.kfence_placement_name(i))
-                                    for i in range(lib.KFENCE_PLACEMENT_KINDS))
+from .contract import PLACEMENTS
 
 
 @dataclass(frozen=True)
@@ -25,7 +24,7 @@ class OptionSpec:
     minimum: int
     maximum: int
     description: str
-    runtime: bool  # a field of the control block: changeable while the process runs
+    runtime: bool  # a field of the control block (same name): changeable while the process runs
 
     def normalize(self, value: object) -> str:
         """The value as the library prints it; ValueError (saying why) if it would refuse it.
@@ -42,20 +41,29 @@ class OptionSpec:
         return text(out)
 
 
+def _spec(i: int) -> OptionSpec:
+    d = lib.kfence_option_desc(i)
+    return OptionSpec(text(d.name), text(d.type), text(d.default_value), d.min, d.max,
+                      text(d.description), text(d.when) == "RUNTIME")
+
+
+@functools.lru_cache(maxsize=1)
+def _table() -> tuple[OptionSpec, ...]:
+    return tuple(_spec(i) for i in range(lib.kfence_option_count()))
+
+
 def option_specs() -> dict[str, OptionSpec]:
     """Every option, in table order."""
-    specs: dict[str, OptionSpec] = {}
-    for i in range(lib.kfence_option_count()):
-        d = lib.kfence_option_desc(i)
-        spec = OptionSpec(text(d.name), text(d.type), text(d.default_value), d.min, d.max,
-                          text(d.description), text(d.when) == "RUNTIME")
-        specs[spec.name] = spec
-    return specs
+    return {spec.name: spec for spec in _table()}
 
 
-def runtime_options() -> tuple[str, ...]:
-    """The options the control block changes while the library runs, in table order."""
-    return tuple(name for name, spec in option_specs().items() if spec.runtime)
+def runtime_options() -> dict[str, OptionSpec]:
+    """The options of the control block, which change while the library runs, in table order.
+
+    Each is a uint32_t field of struct kfence_control of the same name; the
+    others are fixed at start.
+    """
+    return {spec.name: spec for spec in _table() if spec.runtime}
 
 
 def format_options(values: Mapping[str, object]) -> str:
@@ -71,7 +79,7 @@ def format_options(values: Mapping[str, object]) -> str:
 
 def markdown_table() -> str:
     """README's option table."""
-    rows = ["| option | default | values | meaning |", "|---|---|---|---|"]
+    rows = ["| option | default | values | changes | meaning |", "|---|---|---|---|---|"]
     for spec in option_specs().values():
         if spec.type == "UINT":
             values = f"{spec.minimum}..{spec.maximum}"
@@ -86,5 +94,6 @@ def markdown_table() -> str:
         else:
             values = "path"
         default = f"`{spec.default}`" if spec.default else "(empty)"
-        rows.append(f"| `{spec.name}` | {default} | {values} | {spec.description} |")
+        when = "at run time" if spec.runtime else "at start"
+        rows.append(f"| `{spec.name}` | {default} | {values} | {when} | {spec.description} |")
     return "\n".join(rows) + "\n"

@@ -20,7 +20,7 @@ import pytest
 
 from . import api
 from .options import option_specs
-from .reports import format_record
+from .reports import title
 
 _SEEN = pytest.StashKey[int]()
 _ENABLED = pytest.StashKey[bool]()
@@ -67,8 +67,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         api.log.removeHandler(handler)
 
 
-def pytest_terminal_summary(terminalreporter: Any, exitstatus: int,
-                            config: pytest.Config) -> None:
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     handler = config.stash.get(_WARNINGS, None)
     if handler is not None and handler.messages:
         terminalreporter.section("kfence_py")
@@ -98,7 +97,7 @@ def _written() -> int:
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Generator:
+def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, Any, None]:
     options = _options(item)
     if options is None:
         yield
@@ -110,7 +109,8 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Generator:
+def pytest_runtest_makereport(item: pytest.Item,
+                              call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
     outcome = yield
     if not item.stash.get(_ENABLED, False):
         return
@@ -120,8 +120,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Gener
     item.stash[_SEEN] = written
     new = [r for r in api.reports() if r.sequence > seen]
     report = outcome.get_result()
-    kinds = ", ".join(f"{r.kind}{' ' + r.access if r.access else ''}" for r in new)
-    text = "".join(format_record(r) for r in new)
+    kinds = ", ".join(title(r.kind, r.access) for r in new)
+    from .render import own_reports_text  # the renderer and its imports only when needed
+
+    text = own_reports_text(new)
     report.outcome = "failed"
     report.longrepr = (f"kfence_py reported {written - seen} memory bug(s) during {call.when}: "
                        f"{kinds}\n{text}")

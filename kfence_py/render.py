@@ -1,27 +1,30 @@
 """The controller's views of a set of processes: text for people, JSON for tools.
 
-The server and the local client (``kfence-py stats --state-dir``) render with
-the same functions, so both print the same thing.  Raw pcs from the state are
-placed in their modules through the maps of a process that still runs; the
-printed reports ``run`` collected carry module+offset even after the process
-is gone.
+The one renderer: the server, the local client (``kfence-py stats
+--state-dir``) and the pytest plugin render with the same functions, so all
+print the same thing.  Raw pcs from the state are placed in their modules
+through the maps of a process that still runs; the printed reports ``run``
+collected carry module+offset even after the process is gone.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from collections.abc import Callable, Iterator
+import os
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .elf import ProcessMaps
-from .reports import Frame, Report, parse_reports
+from ._native import lib
+from .contract import BUG_KINDS, COUNTERS
+from .elf import ProcessMaps, own_symbol
+from .options import OptionSpec, runtime_options
+from .protocol import CONFIG, OBJECTS, REPORTS, STATS, document
+from .reports import FAULT_KINDS, RULE, Frame, Report, parse_reports, title, title_line
 from .sources import Process, Source, Unreadable
-from .state import ObjectInfo, ReportRecord
-from .symbolize import FAULT_KINDS, RULE, SourceFrame, Symbolizer, format_frame, symbolize_text
+from .state import STATS_COUNTERS, ObjectInfo, ReportRecord, Stats
+from .symbolize import SourceFrame, Symbolizer, format_frame, symbolize_text
 
-PROTOCOL = 1  # of the JSON documents and the HTTP interface; bump on incompatible change
 Doc = dict[str, Any]
 
 
@@ -39,8 +42,8 @@ class Snapshot:
         return cls(source.describe(), processes, unreadable)
 
     def _envelope(self, **body: Any) -> Doc:
-        return {"protocol": PROTOCOL, "source": self.source, **body,
-                "unreadable": [{"path": str(u.path), "error": u.error} for u in self.unreadable]}
+        return document(source=self.source, **body, unreadable=[
+            {"path": str(u.path), "error": u.error} for u in self.unreadable])
 
     def _trailer(self) -> list[str]:
         return [f"unreadable: {u.error}" for u in self.unreadable]
@@ -52,14 +55,43 @@ def _state(p: Process) -> str:
 
 # --- stats -----------------------------------------------------------------
 
-_ROW = "{:>8}  {:<8} {:>7} {:>8} {:>11} {:>5} {:>9} {:>11} {:>11} {:>5}"
+
+def _setting_name(spec: OptionSpec) -> str:
+    return spec.name.replace("_", " ") + (" (ms)" if spec.type == "MS" else "")
+
+
+def stats_lines(s: Stats) -> list[str]:
+    """KFENCE's stats text, one "name: value" per line.
+
+    As KFENCE orders it: the switches (BOOL runtime options), the counters,
+    the other runtime options, the pool size.
+    """
+    specs = runtime_options().values()
+    rows = [(_setting_name(spec), s.control[spec.name]) for spec in specs if spec.type == "BOOL"]
+    rows += [(counter.name, s.value(counter)) for counter in STATS_COUNTERS]
+    rows += [(_setting_name(spec), s.control[spec.name]) for spec in specs if spec.type != "BOOL"]
+    rows.append(("pool size", s.pool_size))
+    return [f"{name}: {value}" for name, value in rows]
+
+
+def _summary(s: Stats | None) -> list[Any]:
+    """The row of a process (the header for None): each runtime option, each counter without label.
+
+    A counter is headed by its stats name without the "total "/"currently "
+    of KFENCE's names ("allocations", "bugs").
+    """
+    row: list[Any] = [name.replace("_", " ") if s is None else s.control[name]
+                      for name in runtime_options()]
+    row += [c.name.removeprefix("total ").removeprefix("currently ") if s is None
+            else s.counters[c.index] for c in COUNTERS if not c.label]
+    return row
 
 
 def stats_doc(snap: Snapshot) -> Doc:
     return snap._envelope(processes=[
         {"pid": p.pid, "running": p.running,
          "state_file": str(p.state_file) if p.state_file else None,
-         "stats": dataclasses.asdict(p.view.stats())}
+         "stats": p.view.stats().as_dict()}
         for p in snap.processes])
 
 
@@ -69,14 +101,13 @@ def stats_text(snap: Snapshot) -> str:
     lines = [f"processes: {len(snap.processes)} ({running} running) in {snap.source}"]
     stats = [(p, p.view.stats()) for p in snap.processes]
     if stats:
-        lines.append(_ROW.format("pid", "state", "enabled", "interval", "sample rate", "burst",
-                                 "allocated", "allocations", "frees", "bugs"))
+        header = _summary(None)
+        row = "{:>8}  {:<8}" + "".join(f" {{:>{max(len(h), 5)}}}" for h in header)
+        lines.append(row.format("pid", "state", *header))
         for p, s in stats:
-            lines.append(_ROW.format(p.pid, _state(p), int(s.enabled), s.sample_interval_ms,
-                                     s.sample_rate, s.burst, s.currently_allocated,
-                                     s.total_allocations, s.total_frees, s.total_bugs))
+            lines.append(row.format(p.pid, _state(p), *_summary(s)))
     for p, s in stats:
-        lines += ["", f"pid {p.pid} ({_state(p)}):", *s.lines()]
+        lines += ["", f"pid {p.pid} ({_state(p)}):", *stats_lines(s)]
     lines += snap._trailer()
     return "\n".join(lines) + "\n"
 
@@ -104,11 +135,17 @@ def config_text(snap: Snapshot) -> str:
 
 
 class _Frames:
-    """Raw pcs or parsed frames to frame records and text, for one process."""
+    """Raw pcs or parsed frames to frame records and text, for one process.
 
-    def __init__(self, maps: ProcessMaps | None, symbolizer: Symbolizer | None) -> None:
+    maps places raw pcs in their modules; symbols, when given, names the
+    symbol at a raw pc (possible in this process only).
+    """
+
+    def __init__(self, maps: ProcessMaps | None, symbolizer: Symbolizer | None,
+                 symbols: Callable[[int], str | None] | None = None) -> None:
         self.maps = maps
         self.symbolizer = symbolizer
+        self.symbols = symbols
 
     def _sources(self, module: str | None, offset: int | None,
                  exact: bool) -> list[SourceFrame]:
@@ -129,7 +166,8 @@ class _Frames:
         for i, pc in enumerate(pcs):
             where = self.maps.resolve(pc) if self.maps else None
             module, offset = where if where else (None, None)
-            doc, text = self._record(i, pc, None, module, offset, first_exact and i == 0)
+            symbol = self.symbols(pc) if self.symbols else None
+            doc, text = self._record(i, pc, symbol, module, offset, first_exact and i == 0)
             docs.append(doc)
             lines += text
         return docs, lines or [" (no stack)"]
@@ -141,11 +179,13 @@ class _Frames:
 
 
 def _first_function(frames: list[Doc]) -> str | None:
+    """The function of the first frame whose source is known, else frame #0's symbol's."""
     for frame in frames:
         for source in frame["source"]:
             if source["function"]:
                 return source["function"]
-    return None
+    symbol = frames[0]["symbol"] if frames else None
+    return symbol.rsplit("+", 1)[0] if symbol else None
 
 
 # --- objects ---------------------------------------------------------------
@@ -224,17 +264,19 @@ def report_doc(report: Report, pid: int | None, symbolizer: Symbolizer | None) -
             "text": report.text}
 
 
-def _record_doc(rec: ReportRecord, pid: int, frames: _Frames) -> tuple[Doc, list[str]]:
-    """A report from the state's ring (raw pcs) as a JSON record and text."""
+_OUT_OF_BOUNDS = BUG_KINDS[lib.KFENCE_BUG_OOB].name  # the kind with a distance
+
+
+def _record_doc(rec: ReportRecord, pid: int, frames: _Frames) -> Doc:
+    """A report from the state's ring (raw pcs) as a JSON record, its text under "text"."""
     stack, stack_lines = frames.from_pcs(rec.stack, first_exact=rec.kind in FAULT_KINDS)
-    access = f" {rec.access}" if rec.access else ""
     function = _first_function(stack)
-    lines = [RULE, f"BUG: KFENCE: {rec.kind}{access} in {function or '<unknown>'}", "",
-             f"{rec.kind}{access} at {rec.address:#x} (thread {rec.thread}, "
+    lines = [RULE, title_line(rec.kind, rec.access, function or "<unknown>"), "",
+             f"{title(rec.kind, rec.access)} at {rec.address:#x} (thread {rec.thread}, "
              f"at {rec.time:.6f}s):", *stack_lines]
     doc: Doc = {"pid": pid, "sequence": rec.sequence, "kind": rec.kind, "access": rec.access,
                 "function": function, "address": rec.address,
-                "distance": rec.distance if rec.kind == "out-of-bounds" else None,
+                "distance": rec.distance if rec.kind == _OUT_OF_BOUNDS else None,
                 "object": None, "stack": stack, "allocated": None, "freed": None}
     if rec.object is not None:
         obj_doc, obj_lines = _object_doc(rec.object, frames)
@@ -243,7 +285,17 @@ def _record_doc(rec: ReportRecord, pid: int, frames: _Frames) -> tuple[Doc, list
         lines += ["", *obj_lines]
     lines += ["", f"pid {pid}, thread {rec.thread}", RULE]
     doc["text"] = "\n".join(lines) + "\n"
-    return doc, lines
+    return doc
+
+
+def own_reports_text(records: Iterable[ReportRecord]) -> str:
+    """Reports of this process's ring as ``kfence-py reports`` prints them (pytest plugin).
+
+    Frames are named by the dynamic symbol at each pc; no symbolizer runs.
+    """
+    pid = os.getpid()
+    frames = _Frames(ProcessMaps.read(pid), None, own_symbol)
+    return "".join(_record_doc(rec, pid, frames)["text"] for rec in records)
 
 
 def _reports(snap: Snapshot, symbolizer: Symbolizer | None
@@ -262,11 +314,8 @@ def _reports(snap: Snapshot, symbolizer: Symbolizer | None
                           for r in parsed]
                 continue
         frames = _Frames(p.maps(), symbolizer)
-        out = []
-        for rec in p.view.reports():
-            doc, lines = _record_doc(rec, p.pid, frames)
-            out.append((doc, "\n".join(lines) + "\n"))
-        yield p, out
+        docs = [_record_doc(rec, p.pid, frames) for rec in p.view.reports()]
+        yield p, [(doc, doc["text"]) for doc in docs]
 
 
 def reports_doc(snap: Snapshot, symbolizer: Symbolizer | None = None) -> Doc:
@@ -304,8 +353,8 @@ class View:
 
 
 VIEWS = {
-    "/stats": View(stats_doc, stats_text, symbolized=False),
-    "/objects": View(objects_doc, objects_text, symbolized=True),
-    "/reports": View(reports_doc, reports_text, symbolized=True),
-    "/config": View(config_doc, config_text, symbolized=False),
+    STATS: View(stats_doc, stats_text, symbolized=False),
+    OBJECTS: View(objects_doc, objects_text, symbolized=True),
+    REPORTS: View(reports_doc, reports_text, symbolized=True),
+    CONFIG: View(config_doc, config_text, symbolized=False),
 }

@@ -1,33 +1,60 @@
-"""Parse KFENCE-format reports (as libkfence.so prints them) into records."""
+"""The report grammar: the text libkfence.so prints for a bug, and its parser.
+
+A report stands between two rules.  Its title is ``BUG: KFENCE: <kind>[
+<access>] in <function>``, its first line starts with the kind's headline
+(``Out-of-bounds read at 0x... (3B right of kfence-#7):``), then come the
+frames (`` #i 0xpc in symbol (module+0xoffset)``), the object
+(``kfence-#7: 0x...-0x..., size=32, cache=malloc``) and its ``allocated by`` /
+``freed by`` stacks.  The kinds, their headlines and which of them have an
+access come from the library (contract.BUG_KINDS); this module owns the rest,
+for every reader and writer of report text in the package.
+"""
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
 
-if TYPE_CHECKING:
-    from .state import ReportRecord
+from .contract import ACCESSES, BUG_KINDS
 
-RULE = "=" * 66
+RULE = "=" * 66  # the line before and after each report
+TITLE_PREFIX = "BUG: KFENCE: "
+# Kinds of a fault: frame #0 of their stack is the faulting instruction, not a return address.
+FAULT_KINDS = frozenset(kind.name for kind in BUG_KINDS if kind.with_access)
 
-_HEADER = re.compile(
-    r"^BUG: KFENCE: (?P<kind>out-of-bounds|use-after-free|memory corruption|invalid free"
-    r"|invalid|memory leak)(?: (?P<access>read|write))? in (?P<where>\S+)")
-_FRAME = re.compile(
+
+def _either(words: list[str]) -> str:
+    """A regex alternative of words, longest first."""
+    return "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
+
+
+_KIND = _either([kind.name for kind in BUG_KINDS])
+_ACCESS = _either([access for access in ACCESSES if access])
+_HEADLINE = _either([kind.headline.rstrip() for kind in BUG_KINDS])
+
+TITLE = re.compile(
+    rf"^{re.escape(TITLE_PREFIX)}(?P<kind>{_KIND})(?: (?P<access>{_ACCESS}))? in (?P<where>\S+)")
+FRAME = re.compile(
     r"^ #(?P<index>\d+) (?P<pc>0x[0-9a-f]+) in (?P<symbol>\S+) "
-    r"\((?P<module>.*)\+(?P<module_offset>0x[0-9a-f]+)\)$")
-_OBJECT = re.compile(
+    r"\((?P<module>.*)\+(?P<offset>0x[0-9a-f]+)\)$")
+OBJECT = re.compile(
     r"^kfence-#(?P<index>\d+): (?P<start>0x[0-9a-f]+)-(?P<end>0x[0-9a-f]+), "
     r"size=(?P<size>\d+), cache=(?P<cache>\S+)")
-_BY = re.compile(r"^(?P<what>allocated|freed) by thread (?P<tid>\d+) at (?P<time>[\d.]+)s:")
-_WHAT = re.compile(
-    r"^(?:Out-of-bounds|Use-after-free|Invalid|Corrupted memory|Invalid free of"
-    r"|Unreferenced object)(?: (?:read|write))?(?: at)? (?P<addr>0x[0-9a-f]+)"
+BY = re.compile(r"^(?P<what>allocated|freed) by thread (?P<tid>\d+) at (?P<time>[\d.]+)s:")
+WHAT = re.compile(
+    rf"^(?:{_HEADLINE})(?: (?:{_ACCESS}))?(?: at)? (?P<addr>0x[0-9a-f]+)"
     r"(?: \[(?P<bytes>[^\]]*)\])?"
     r"(?: \((?:(?P<dist>\d+)B (?P<side>left|right) of |in )kfence-#(?P<obj>\d+)\))?:$")
+
+
+def title(kind: str, access: str | None) -> str:
+    """What a report's title says of the bug: the kind, and the access of a fault."""
+    return f"{kind} {access}" if access else kind
+
+
+def title_line(kind: str, access: str | None, where: str) -> str:
+    """A report's title line."""
+    return f"{TITLE_PREFIX}{title(kind, access)} in {where}"
 
 
 @dataclass(frozen=True)
@@ -48,7 +75,7 @@ class Frame:
 class Report:
     """One report; fields that do not apply to its kind stay None."""
 
-    kind: str  # out-of-bounds, use-after-free, memory corruption, invalid, invalid free, ...
+    kind: str  # a contract.BUG_KINDS name: out-of-bounds, use-after-free, ...
     access: str | None  # read or write
     location: str  # "function+0xoff" in the header
     address: int | None = None
@@ -76,11 +103,11 @@ class Report:
 def _frame(match: re.Match[str]) -> Frame:
     symbol = match["symbol"]
     return Frame(int(match["pc"], 16), None if symbol == "<unknown>" else symbol,
-                 match["module"], int(match["module_offset"], 16))
+                 match["module"], int(match["offset"], 16))
 
 
 def _parse_one(lines: list[str]) -> Report | None:
-    header = next((m for m in map(_HEADER.match, lines) if m), None)
+    header = next((m for m in map(TITLE.match, lines) if m), None)
     if header is None:
         return None
     report = Report(kind=header["kind"], access=header["access"], location=header["where"],
@@ -90,7 +117,7 @@ def _parse_one(lines: list[str]) -> Report | None:
         if python is not None and line.startswith("  File "):
             python.append(line.strip())
             continue
-        if m := _WHAT.match(line):
+        if m := WHAT.match(line):
             report.address = int(m["addr"], 16)
             report.corrupted = m["bytes"].strip() if m["bytes"] else None
             if m["obj"]:
@@ -98,14 +125,14 @@ def _parse_one(lines: list[str]) -> Report | None:
             if m["dist"]:
                 report.distance = int(m["dist"]) * (-1 if m["side"] == "left" else 1)
             target = report.stack
-        elif m := _FRAME.match(line):
+        elif m := FRAME.match(line):
             target.append(_frame(m))
-        elif m := _OBJECT.match(line):
+        elif m := OBJECT.match(line):
             report.object_index = int(m["index"])
             report.object_start = int(m["start"], 16)
             report.size = int(m["size"])
             report.cache = m["cache"]
-        elif m := _BY.match(line):
+        elif m := BY.match(line):
             if m["what"] == "allocated":
                 report.alloc_thread, target = int(m["tid"]), report.alloc_stack
                 python = report.alloc_python
@@ -117,7 +144,8 @@ def _parse_one(lines: list[str]) -> Report | None:
 
 def parse_reports(text: str) -> list[Report]:
     """Every report in text (other output around them is ignored)."""
-    reports, current = [], None
+    reports: list[Report] = []
+    current: list[str] | None = None
     for line in text.splitlines():
         if line == RULE:
             if current is None:
@@ -129,53 +157,3 @@ def parse_reports(text: str) -> list[Report]:
         elif current is not None:
             current.append(line)
     return reports
-
-
-# --- Records from the shared state, rendered for people -------------------
-
-
-class _DlInfo(ctypes.Structure):
-    _fields_: ClassVar = [("dli_fname", ctypes.c_char_p), ("dli_fbase", ctypes.c_void_p),
-                          ("dli_sname", ctypes.c_char_p), ("dli_saddr", ctypes.c_void_p)]
-
-
-@functools.lru_cache(maxsize=1)
-def _dladdr() -> Any:
-    fn = ctypes.CDLL(None).dladdr
-    fn.argtypes = [ctypes.c_void_p, ctypes.POINTER(_DlInfo)]
-    return fn
-
-
-def describe_pc(pc: int) -> str:
-    """``sym+0xoff (module+0xoff)`` for an address of this process (dladdr)."""
-    info = _DlInfo()
-    if not _dladdr()(pc, ctypes.byref(info)) or not info.dli_fname:
-        return f"{pc:#x}"
-    module = info.dli_fname.decode(errors="replace")
-    where = f"({module}+{pc - (info.dli_fbase or 0):#x})"
-    if info.dli_sname and info.dli_saddr:
-        return f"{info.dli_sname.decode(errors='replace')}+{pc - info.dli_saddr:#x} {where}"
-    return f"<unknown> {where}"
-
-
-def format_record(record: ReportRecord, *, symbolize: bool = True) -> str:
-    """A report record as text close to the printed report (this process's addresses)."""
-    def stack(pcs: tuple[int, ...]) -> list[str]:
-        return [f" #{i} {pc:#014x} in {describe_pc(pc) if symbolize else '?'}"
-                for i, pc in enumerate(pcs)]
-
-    access = f" {record.access}" if record.access else ""
-    where = describe_pc(record.stack[0]).split()[0] if record.stack and symbolize else "<unknown>"
-    lines = [RULE, f"BUG: KFENCE: {record.kind}{access} in {where}", "",
-             f"at {record.address:#x}"]
-    lines += stack(record.stack)
-    obj = record.object
-    if obj is not None:
-        lines += ["", f"kfence-#{obj.index}: {obj.address:#x}, size={obj.size}, cache={obj.cache}",
-                  "", f"allocated by thread {obj.alloc_thread} at {obj.alloc_time:.6f}s:"]
-        lines += stack(obj.alloc_stack) + obj.alloc_python.splitlines()
-        if obj.free_thread is not None:
-            lines += ["", f"freed by thread {obj.free_thread} at {obj.free_time:.6f}s:"]
-            lines += stack(obj.free_stack) + obj.free_python.splitlines()
-    lines.append(RULE)
-    return "\n".join(lines) + "\n"

@@ -30,16 +30,16 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from ._native import LIB_PATH, lib
 from .elf import NotElf, elf_info
 from .exitcodes import CliError, ExitCode
 from .options import OptionSpec, format_options, option_specs
+from .protocol import SocketError
 from .render import report_doc
 from .reports import RULE, parse_reports
 from .retention import KEEP_CLEAN, prune
-from .server import SocketError, StatsServer
 from .sources import REPORT_PREFIX, DirectorySource
 from .state import StateError, StateView
 from .symbolize import Symbolizer, symbolize_text
@@ -79,14 +79,14 @@ def add_option_flags(parser: argparse.ArgumentParser) -> None:
         "KFENCE options", "each sets the KFENCE_OPTIONS key of the same name; "
         "KFENCE_OPTIONS from the environment applies first")
     for spec in option_specs().values():
-        kwargs: dict[str, object] = {"dest": f"option_{spec.name}", "type": _checker(spec),
+        kwargs: dict[str, Any] = {"dest": f"option_{spec.name}", "type": _checker(spec),
                                      "default": None}
         default = spec.default or "(empty)"
         if spec.type == "BOOL":
             kwargs.update(nargs="?", const="1", metavar="0|1")
             help_text = f"{spec.description} (default {default}; the flag alone means 1)"
         else:
-            kwargs["metavar"] = {"UINT": "N", "POW2": "N", "PLACEMENT": "WHERE"}.get(
+            kwargs["metavar"] = {"UINT": "N", "MS": "MS", "POW2": "N", "PLACEMENT": "WHERE"}.get(
                 spec.type, "PATH")
             help_text = f"{spec.description} (default {default})"
         if spec.name == "state_dir":
@@ -372,6 +372,8 @@ class Runner:
             # Blocked before any thread starts, so that every thread inherits it.
             stack.enter_context(_signals_blocked((*FORWARDED, signal.SIGCHLD)))
             if self.socket_path is not None:
+                from .server import StatsServer  # the server's imports only for --socket
+
                 try:
                     server = StatsServer(self.socket_path,
                                          DirectorySource(state_dir, report_prefix),

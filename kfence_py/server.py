@@ -37,8 +37,24 @@ from urllib.parse import parse_qsl, urlsplit
 from . import __version__
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import metrics_doc, metrics_text, registry_for
-from .render import PROTOCOL, VIEWS, Snapshot
-from .retention import KEEP_CLEAN, PRUNE_INTERVAL, prune
+from .protocol import (
+    CONFIG,
+    ENDPOINTS,
+    FORMATS,
+    JSON_TYPE,
+    MAX_BODY,
+    MAX_CLIENTS,
+    METRICS,
+    PROTOCOL,
+    PROTOCOL_HEADER,
+    READ_TIMEOUT,
+    TEXT_TYPE,
+    SocketError,
+    check_socket_path,
+    document,
+)
+from .render import VIEWS, Snapshot
+from .retention import PRUNE_INTERVAL, prune
 from .sources import (
     ConfigError,
     DirectorySource,
@@ -52,30 +68,9 @@ from .symbolize import Symbolizer
 
 log = logging.getLogger("kfence_py")
 
-SUN_PATH_MAX = 107  # sockaddr_un.sun_path is 108 bytes, the last one a NUL
-MAX_BODY = 16 * 1024  # a /config body is a few key=value pairs
-READ_TIMEOUT = 10.0  # seconds a client may take to send a whole request
-MAX_CLIENTS = 16  # connections served at once; more get 503
 LINGER = 1.0  # seconds a refused connection is drained before it is closed
-PROTOCOL_HEADER = "X-Kfence-Protocol"
-ENDPOINTS = ("/stats", "/objects", "/reports", "/metrics", "/config")
 ALLOW = "GET, HEAD, POST"
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
-
-
-class SocketError(Exception):
-    """The socket cannot be created where asked; the message says why."""
-
-
-def check_socket_path(path: str | os.PathLike[str]) -> bytes:
-    """path as bytes for sun_path, or SocketError when it does not fit."""
-    raw = os.fsencode(path)
-    if len(raw) > SUN_PATH_MAX:
-        raise SocketError(f"socket path {os.fsdecode(raw)!r} is {len(raw)} bytes; a Unix "
-                          f"socket path holds at most {SUN_PATH_MAX}: use a shorter one")
-    if not raw:
-        raise SocketError("empty socket path")
-    return raw
 
 
 def _private_dir(directory: Path) -> None:
@@ -178,14 +173,14 @@ class StatsHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = f"kfence-py/{__version__}"
     error_message_format = "%(code)d %(message)s: %(explain)s\n"
-    error_content_type = "text/plain; charset=utf-8"
+    error_content_type = TEXT_TYPE
     # Answer even an unparsable request line with a status line and headers.
     default_request_version = "HTTP/1.1"
     server: StatsServer
 
     def setup(self) -> None:
-        self.timeout = self.server.read_timeout
         super().setup()
+        self.connection.settimeout(self.server.read_timeout)
         self.peer = peer_credentials(self.request)
         self.rfile.close()
         self._reader = _DeadlineReader(self.connection)
@@ -199,7 +194,7 @@ class StatsHandler(BaseHTTPRequestHandler):
 
     def flush_headers(self) -> None:
         # Answers are written with the plain timeout, not what is left of the deadline.
-        self.connection.settimeout(self.timeout)
+        self.connection.settimeout(self.server.read_timeout)
         super().flush_headers()
 
     # The client address of a Unix socket is "", which the base class indexes.
@@ -239,9 +234,10 @@ class StatsHandler(BaseHTTPRequestHandler):
                 raise _Reply(HTTPStatus.BAD_REQUEST, "malformed header section")
             url = urlsplit(self.path)
             query = self._query(url.query)
-            fmt = query.pop("format", "text")
-            if fmt not in ("text", "json"):
-                raise _Reply(HTTPStatus.BAD_REQUEST, f"format must be text or json, not {fmt!r}")
+            fmt = query.pop("format", FORMATS[0])
+            if fmt not in FORMATS:
+                raise _Reply(HTTPStatus.BAD_REQUEST,
+                             f"format must be {' or '.join(FORMATS)}, not {fmt!r}")
             pid = self._pid(query.pop("pid", None))
             if query:
                 raise _Reply(HTTPStatus.BAD_REQUEST,
@@ -249,7 +245,7 @@ class StatsHandler(BaseHTTPRequestHandler):
             if url.path not in ENDPOINTS:
                 raise _Reply(HTTPStatus.NOT_FOUND,
                              f"no {url.path}; try one of {', '.join(ENDPOINTS)}")
-            if body and url.path != "/config":
+            if body and url.path != CONFIG:
                 raise _Reply(HTTPStatus.METHOD_NOT_ALLOWED, "POST is for /config only",
                              {"Allow": "GET, HEAD"})
             if body:
@@ -282,7 +278,7 @@ class StatsHandler(BaseHTTPRequestHandler):
         self.send_response(reply.status)
         for key, value in reply.headers.items():
             self.send_header(key, value)
-        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Type", TEXT_TYPE)
         self.send_header("Content-Length", str(len(body)))
         # A body may be left unread (refused, too large): this connection is done.
         self.send_header("Connection", "close")
@@ -340,20 +336,20 @@ class StatsHandler(BaseHTTPRequestHandler):
 
     def _render(self, path: str, fmt: str, pid: int | None) -> tuple[bytes, str]:
         server = self.server
-        if path == "/metrics":
+        if path == METRICS:
             if fmt == "json":
-                return _json({"protocol": PROTOCOL, "metrics": metrics_doc(server.registry)})
+                return _json(document(metrics=metrics_doc(server.registry)))
             return metrics_text(server.registry), METRICS_CONTENT_TYPE
         snap = Snapshot.take(server.source, pid)
         if pid is not None and not snap.processes:
             raise _Reply(HTTPStatus.NOT_FOUND, f"no state of pid {pid} in {snap.source}")
         content = VIEWS[path].render(snap, as_json=fmt == "json", symbolizer=server.symbolizer)
-        ctype = "application/json" if fmt == "json" else "text/plain; charset=utf-8"
+        ctype = JSON_TYPE if fmt == "json" else TEXT_TYPE
         return content.encode(), ctype
 
 
 def _json(doc: Any) -> tuple[bytes, str]:
-    return (json.dumps(doc, indent=1) + "\n").encode(), "application/json"
+    return (json.dumps(doc, indent=1) + "\n").encode(), JSON_TYPE
 
 
 def parse_config_body(data: bytes, content_type: str) -> dict[str, object]:
@@ -362,7 +358,7 @@ def parse_config_body(data: bytes, content_type: str) -> dict[str, object]:
         text = data.decode()
     except UnicodeDecodeError:
         raise _Reply(HTTPStatus.BAD_REQUEST, "the body is not UTF-8") from None
-    if content_type == "application/json" or text.lstrip().startswith("{"):
+    if content_type == JSON_TYPE or text.lstrip().startswith("{"):
         try:
             doc = json.loads(text)
         except ValueError as exc:
@@ -544,15 +540,3 @@ def serve(path: str | os.PathLike[str], *, symbolize: bool = True,
     symbolizer = Symbolizer() if symbolize else None
     return StatsServer(path, InProcessSource(), symbolizer=symbolizer,
                        max_clients=max_clients).start()
-
-
-def serve_directory(path: str | os.PathLike[str], state_dir: str | os.PathLike[str], *,
-                    symbolize: bool = True, max_clients: int = MAX_CLIENTS,
-                    keep_clean: int | None = KEEP_CLEAN) -> StatsServer:
-    """Serve every process of a state directory (``kfence-py serve``), in a thread.
-
-    The directory is pruned now and then (retention.prune) unless keep_clean is None.
-    """
-    symbolizer = Symbolizer() if symbolize else None
-    return StatsServer(path, DirectorySource(state_dir), symbolizer=symbolizer,
-                       max_clients=max_clients, keep_clean=keep_clean).start()

@@ -17,16 +17,13 @@ from pathlib import Path
 from typing import Protocol
 
 from .elf import ProcessMaps
-from .options import option_specs
+from .options import runtime_options
 from .state import StateError, StateView, write_control
 
 log = logging.getLogger("kfence_py")
 
 STATE_FILE = re.compile(r"^(?P<pid>\d+)\.state$")
 REPORT_PREFIX = "report"  # run sets report_path=<state_dir>/report: files report.<pid>
-# The control block's fields, by the option that sets each at start.
-CONTROL_FIELDS = {"enabled": "enabled", "sample_interval": "sample_interval",
-                  "sample_rate": "sample_rate", "burst": "burst"}
 
 
 @dataclass
@@ -40,9 +37,8 @@ class Process:
     report_file: Path | None = None  # its printed reports, when run collected them
 
     def control(self) -> dict[str, int]:
-        c = self.view.header.control
-        return {"enabled": int(c.enabled), "sample_interval": int(c.sample_interval),
-                "sample_rate": int(c.sample_rate), "burst": int(c.burst)}
+        """Its runtime options in force, by name."""
+        return self.view.control()
 
     def maps(self) -> ProcessMaps | None:
         """Its file mappings while it runs, to place raw pcs in modules."""
@@ -74,7 +70,7 @@ class Source(Protocol):
         """The processes (only pid's when given) and the files that could not be read."""
 
     def set_control(self, process: Process, values: Mapping[str, int]) -> None:
-        """Write control-block fields (struct kfence_control names) of process."""
+        """Change runtime options (by name: the control block's fields) of process."""
 
     def describe(self) -> str: ...
 
@@ -190,7 +186,7 @@ class DirectorySource:
 
     def set_control(self, process: Process, values: Mapping[str, int]) -> None:
         assert process.state_file is not None
-        write_control(process.state_file, dict(values))
+        write_control(process.state_file, values)
 
 
 class InProcessSource:
@@ -206,21 +202,20 @@ class InProcessSource:
         return [Process(os.getpid(), view, True)], []
 
     def set_control(self, process: Process, values: Mapping[str, int]) -> None:
-        for name, value in values.items():
-            setattr(process.view.header.control, name, value)
+        process.view.set_control(values)
 
 
 def parse_changes(changes: Mapping[str, object]) -> dict[str, int]:
     """Validated control-block changes: option name to value.  ConfigError if bad."""
+    specs = runtime_options()
     if not changes:
         raise ConfigError(f"nothing to change; give key=value with a key among "
-                          f"{', '.join(CONTROL_FIELDS)}")
-    specs = option_specs()
+                          f"{', '.join(specs)}")
     out = {}
     for key, value in changes.items():
-        if key not in CONTROL_FIELDS:
+        if key not in specs:
             raise ConfigError(f"{key!r} cannot change at run time; these can: "
-                              f"{', '.join(CONTROL_FIELDS)}")
+                              f"{', '.join(specs)}")
         try:
             out[key] = int(specs[key].normalize(value))
         except ValueError as exc:
@@ -241,9 +236,8 @@ def apply_changes(source: Source, changes: Mapping[str, object],
     if not running:
         who = f"process {pid}" if pid is not None else "process"
         raise NoRunningProcess(f"no running {who} in {source.describe()}")
-    fields = {CONTROL_FIELDS[key]: value for key, value in values.items()}
     for process in running:
-        source.set_control(process, fields)
+        source.set_control(process, values)
         log.info("pid %d: %s", process.pid, ", ".join(f"{k}={v}" for k, v in values.items()))
     return running
 

@@ -19,38 +19,35 @@ from __future__ import annotations
 import os
 import stat
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from ._native import ffi, lib, text
+from ._native import ffi, lib
+from .contract import (
+    ACCESSES,
+    BUG_KINDS,
+    CACHES,
+    CORRUPTION_WINDOW,
+    COUNTERS,
+    MAX_REPORTS,
+    SLOT_STATES,
+    STACK_MAX,
+    STATE_VERSION,
+    Counter,
+)
+from .options import OptionSpec, option_specs, runtime_options
 
 MAGIC = b"KFENCE\0\0"
-SUPPORTED_VERSION = 1
 HEADER_SIZE = ffi.sizeof("struct kfence_state")
 SLOT_SIZE = ffi.sizeof("struct kfence_slot")
 REPORT_SIZE = ffi.sizeof("struct kfence_report")
-# The largest state a library can publish: num_objects is at most 65536; the
-# report ring is 64 records (room is left for a library that keeps more).
-MAX_SLOTS = 65536
-MAX_REPORTS = 1024
+# The largest state a library can publish: as many slots as num_objects allows,
+# the report ring, and room for the header to grow.
+MAX_SLOTS = option_specs()["num_objects"].maximum
 MAX_STATE_SIZE = HEADER_SIZE + MAX_SLOTS * SLOT_SIZE + MAX_REPORTS * REPORT_SIZE + (1 << 16)
-
-# The enums, as tables indexed by the raw value: a value outside one is a bad state.
-SLOT_STATES: tuple[str, ...] = ("unused", "allocated", "freed", "busy")
-ACCESS: tuple[str | None, ...] = (None, "read", "write")
-BUG_KINDS: tuple[str, ...] = tuple(text(lib.kfence_bug_desc(i).name)
-                                   for i in range(lib.KFENCE_BUG_KINDS))
-CACHES: tuple[str, ...] = tuple(text(lib.kfence_cache_name(i))
-                                for i in range(lib.KFENCE_CACHE_KINDS))
-SKIP_COUNTERS = {
-    "capacity": lib.KFENCE_COUNTER_SKIP_CAPACITY,
-    "too_large": lib.KFENCE_COUNTER_SKIP_TOO_LARGE,
-    "alignment": lib.KFENCE_COUNTER_SKIP_ALIGNMENT,
-    "map_failed": lib.KFENCE_COUNTER_SKIP_MAP_FAILED,
-}
 
 
 class StateError(Exception):
@@ -68,13 +65,12 @@ def _fields(struct_name: str, *names: str) -> dict[str, int]:
 _SLOT = _fields("struct kfence_slot", "state", "cache")
 _REPORT = _fields("struct kfence_report", "kind", "access", "slot", "object")
 CONTROL_OFFSET = ffi.offsetof("struct kfence_state", "control")
-CONTROL_FIELDS = _fields("struct kfence_control", "enabled", "sample_interval",
-                         "sample_rate", "burst")
+CONTROL_FIELDS = _fields("struct kfence_control", *runtime_options())
 _U32 = struct.Struct("=I")  # a control field, in the byte order of this machine
 
 
 def _column(buffer: memoryview, start: int, count: int, stride: int, offset: int,
-            fmt: str = "I") -> memoryview:
+            fmt: Literal["I", "i"] = "I") -> memoryview:
     """The 4-byte field at offset of count records of stride bytes from start."""
     if count == 0:
         return memoryview(b"").cast(fmt)
@@ -89,38 +85,70 @@ def _check_enum(source: str, what: str, values: memoryview, table: tuple[object,
                          f"0..{len(table) - 1})")
 
 
+# The zombie allocations (slots caught mid-free): counted by the reader, not the library,
+# and shown as one more counter, before the bugs as in KFENCE's stats.
+ZOMBIE = Counter(index=-1, name="zombie allocations", type="GAUGE", metric="zombie_objects",
+                 label="", help="Objects caught between allocation and free")
+STATS_COUNTERS = (*(c for c in COUNTERS if c.index < lib.KFENCE_COUNTER_BUGS), ZOMBIE,
+                  *(c for c in COUNTERS if c.index >= lib.KFENCE_COUNTER_BUGS))
+# Stats' name for the labelled counters of a family, where it predates the counter table.
+_FAMILY_KEYS = {"skipped_allocations": "skipped"}
+
+
+def _setting_key(spec: OptionSpec) -> str:
+    """A runtime option's name in Stats: with its unit when it has one."""
+    return f"{spec.name}_ms" if spec.type == "MS" else spec.name
+
+
 @dataclass(frozen=True)
 class Stats:
-    """KFENCE's debugfs ``stats``, plus the sampling settings in force."""
+    """KFENCE's debugfs ``stats``, plus the sampling settings in force.
+
+    Made of the library's tables: a value per runtime option (``control``)
+    and per counter (``counters``).  ``as_dict()`` names them, and they are
+    attributes under those names: ``enabled``, ``sample_interval_ms``,
+    ``total_bugs``, ``currently_allocated``, ``skipped`` (by reason)...
+    """
 
     pid: int
-    enabled: bool
-    sample_interval_ms: int
-    sample_rate: int
-    burst: int
     pool_size: int  # slots
-    currently_allocated: int
-    total_allocations: int
-    total_frees: int
     zombie_allocations: int  # objects caught between allocated and freed (mid-free)
-    total_bugs: int
-    skipped: dict[str, int] = field(default_factory=dict)
-    referenced_at_exit: int = 0
+    control: Mapping[str, int]  # the runtime options in force, by option name
+    counters: tuple[int, ...]  # indexed by enum kfence_counter (contract.COUNTERS)
 
-    def lines(self) -> list[str]:
-        """KFENCE's stats text, one "name: value" per line."""
-        rows = [("enabled", int(self.enabled)),
-                ("currently allocated", self.currently_allocated),
-                ("total allocations", self.total_allocations),
-                ("total frees", self.total_frees),
-                ("zombie allocations", self.zombie_allocations),
-                ("total bugs", self.total_bugs)]
-        rows += [(f"skipped allocations ({k.replace('_', ' ')})", v)
-                 for k, v in self.skipped.items()]
-        rows += [("sample interval (ms)", self.sample_interval_ms),
-                 ("sample rate", self.sample_rate), ("burst", self.burst),
-                 ("pool size", self.pool_size)]
-        return [f"{name}: {value}" for name, value in rows]
+    def as_dict(self) -> dict[str, Any]:
+        """Every value by its name, in KFENCE's order (``kfence-py stats --json``).
+
+        The settings (a bool for a BOOL option, "_ms" after an MS one), the
+        pool size, then STATS_COUNTERS by Counter.key, with the labelled ones
+        of a family in a dict of their own (``skipped``).
+        """
+        out: dict[str, Any] = {"pid": self.pid}
+        for spec in runtime_options().values():
+            value = self.control[spec.name]
+            out[_setting_key(spec)] = bool(value) if spec.type == "BOOL" else value
+        out["pool_size"] = self.pool_size
+        for counter in STATS_COUNTERS:
+            value = self.value(counter)
+            if counter.label:
+                family = _FAMILY_KEYS.get(counter.metric, counter.metric)
+                out.setdefault(family, {})[counter.key] = value
+            else:
+                out[counter.key] = value
+        return out
+
+    def value(self, counter: Counter) -> int:
+        """The value of one of STATS_COUNTERS."""
+        return self.zombie_allocations if counter is ZOMBIE else self.counters[counter.index]
+
+    def __getattr__(self, name: str) -> Any:
+        # Only for names that are not fields: stats().total_bugs, .sample_interval_ms, ...
+        if name.startswith("_"):
+            raise AttributeError(name)
+        try:
+            return self.as_dict()[name]
+        except KeyError:
+            raise AttributeError(f"{type(self).__name__!r} has no attribute {name!r}") from None
 
 
 @dataclass(frozen=True)
@@ -141,22 +169,10 @@ class ObjectInfo:
     alloc_python: str = ""  # Python traceback at allocation (CPython allocator samples)
     free_python: str = ""  # ... and at free
 
-    def lines(self) -> list[str]:
-        out = [f"kfence-#{self.index}: {self.address:#x}-{self.address + max(self.size, 1) - 1:#x}"
-               f", size={self.size}, cache={self.cache}, state={self.state}",
-               f"allocated by thread {self.alloc_thread} at {self.alloc_time:.6f}s:"]
-        out += [f" #{i} {pc:#x}" for i, pc in enumerate(self.alloc_stack)]
-        out += self.alloc_python.splitlines()
-        if self.free_thread is not None:
-            out.append(f"freed by thread {self.free_thread} at {self.free_time:.6f}s:")
-            out += [f" #{i} {pc:#x}" for i, pc in enumerate(self.free_stack)]
-            out += self.free_python.splitlines()
-        return out
-
 
 @dataclass(frozen=True)
 class ReportRecord:
-    """A report as recorded in the state (the printed text is parsed by reports.py)."""
+    """A report as recorded in the state (reports.py parses the printed text)."""
 
     sequence: int
     kind: str
@@ -186,9 +202,9 @@ def check_layout(buffer: Any, source: str) -> None:
     magic = bytes(ffi.buffer(h.magic, 8))
     if magic != MAGIC:
         raise StateError(f"{source}: not a kfence_py state (magic {magic!r})")
-    if h.version != SUPPORTED_VERSION:
+    if h.version != STATE_VERSION:
         raise StateVersionError(f"{source}: state version {h.version}, this kfence_py "
-                                f"reads version {SUPPORTED_VERSION}")
+                                f"reads version {STATE_VERSION}")
     if (h.header_size, h.slot_size, h.report_size) != (HEADER_SIZE, SLOT_SIZE, REPORT_SIZE):
         raise StateVersionError(f"{source}: state layout differs from this kfence_py's")
     total = int(h.total_size)
@@ -214,7 +230,7 @@ def check_layout(buffer: Any, source: str) -> None:
     _check_enum(source, "report kind",
                 _column(view, reports, max_reports, REPORT_SIZE, _REPORT["kind"]), BUG_KINDS)
     _check_enum(source, "report access",
-                _column(view, reports, max_reports, REPORT_SIZE, _REPORT["access"]), ACCESS)
+                _column(view, reports, max_reports, REPORT_SIZE, _REPORT["access"]), ACCESSES)
     obj = _REPORT["object"]
     _check_enum(source, "reported slot state",
                 _column(view, reports, max_reports, REPORT_SIZE, obj + _SLOT["state"]),
@@ -277,8 +293,8 @@ def _state_fd(path: Path, flags: int) -> Iterator[int]:
         os.close(fd)
 
 
-def write_control(path: str | os.PathLike[str], values: dict[str, int]) -> None:
-    """Write control-block fields (struct kfence_control names) into a state file.
+def write_control(path: str | os.PathLike[str], values: Mapping[str, int]) -> None:
+    """Write runtime options (by name: the control block's fields) into a state file.
 
     The process maps the file shared, so it sees the change on its next
     sampling decision.  The file is checked first, as a reader would.
@@ -300,7 +316,7 @@ def _note(field: Any) -> str:
 
 
 def _stack(st: Any) -> tuple[int, ...]:
-    return tuple(st.pc[i] for i in range(min(st.depth, 64)))
+    return tuple(st.pc[i] for i in range(min(st.depth, STACK_MAX)))
 
 
 class StateView:
@@ -338,21 +354,22 @@ class StateView:
     def counter(self, index: int) -> int:
         return int(self.header.counters[index])
 
+    def control(self) -> dict[str, int]:
+        """The runtime options in force (the control block), by option name."""
+        c = self.header.control
+        return {name: int(getattr(c, name)) for name in runtime_options()}
+
+    def set_control(self, values: Mapping[str, int]) -> None:
+        """Change runtime options (by option name) in this view's own memory."""
+        for name, value in values.items():
+            setattr(self.header.control, name, value)
+
     def stats(self) -> Stats:
         h = self.header
         busy = sum(1 for i in range(h.num_slots) if self.slots[i].state == lib.KFENCE_SLOT_BUSY)
-        return Stats(
-            pid=h.pid, enabled=bool(h.control.enabled),
-            sample_interval_ms=h.control.sample_interval, sample_rate=h.control.sample_rate,
-            burst=h.control.burst, pool_size=h.num_slots,
-            currently_allocated=self.counter(lib.KFENCE_COUNTER_ALLOCATED),
-            total_allocations=self.counter(lib.KFENCE_COUNTER_ALLOCS),
-            total_frees=self.counter(lib.KFENCE_COUNTER_FREES),
-            zombie_allocations=busy,
-            total_bugs=self.counter(lib.KFENCE_COUNTER_BUGS),
-            skipped={name: self.counter(i) for name, i in SKIP_COUNTERS.items()},
-            referenced_at_exit=self.counter(lib.KFENCE_COUNTER_LEAK_REFERENCED),
-        )
+        return Stats(pid=h.pid, pool_size=h.num_slots, zombie_allocations=busy,
+                     control=self.control(),
+                     counters=tuple(self.counter(c.index) for c in COUNTERS))
 
     def _object(self, index: int, slot: Any) -> ObjectInfo:
         freed = slot.free_tid != 0
@@ -385,10 +402,11 @@ class StateView:
             if r.sequence == 0:
                 continue
             out.append(ReportRecord(
-                sequence=r.sequence, kind=BUG_KINDS[r.kind],
-                access=ACCESS[r.access], address=r.addr, distance=r.distance,
+                sequence=r.sequence, kind=BUG_KINDS[r.kind].name,
+                access=ACCESSES[r.access], address=r.addr, distance=r.distance,
                 thread=r.tid, time=r.ns / 1e9, stack=_stack(r.stack),
                 object=self._object(r.slot, r.object) if r.slot >= 0 else None,
-                corrupted=bytes(ffi.buffer(r.corrupted, 16)), corrupted_mask=r.corrupted_mask,
+                corrupted=bytes(ffi.buffer(r.corrupted, CORRUPTION_WINDOW)),
+                corrupted_mask=r.corrupted_mask,
             ))
         return sorted(out, key=lambda rec: rec.sequence)

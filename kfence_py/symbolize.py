@@ -17,7 +17,6 @@ import bisect
 import json
 import logging
 import os
-import re
 import selectors
 import shutil
 import subprocess
@@ -29,6 +28,8 @@ from typing import Protocol
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
+
+from .reports import FAULT_KINDS, FRAME, RULE, TITLE
 
 log = logging.getLogger("kfence_py")
 
@@ -79,25 +80,28 @@ class _LineProcess:
     def __init__(self, argv: list[str]) -> None:
         # Not under kfence_py itself: it would publish a state of its own next to the target's.
         env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "KFENCE_OPTIONS")}
+        self.name = argv[0]
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.DEVNULL, bufsize=0, env=env)
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.stdin, self.stdout = self.proc.stdin, self.proc.stdout
         self._selector = selectors.DefaultSelector()
-        self._selector.register(self.proc.stdout, selectors.EVENT_READ)
+        self._selector.register(self.stdout, selectors.EVENT_READ)
         self._pending = b""
 
     def send(self, text: str) -> None:
         try:
-            self.proc.stdin.write(text.encode())
+            self.stdin.write(text.encode())
         except OSError as exc:
-            raise ToolFailed(f"cannot write to {self.proc.args[0]}: {exc}") from None
+            raise ToolFailed(f"cannot write to {self.name}: {exc}") from None
 
     def readline(self) -> str:
         while b"\n" not in self._pending:
             if not self._selector.select(TOOL_TIMEOUT):
-                raise ToolFailed(f"{self.proc.args[0]} did not answer")
-            chunk = os.read(self.proc.stdout.fileno(), 65536)
+                raise ToolFailed(f"{self.name} did not answer")
+            chunk = os.read(self.stdout.fileno(), 65536)
             if not chunk:
-                raise ToolFailed(f"{self.proc.args[0]} exited")
+                raise ToolFailed(f"{self.name} exited")
             self._pending += chunk
         line, self._pending = self._pending.split(b"\n", 1)
         return line.decode(errors="replace")
@@ -107,8 +111,8 @@ class _LineProcess:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
-        self.proc.stdin.close()
-        self.proc.stdout.close()
+        self.stdin.close()
+        self.stdout.close()
 
 
 def _unknown(value: str | None) -> bool:
@@ -344,14 +348,6 @@ class Symbolizer:
 
 # --- Report text -----------------------------------------------------------
 
-RULE = "=" * 66
-_FRAME_LINE = re.compile(
-    r"^ #(?P<index>\d+) (?P<pc>0x[0-9a-f]+) in (?P<symbol>\S+) "
-    r"\((?P<module>.*)\+(?P<offset>0x[0-9a-f]+)\)$")
-_HEADER = re.compile(r"^BUG: KFENCE: (?P<kind>[a-z -]+?)(?: (?:read|write))? in ")
-# Kinds whose first frame is the faulting instruction itself, not a return address.
-FAULT_KINDS = ("out-of-bounds", "use-after-free", "invalid")
-
 
 def format_frame(index: int, pc: int, symbol: str | None, module: str | None, offset: int | None,
                  sources: Iterable[SourceFrame] = ()) -> list[str]:
@@ -386,9 +382,9 @@ def symbolize_lines(lines: Iterable[str], symbolizer: Symbolizer) -> Iterator[st
             fault = access_stack = False
             yield line
             continue
-        match = _FRAME_LINE.match(bare) if in_report else None
+        match = FRAME.match(bare) if in_report else None
         if match is None:
-            if in_report and (header := _HEADER.match(bare)):
+            if in_report and (header := TITLE.match(bare)):
                 fault = header["kind"] in FAULT_KINDS
             elif in_report and bare.endswith(":") and not bare.startswith(" "):
                 access_stack = not bare.startswith(("allocated by", "freed by"))

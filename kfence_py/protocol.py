@@ -1,0 +1,57 @@
+"""The statistics socket's protocol, shared by the server and its clients.
+
+HTTP/1.1 over a Unix socket: the paths, the query, the version header every
+answer carries, the JSON envelope, the limits and the socket path rule.  Plain
+Python only, so that a client (``kfence-py stats --socket``) loads neither the
+server nor prometheus_client nor the library's state readers to ask.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+PROTOCOL = 1  # of the JSON documents and the HTTP interface; bump on incompatible change
+PROTOCOL_HEADER = "X-Kfence-Protocol"  # on every answer, errors too
+
+# Paths.  GET any of them; POST /config changes the runtime options.
+STATS, OBJECTS, REPORTS, METRICS, CONFIG = "/stats", "/objects", "/reports", "/metrics", "/config"
+ENDPOINTS = (STATS, OBJECTS, REPORTS, METRICS, CONFIG)
+FORMATS = ("text", "json")  # ?format=, text by default; ?pid=N keeps one process
+TEXT_TYPE = "text/plain; charset=utf-8"
+JSON_TYPE = "application/json"
+
+# Limits and defaults.
+SUN_PATH_MAX = 107  # sockaddr_un.sun_path is 108 bytes, the last one a NUL
+MAX_BODY = 16 * 1024  # a /config body is a few key=value pairs
+READ_TIMEOUT = 10.0  # seconds a client may take to send a whole request
+MAX_CLIENTS = 16  # connections served at once; more get 503
+CLIENT_TIMEOUT = 30.0  # seconds a client waits for an answer
+
+
+def query(*, as_json: bool, pid: int | None = None) -> dict[str, object]:
+    """The query of a view: its format, and the one process asked for."""
+    out: dict[str, object] = {"format": "json" if as_json else "text"}
+    if pid is not None:
+        out["pid"] = pid
+    return out
+
+
+def document(**body: Any) -> dict[str, Any]:
+    """A JSON answer: the protocol version, then body ({"protocol": 1, ...})."""
+    return {"protocol": PROTOCOL, **body}
+
+
+class SocketError(Exception):
+    """The socket cannot be created or reached where asked; the message says why."""
+
+
+def check_socket_path(path: str | os.PathLike[str]) -> bytes:
+    """path as bytes for sun_path, or SocketError when it does not fit."""
+    raw = os.fsencode(path)
+    if len(raw) > SUN_PATH_MAX:
+        raise SocketError(f"socket path {os.fsdecode(raw)!r} is {len(raw)} bytes; a Unix "
+                          f"socket path holds at most {SUN_PATH_MAX}: use a shorter one")
+    if not raw:
+        raise SocketError("empty socket path")
+    return raw
