@@ -66,6 +66,12 @@ KF_SIGSAFE const char *kfence_placement_name(int placement)
 	return KF_IN(kf_placement_names, placement) ? kf_placement_names[placement] : NULL;
 }
 
+KF_SIGSAFE const struct kfence_report_words *kfence_report_words(void)
+{
+	static const struct kfence_report_words words = { KF_REPORT_RULE_LINE, KF_REPORT_TITLE };
+	return &words;
+}
+
 const char *kfence_version(void)
 {
 	return KF_VERSION;

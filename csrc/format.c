@@ -115,6 +115,20 @@ KF_SIGSAFE static void kf_buf_stack(struct kf_buf *b, const struct kfence_stack 
 	}
 }
 
+/* "<what> by thread T at 1.234567s:", the stack, and the note under it. */
+KF_SIGSAFE static void kf_buf_event(struct kf_buf *b, const char *what, uint32_t tid, uint64_t ns,
+				    const struct kfence_stack *st, const char *note)
+{
+	kf_buf_str(b, what);
+	kf_buf_str(b, " by thread ");
+	kf_buf_dec(b, tid);
+	kf_buf_str(b, " at ");
+	kf_buf_time(b, ns);
+	kf_buf_str(b, ":\n");
+	kf_buf_stack(b, st, false);
+	kf_buf_str(b, note);
+}
+
 KF_SIGSAFE static void kf_buf_object(struct kf_buf *b, long slot, const struct kfence_slot *m)
 {
 	kf_buf_str(b, "kfence-#");
@@ -127,21 +141,11 @@ KF_SIGSAFE static void kf_buf_object(struct kf_buf *b, long slot, const struct k
 	kf_buf_dec(b, m->size);
 	kf_buf_str(b, ", cache=");
 	kf_buf_str(b, kfence_cache_name((int)m->cache) ? kfence_cache_name((int)m->cache) : "?");
-	kf_buf_str(b, "\n\nallocated by thread ");
-	kf_buf_dec(b, m->alloc_tid);
-	kf_buf_str(b, " at ");
-	kf_buf_time(b, m->alloc_ns);
-	kf_buf_str(b, ":\n");
-	kf_buf_stack(b, &m->alloc_stack, false);
-	kf_buf_str(b, m->alloc_note);
+	kf_buf_str(b, "\n\n");
+	kf_buf_event(b, "allocated", m->alloc_tid, m->alloc_ns, &m->alloc_stack, m->alloc_note);
 	if (m->free_tid) {
-		kf_buf_str(b, "\nfreed by thread ");
-		kf_buf_dec(b, m->free_tid);
-		kf_buf_str(b, " at ");
-		kf_buf_time(b, m->free_ns);
-		kf_buf_str(b, ":\n");
-		kf_buf_stack(b, &m->free_stack, false);
-		kf_buf_str(b, m->free_note);
+		kf_buf_str(b, "\n");
+		kf_buf_event(b, "freed", m->free_tid, m->free_ns, &m->free_stack, m->free_note);
 	}
 }
 
@@ -210,7 +214,7 @@ KF_SIGSAFE size_t kf_format_report(const struct kf_report_in *in, const struct k
 	}
 	kf_symbols_load();
 
-	kf_buf_str(&b, KF_REPORT_RULE "BUG: KFENCE: ");
+	kf_buf_str(&b, KF_REPORT_RULE KF_REPORT_TITLE);
 	kf_buf_str(&b, bug->name);
 	if (bug->with_access) {
 		kf_buf_str(&b, " ");
@@ -255,7 +259,7 @@ KF_SIGSAFE size_t kf_format_report(const struct kf_report_in *in, const struct k
 KF_SIGSAFE size_t kf_format_fallback(const struct kf_report_in *in, char *out, size_t cap)
 {
 	struct kf_buf b = { out, 0, cap - 1 };
-	kf_buf_str(&b, "kfence: BUG: KFENCE: ");
+	kf_buf_str(&b, "kfence: " KF_REPORT_TITLE);
 	kf_buf_str(&b, kfence_bug_desc(in->kind)->name);
 	kf_buf_str(&b, " at ");
 	kf_buf_hex(&b, in->addr, 12);

@@ -275,7 +275,9 @@ KF_SIGSAFE KF_HIDDEN void kf_report_atfork_child(void);
 KF_SIGSAFE KF_HIDDEN int kf_report_fd_open(void);
 KF_SIGSAFE KF_HIDDEN void kf_report_fd_close(int fd);
 
-#define KF_REPORT_RULE "==================================================================\n"
+#define KF_REPORT_RULE_LINE "=================================================================="
+#define KF_REPORT_RULE KF_REPORT_RULE_LINE "\n"
+#define KF_REPORT_TITLE "BUG: KFENCE: "
 /* The report's text into out[cap]; its length. */
 KF_SIGSAFE KF_HIDDEN size_t kf_format_report(const struct kf_report_in *in,
 					     const struct kfence_slot *m, char *out, size_t cap);

@@ -110,6 +110,12 @@ int kfence_options_check(const char *text);
 /* The value in force, as text, of option name; NULL when unknown. */
 const char *kfence_option_value(const char *name);
 
+/* The fixed words of a report: the rule line before and after it, and its title's start. */
+struct kfence_report_words {
+	const char *rule, *title;
+};
+const struct kfence_report_words *kfence_report_words(void);
+
 /* The lists of kfence_state.h, entry by entry; NULL when out of range. */
 struct kfence_bug_desc {
 	const char *name, *headline;

@@ -87,11 +87,11 @@ enum kfence_layout {
 	X(SKIP_CAPACITY, "skipped allocations (capacity)", COUNTER, "skipped_allocations", \
 	  "capacity", KFENCE_SKIP_HELP) \
 	X(SKIP_TOO_LARGE, "skipped allocations (too large)", COUNTER, "skipped_allocations", \
-	  "too large", KFENCE_SKIP_HELP) \
+	  "too_large", KFENCE_SKIP_HELP) \
 	X(SKIP_ALIGNMENT, "skipped allocations (alignment)", COUNTER, "skipped_allocations", \
 	  "alignment", KFENCE_SKIP_HELP) \
 	X(SKIP_MAP_FAILED, "skipped allocations (map failed)", COUNTER, "skipped_allocations", \
-	  "map failed", KFENCE_SKIP_HELP) \
+	  "map_failed", KFENCE_SKIP_HELP) \
 	X(LEAK_REFERENCED, "referenced at exit", COUNTER, "referenced_at_exit", "", \
 	  "Guarded objects live at exit and still referenced (leak_check=1)")
 #define KFENCE_SKIP_HELP "Sampled allocations that fell through to glibc, by reason"

@@ -30,11 +30,17 @@ static const struct kf_option kf_options_table[] = {
 };
 #define KF_NUM_OPTIONS (sizeof(kf_options_table) / sizeof(kf_options_table[0]))
 
-/* A RUNTIME option is a uint32_t of the control block too: its values must fit. */
-#define KF_FITS_CONTROL_RUNTIME(name, max) \
-	_Static_assert((max) <= UINT32_MAX, #name " does not fit the control block");
-#define KF_FITS_CONTROL_START(name, max)
-#define KF_OPTION(type, name, def, min, max, when, desc) KF_FITS_CONTROL_##when(name, max)
+/* A RUNTIME option is a uint32_t of the control block too: its values must fit... */
+/* ... and a number: the controller writes it as one (a PLACEMENT or STR one fails to build). */
+#define KF_RUNTIME_NUMBER_UINT 1
+#define KF_RUNTIME_NUMBER_MS 1
+#define KF_RUNTIME_NUMBER_POW2 1
+#define KF_RUNTIME_NUMBER_BOOL 1
+#define KF_FITS_CONTROL_RUNTIME(type, name, max) \
+	_Static_assert((max) <= UINT32_MAX && KF_RUNTIME_NUMBER_##type, \
+		       #name " does not fit the control block");
+#define KF_FITS_CONTROL_START(type, name, max)
+#define KF_OPTION(type, name, def, min, max, when, desc) KF_FITS_CONTROL_##when(type, name, max)
 #include "options.inc"
 #undef KF_OPTION
 

@@ -19,6 +19,9 @@ from ._native import lib, text
 STATE_VERSION: int = lib.KFENCE_STATE_VERSION
 STACK_MAX: int = lib.KFENCE_STACK_MAX  # frames per recorded stack
 MAX_REPORTS: int = lib.KFENCE_MAX_REPORTS  # the report ring
+# The line before and after a report, and its title's start ("BUG: KFENCE: ").
+REPORT_RULE: str = text(lib.kfence_report_words().rule)
+REPORT_TITLE: str = text(lib.kfence_report_words().title)
 CORRUPTION_WINDOW: int = lib.KFENCE_CORRUPTION_WINDOW  # bytes kept of a corrupted canary
 
 

@@ -15,10 +15,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from .contract import ACCESSES, BUG_KINDS
+from .contract import ACCESSES, BUG_KINDS, REPORT_RULE, REPORT_TITLE
 
-RULE = "=" * 66  # the line before and after each report
-TITLE_PREFIX = "BUG: KFENCE: "
+RULE = REPORT_RULE  # the line before and after each report
+TITLE_PREFIX = REPORT_TITLE
 # Kinds of a fault: frame #0 of their stack is the faulting instruction, not a return address.
 FAULT_KINDS = frozenset(kind.name for kind in BUG_KINDS if kind.with_access)
 

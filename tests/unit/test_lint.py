@@ -1,4 +1,4 @@
-"""The Python side stays lint-clean (ruff, configured in pyproject.toml)."""
+"""The Python side stays lint-clean and type-clean (ruff and mypy, configured in pyproject.toml)."""
 
 from __future__ import annotations
 
@@ -15,4 +15,10 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_ruff_clean():
     proc = subprocess.run(["ruff", "check", "."], cwd=ROOT, capture_output=True, text=True,
                           check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.skipif(shutil.which("mypy") is None, reason="mypy not installed")
+def test_mypy_clean():
+    proc = subprocess.run(["mypy"], cwd=ROOT, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
