@@ -23,11 +23,12 @@
 #endif
 
 enum kfence_layout {
-	KFENCE_STATE_VERSION = 1,
+	KFENCE_STATE_VERSION = 2,
 	KFENCE_STACK_MAX = 64,         /* frames per recorded stack */
 	KFENCE_NOTE_SIZE = 512,        /* text under a stack (a Python traceback) */
 	KFENCE_MAX_REPORTS = 64,       /* the report ring */
 	KFENCE_COUNTER_SLOTS = 16,     /* room in counters[] (KFENCE_COUNTER_COUNT used) */
+	KFENCE_CONTROL_SLOTS = 16,     /* room in the control block (uint32_t fields) */
 	KFENCE_CORRUPTION_WINDOW = 16  /* bytes shown of a corrupted canary */
 };
 
@@ -183,7 +184,10 @@ struct kfence_state {
 	uint64_t pool_size;
 	uint64_t start_ns;       /* CLOCK_MONOTONIC at start */
 	uint64_t start_realtime_ns;
-	struct kfence_control control;
+	union {                  /* room for more RUNTIME options without a new layout */
+		struct kfence_control control;
+		uint32_t control_room[KFENCE_CONTROL_SLOTS];
+	};
 	uint64_t counters[KFENCE_COUNTER_SLOTS];   /* enum kfence_counter */
 	uint64_t reports_written;
 };
