@@ -213,6 +213,7 @@ KF_SIGSAFE void kf_symbols_load(void)
 	/* Lines are read into buf whole; a line longer than buf (a huge path) is skipped. */
 	char buf[4096];
 	size_t have = 0;
+	bool skipping = false;  /* inside a line too long for buf: up to its end */
 	for (;;) {
 		ssize_t got = read(fd, buf + have, sizeof(buf) - have);
 		if (got <= 0)
@@ -220,13 +221,17 @@ KF_SIGSAFE void kf_symbols_load(void)
 		have += (size_t)got;
 		char *start = buf, *nl;
 		while ((nl = memchr(start, '\n', have - (size_t)(start - buf)))) {
-			kf_maps_line(start, nl);
+			if (!skipping)
+				kf_maps_line(start, nl);
+			skipping = false;
 			start = nl + 1;
 		}
 		have -= (size_t)(start - buf);
 		memmove(buf, start, have);
-		if (have == sizeof(buf))
+		if (have == sizeof(buf)) {
 			have = 0;
+			skipping = true;
+		}
 	}
 	close(fd);
 }
