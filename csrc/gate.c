@@ -3,6 +3,13 @@
  * decides whether this allocation gets a guarded object.  With sample_rate,
  * each thread samples about one allocation in N (a random countdown); else a
  * process-wide time gate opens once per sample_interval (plus burst).
+ *
+ * The countdown is the caller's (a thread's, or the CPython hooks'): the
+ * caller decrements it and comes here when it is 0 or less.  0 means a drawn
+ * countdown ran out at this allocation; below 0 means none was drawn yet (a
+ * new thread, or one told to look again): this allocation is then only the
+ * first of a fresh draw, not a sample by default, so that every thread's
+ * first allocation is not guarded whatever the rate.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -64,16 +71,16 @@ void *kf_sample_alloc(int32_t *countdown, size_t size, size_t align, int cache, 
 	int st = atomic_load_explicit(&kf_start_state, memory_order_acquire);
 	if (KF_UNLIKELY(st != KF_START_READY)) {
 		/* Not started yet: look again soon.  Off for good: look rarely. */
-		*countdown = st == KF_START_FAILED ? INT32_MAX : 1;
+		*countdown = st == KF_START_FAILED ? INT32_MAX : 0;
 		return NULL;
 	}
 	if (kf_self.in_lib || !kf_unwind_safe(caller)) {
 		/* malloc from inside the library (dladdr) or the unwinder: straight to glibc. */
-		*countdown = 1;
+		*countdown = 0;
 		return NULL;
 	}
 	if (!kf_check_owner()) {
-		*countdown = 1;  /* a vfork child: the memory, and so the state, is its parent's */
+		*countdown = 0;  /* a vfork child: the memory, and so the state, is its parent's */
 		return NULL;
 	}
 	const struct kfence_control *c = &kf_state->control;
@@ -83,7 +90,13 @@ void *kf_sample_alloc(int32_t *countdown, size_t size, size_t align, int cache, 
 		return NULL;
 	}
 	if (rate) {
-		*countdown = kf_rate_countdown(rate);
+		int32_t next = kf_rate_countdown(rate);
+		if (*countdown < 0 && next > 1) {
+			/* No countdown yet: this allocation is the first of the one drawn now. */
+			*countdown = next - 1;
+			return NULL;
+		}
+		*countdown = *countdown < 0 ? kf_rate_countdown(rate) : next;
 	} else {
 		*countdown = KF_CLOCK_CHECK_PERIOD;
 		if (!kf_time_gate(c, countdown))

@@ -44,9 +44,10 @@ void *kfence_alloc(size_t size, size_t align, int placement, int zero,
 
 /*
  * The sampling decision of the malloc hooks, for another allocator's hooks
- * (CPython's): call it when the caller's own countdown has run out.  It sets
- * *countdown to the allocations to skip before asking again, and returns a
- * guarded object if this one is sampled, else NULL (use your allocator).
+ * (CPython's): keep a countdown starting at 0, decrement it at each
+ * allocation, and call this when it is 0 or less.  It sets *countdown to
+ * the allocations before asking again, and returns a guarded object if this
+ * one is sampled, else NULL (use your allocator).
  */
 void *kfence_sample(int32_t *countdown, size_t size, size_t align, int cache, int zero);
 

@@ -188,3 +188,19 @@ def test_sample_rate_samples_about_one_in_n(programs, sampling):
     run = programs.run(sampling, "0", "200000", options={"sample_rate": 100})
     allocs = run.counters()["allocs"]
     assert 1500 <= allocs <= 2500, run.stdout
+
+
+@pytest.mark.parametrize(("rate", "most"), [(1_000_000, 2), (200, 15)])
+def test_a_new_thread_is_not_sampled_for_being_new(programs, rate, most):
+    """200 threads alive at once, 4 allocations each (plus the program's
+    own): at sample_rate=N about 800/N are guarded, not one per thread
+    (every thread's first allocation was, whatever N)."""
+    run = programs.run(programs.build("thread_start.c"), options={"sample_rate": rate})
+    assert run.returncode == 0, run.stderr
+    assert run.counters()["allocs"] <= most, run.stdout
+
+
+def test_sample_rate_1_still_guards_every_allocation_of_a_new_thread(programs):
+    run = programs.run(programs.build("thread_start.c"),
+                       options={"sample_rate": 1, "num_objects": 1024})
+    assert run.counters()["allocs"] >= 800, run.stdout
