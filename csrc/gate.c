@@ -97,6 +97,9 @@ void *kf_sample_alloc(int32_t *countdown, size_t size, size_t align, int cache, 
 			return NULL;
 		}
 		*countdown = *countdown < 0 ? kf_rate_countdown(rate) : next;
+	} else if (!*(volatile uint32_t *)&c->sample_interval) {
+		*countdown = KF_IDLE_PERIOD;  /* the time gate is off (the kernel's sample_interval=0) */
+		return NULL;
 	} else {
 		*countdown = KF_CLOCK_CHECK_PERIOD;
 		if (!kf_time_gate(c, countdown))

@@ -61,7 +61,7 @@ def test_runtime_reconfiguration_is_seen_in_the_counters(start_target, short_dir
 def test_config_rejects_what_cannot_change(start_target, short_dir):
     _, pid, state_dir = start_target(QUIET)
     for change, message in (("num_objects=3", "cannot change at run time"),
-                            ("sample_interval=0", "sample_interval: expected an integer in 1.."),
+                            ("sample_interval=-1", "sample_interval: expected an integer in 0.."),
                             ("burst", "expected KEY=VALUE")):
         run = kfence_cli("config", "--pid", str(pid), "--state-dir", str(state_dir), change,
                          cwd=short_dir)

@@ -204,3 +204,11 @@ def test_sample_rate_1_still_guards_every_allocation_of_a_new_thread(programs):
     run = programs.run(programs.build("thread_start.c"),
                        options={"sample_rate": 1, "num_objects": 1024})
     assert run.counters()["allocs"] >= 800, run.stdout
+
+
+def test_sample_interval_0_switches_the_time_gate_off(programs, sampling):
+    """As the kernel's kfence.sample_interval=0; sample_rate still samples on its own."""
+    run = programs.run(sampling, "200", options={"sample_interval": 0})
+    assert run.returncode == 0 and run.counters()["allocs"] == 0, run.stdout
+    run = programs.run(sampling, "0", "200000", options={"sample_interval": 0, "sample_rate": 100})
+    assert 1500 <= run.counters()["allocs"] <= 2500, run.stdout
