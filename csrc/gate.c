@@ -106,6 +106,15 @@ void *kf_sample_alloc(int32_t *countdown, size_t size, size_t align, int cache, 
 			return NULL;
 	}
 	int saved = errno;
+	bool skip;
+	{
+		KF_ENTER();
+		skip = kf_coverage_skip(c);
+	}
+	if (skip) {
+		errno = saved;
+		return NULL;
+	}
 	void *p = kf_guarded_alloc(size, align, (int)kf_opt.placement, cache, zero);
 	errno = saved;
 	return p;

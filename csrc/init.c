@@ -231,6 +231,9 @@ static int kf_start(const char *options, const char *origin)
 		return -1;
 	}
 	kf_pool_setup(s, priv, priv_size);
+	if (!kf_coverage_init(n))
+		kf_warn("no memory for the coverage filter; allocations are not skipped as covered",
+			NULL);
 	if (kf_opt.state_dir[0]) {
 		const char *why = kf_os_prepare_state_dir(kf_opt.state_dir);
 		/* Absolute: a child publishes after the program may have changed directory. */

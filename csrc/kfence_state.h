@@ -94,7 +94,9 @@ enum kfence_layout {
 	X(SKIP_MAP_FAILED, "skipped allocations (map failed)", COUNTER, "skipped_allocations", \
 	  "map_failed", KFENCE_SKIP_HELP) \
 	X(LEAK_REFERENCED, "referenced at exit", COUNTER, "referenced_at_exit", "", \
-	  "Guarded objects live at exit and still referenced (leak_check=1)")
+	  "Guarded objects live at exit and still referenced (leak_check=1)") \
+	X(SKIP_COVERED, "skipped allocations (covered)", COUNTER, "skipped_allocations", \
+	  "covered", KFENCE_SKIP_HELP)
 #define KFENCE_SKIP_HELP "Sampled allocations that fell through to glibc, by reason"
 
 #define KFENCE_ENUM_ENTRY2(prefix, id) prefix##id,

@@ -166,6 +166,8 @@ void *kf_guarded_alloc(size_t size, size_t align, int placement, int cache, bool
 	m->alloc_note[0] = '\0';
 	m->free_note[0] = '\0';
 	kf_capture_stack(&m->alloc_stack);
+	kf_shadow[slot].site = kf_stack_hash(&m->alloc_stack);
+	kf_coverage_add(kf_shadow[slot].site, 1);
 	atomic_store_explicit((_Atomic uint32_t *)&m->reported, 0, memory_order_relaxed);
 	kf_slot_publish((size_t)slot, KFENCE_SLOT_ALLOCATED);
 	kf_count(KFENCE_COUNTER_ALLOCS, 1);
@@ -272,6 +274,8 @@ void kf_pool_free(void *p, uintptr_t caller)
 	uintptr_t page = kf_slot_page((size_t)slot);
 	if (kf_os_discard(page, kf_page) != 0)
 		kf_count(KFENCE_COUNTER_SKIP_MAP_FAILED, 1);
+	kf_coverage_add(kf_shadow[slot].site, -1);
+	kf_shadow[slot].site = 0;
 	kf_slot_publish((size_t)slot, KFENCE_SLOT_FREED);
 	kf_count(KFENCE_COUNTER_FREES, 1);
 	kf_count(KFENCE_COUNTER_ALLOCATED, -1);

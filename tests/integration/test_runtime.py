@@ -144,7 +144,8 @@ int main(void) {
     return 0;
 }
 """)
-    run = programs.run(programs.build(source), options={"sample_rate": 1, "num_objects": 4})
+    run = programs.run(programs.build(source),
+                       options={"sample_rate": 1, "num_objects": 4, "skip_covered_thresh": 100})
     assert run.returncode == 0 and not run.reports, run.stderr
     assert "guarded 4" in run.stdout
     assert run.counters()["capacity"] >= 96
@@ -202,7 +203,8 @@ def test_a_new_thread_is_not_sampled_for_being_new(programs, rate, most):
 
 def test_sample_rate_1_still_guards_every_allocation_of_a_new_thread(programs):
     run = programs.run(programs.build("thread_start.c"),
-                       options={"sample_rate": 1, "num_objects": 1024})
+                       options={"sample_rate": 1, "num_objects": 1024,
+                                "skip_covered_thresh": 100})
     assert run.counters()["allocs"] >= 800, run.stdout
 
 
@@ -212,3 +214,24 @@ def test_sample_interval_0_switches_the_time_gate_off(programs, sampling):
     assert run.returncode == 0 and run.counters()["allocs"] == 0, run.stdout
     run = programs.run(sampling, "0", "200000", options={"sample_interval": 0, "sample_rate": 100})
     assert 1500 <= run.counters()["allocs"] <= 2500, run.stdout
+
+
+@pytest.mark.parametrize(("thresh", "caught"), [(75, True), (100, False)])
+def test_a_new_site_is_guarded_in_a_pool_full_of_one_site(programs, thresh, caught):
+    """200 live objects of one start-up site in a 16-slot pool, then a one-byte
+    overflow at a new site.  With the coverage filter (the default threshold,
+    75%) the start-up site stops taking slots at 12 and the new site gets one;
+    with it off (100) the pool is full and the bug goes unseen."""
+    run = programs.run(programs.build("coverage.c"),
+                       options={"sample_rate": 1, "num_objects": 16, "placement": "right",
+                                "skip_covered_thresh": thresh})
+    counters = run.counters()
+    assert f"new site guarded: {int(caught)}" in run.stdout, run.stdout
+    if caught:
+        (report,) = run.reports
+        assert report.kind == "out-of-bounds" and report.access == "write"
+        assert report.function == "new_site"
+        # 12 start-up objects (75% of 16), then only other sites: stdio's buffer, new_site's
+        assert counters["allocated"] <= 16 and counters["covered"] >= 185, counters
+    else:
+        assert not run.reports and counters["capacity"] >= 185 and counters["covered"] == 0
