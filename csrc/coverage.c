@@ -32,7 +32,7 @@ bool kf_coverage_init(size_t num_slots)
 	return kf_covered != NULL;
 }
 
-uint32_t kf_stack_hash(const struct kfence_stack *st)
+KF_SIGSAFE uint32_t kf_stack_hash(const struct kfence_stack *st)
 {
 	/* FNV-1a over the return addresses, then a final mix for the two indices. */
 	uint64_t h = 0xcbf29ce484222325ull;

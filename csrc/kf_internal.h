@@ -236,7 +236,7 @@ KF_SIGSAFE KF_HIDDEN void kf_pool_lock_reset(void);
 /* The filter for a pool of n slots, at start-up; false if there is no memory for it. */
 KF_HIDDEN bool kf_coverage_init(size_t num_slots);
 /* The hash that names an allocation site: the first frames of its stack; never 0. */
-KF_HIDDEN uint32_t kf_stack_hash(const struct kfence_stack *st);
+KF_SIGSAFE KF_HIDDEN uint32_t kf_stack_hash(const struct kfence_stack *st);
 /* A live guarded object of site h comes (delta 1) or goes (-1); h 0 is no site. */
 KF_HIDDEN void kf_coverage_add(uint32_t h, int delta);
 /* True (and counted) when this allocation is to be skipped: pool pressed, site covered. */
@@ -426,6 +426,8 @@ KF_HIDDEN extern bool kf_state_shared;
 KF_SIGSAFE KF_HIDDEN int kf_state_publish(struct kfence_state *s, const char *dir);
 /* Reserve report ring entry i before writing it; false if impossible. */
 KF_SIGSAFE KF_HIDDEN bool kf_state_back_report(size_t i);
+/* Report ring entry i may be read (it is reserved, or the state is private). */
+KF_SIGSAFE KF_HIDDEN bool kf_state_report_backed(size_t i);
 /* Replace the shared mapping s by a private copy in place (stacks lost if memory is short). */
 KF_SIGSAFE KF_HIDDEN void kf_state_privatize(struct kfence_state *s);
 /* What this process knows of each slot, in private memory: a fork copies it as it is. */

@@ -96,7 +96,9 @@ enum kfence_layout {
 	X(LEAK_REFERENCED, "referenced at exit", COUNTER, "referenced_at_exit", "", \
 	  "Guarded objects live at exit and still referenced (leak_check=1)") \
 	X(SKIP_COVERED, "skipped allocations (covered)", COUNTER, "skipped_allocations", \
-	  "covered", KFENCE_SKIP_HELP)
+	  "covered", KFENCE_SKIP_HELP) \
+	X(REPEATED, "repeated bugs", COUNTER, "repeated_bugs", "", \
+	  "Bugs not printed: the same kind, access site and allocation site as one printed before")
 #define KFENCE_SKIP_HELP "Sampled allocations that fell through to glibc, by reason"
 
 #define KFENCE_ENUM_ENTRY2(prefix, id) prefix##id,
@@ -152,7 +154,8 @@ struct kfence_report {
 	struct kfence_slot object;   /* the object as it was when reported */
 	uint8_t corrupted[KFENCE_CORRUPTION_WINDOW];       /* corruption: bytes from the first bad one */
 	uint32_t corrupted_mask;     /* bit i: corrupted[i] differs from canary */
-	uint32_t reserved;
+	uint32_t bucket;             /* kind, access site and allocation site, hashed */
+	uint32_t repeats;            /* later reports of the same bucket, not printed (dedup) */
 };
 
 /*

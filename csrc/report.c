@@ -20,6 +20,13 @@
 static char kf_report_text[65536];
 static _Atomic uint32_t kf_report_owner;  /* tid writing a report, 0 if none */
 
+/*
+ * Buckets printed by this process (dedup_reports): kind, access site and
+ * allocation site, hashed; 0 is an empty entry.  A full table prints.
+ */
+#define KF_BUCKETS 1024
+static _Atomic uint32_t kf_printed[KF_BUCKETS];
+
 KF_SIGSAFE static bool kf_report_lock(void)
 {
 	uint32_t me = kf_tid(), expected = 0;
@@ -43,6 +50,9 @@ KF_SIGSAFE void kf_report_atfork_child(void)
 {
 	/* The thread that was reporting does not exist in the child. */
 	atomic_store(&kf_report_owner, 0);
+	/* A new process prints its own bugs, even those its parent printed. */
+	for (int i = 0; i < KF_BUCKETS; i++)
+		atomic_store_explicit(&kf_printed[i], 0, memory_order_relaxed);
 }
 
 KF_SIGSAFE static void kf_report_unlock(void)
@@ -110,7 +120,8 @@ KF_SIGSAFE void kf_report_fd_close(int fd)
  * add, so no lock is needed: a reader sees the bug even if it is never
  * printed.  (Only KFENCE_MAX_REPORTS reports in flight at once could share one.)
  */
-KF_SIGSAFE static void kf_record(const struct kf_report_in *in, const struct kfence_slot *m)
+KF_SIGSAFE static void kf_record(const struct kf_report_in *in, const struct kfence_slot *m,
+				 uint32_t bucket)
 {
 	uint64_t seq = atomic_fetch_add((_Atomic uint64_t *)&kf_state->reports_written, 1) + 1;
 	size_t entry = (size_t)((seq - 1) % kf_state->max_reports);
@@ -135,6 +146,8 @@ KF_SIGSAFE static void kf_record(const struct kf_report_in *in, const struct kfe
 	if (in->corrupted)
 		memcpy(r->corrupted, in->corrupted, sizeof(r->corrupted));
 	r->corrupted_mask = in->corrupted_mask;
+	r->bucket = bucket;
+	r->repeats = 0;
 	atomic_store_explicit((_Atomic uint64_t *)&r->sequence, seq, memory_order_release);
 }
 
@@ -166,6 +179,46 @@ KF_SIGSAFE static void kf_emit(const char *text, size_t n)
 	kf_report_fd_close(fd);
 }
 
+KF_SIGSAFE static uint32_t kf_bucket(const struct kf_report_in *in, const struct kfence_slot *m)
+{
+	uint64_t h = (uint64_t)in->kind * 0x9e3779b97f4a7c15ull;
+	h ^= in->stack->depth ? in->stack->pc[0] : 0;
+	h *= 0xff51afd7ed558ccdull;
+	h ^= m ? kf_stack_hash(&m->alloc_stack) : 0;
+	h *= 0xc4ceb9fe1a85ec53ull;
+	h ^= h >> 32;
+	return (uint32_t)h | 1;
+}
+
+/* True when bucket b was printed before; else it is marked printed now. */
+KF_SIGSAFE static bool kf_seen(uint32_t b)
+{
+	for (uint32_t i = 0; i < KF_BUCKETS; i++) {
+		_Atomic uint32_t *e = &kf_printed[(b + i) % KF_BUCKETS];
+		uint32_t cur = atomic_load_explicit(e, memory_order_relaxed);
+		if (cur == b)
+			return true;
+		if (!cur && atomic_compare_exchange_strong(e, &cur, b))
+			return false;
+		if (cur == b)
+			return true;  /* another thread marked it first */
+	}
+	return false;
+}
+
+/* A repeat of bucket b: counted on its recorded report, if the ring still holds it. */
+KF_SIGSAFE static void kf_count_repeat(uint32_t b)
+{
+	struct kfence_report *r = (struct kfence_report *)((char *)kf_state + kf_state->reports_offset);
+	kf_count(KFENCE_COUNTER_REPEATED, 1);
+	for (uint32_t i = 0; i < kf_state->max_reports; i++)
+		if (kf_state_report_backed(i) &&
+		    atomic_load_explicit((_Atomic uint64_t *)&r[i].sequence, memory_order_acquire) &&
+		    r[i].bucket == b)
+			atomic_fetch_add_explicit((_Atomic uint32_t *)&r[i].repeats, 1,
+						  memory_order_relaxed);
+}
+
 KF_SIGSAFE bool kf_report(const struct kf_report_in *in)
 {
 	return kf_report_object(in, NULL);
@@ -182,12 +235,18 @@ KF_SIGSAFE bool kf_report_object(const struct kf_report_in *in, const struct kfe
 			return false;
 	}
 	KF_ENTER();
+	uint32_t bucket = kf_bucket(in, m);
+	if (kf_opt.dedup_reports && kf_seen(bucket)) {
+		kf_count(KFENCE_COUNTER_BUGS, 1);
+		kf_count_repeat(bucket);
+		return false;
+	}
 	/*
 	 * Recorded and counted before the print lock: the once-per-object bit
 	 * is set, so a report the lock loses would otherwise be lost for good,
 	 * and with it the exit status.
 	 */
-	kf_record(in, m);
+	kf_record(in, m, bucket);
 	kf_count(KFENCE_COUNTER_BUGS, 1);
 	bool printed = kf_report_lock();
 	if (printed) {

@@ -344,10 +344,15 @@ KF_SIGSAFE void kf_state_privatize(struct kfence_state *s)
  * the report path, so only system calls, and no lock: two threads may both
  * reserve the same pages, which is harmless.
  */
+KF_SIGSAFE bool kf_state_report_backed(size_t i)
+{
+	return !kf_state_shared || (atomic_load(&kf_ring_backed) & (1ull << i));
+}
+
 KF_SIGSAFE bool kf_state_back_report(size_t i)
 {
 	uint64_t bit = 1ull << i;
-	if (!kf_state_shared || (atomic_load(&kf_ring_backed) & bit))
+	if (kf_state_report_backed(i))
 		return true;
 	if (atomic_load_explicit(&kf_state_full, memory_order_relaxed))
 		return false;

@@ -9,6 +9,7 @@ collected carry module+offset even after the process is gone.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -267,6 +268,35 @@ def report_doc(report: Report, pid: int | None, symbolizer: Symbolizer | None) -
 _OUT_OF_BOUNDS = BUG_KINDS[lib.KFENCE_BUG_OOB].name  # the kind with a distance
 
 
+def _site(frames: list[Doc], depth: int) -> list[str]:
+    """Up to depth frames as "module-basename+offset", the C library's left out."""
+    out = []
+    for f in frames:
+        module = os.path.basename(f["module"] or "?")
+        if module.startswith(("libc.so", "ld-linux")):
+            continue
+        out.append(f"{module}+{f['offset'] if f['offset'] is not None else f['pc']:#x}")
+        if len(out) == depth:
+            break
+    return out
+
+
+def bucket(doc: Doc) -> str:
+    """A signature of a report that is the same in every process and on every machine
+    running the same binaries: kind, access, the access site (the first frame outside
+    the C library) and the allocation site (three frames), by module and offset."""
+    alloc = doc["allocated"]["stack"] if doc.get("allocated") else []
+    key = "|".join([doc["kind"], doc["access"] or "", *_site(doc["stack"], 1), "@",
+                    *_site(alloc, 3)])
+    return hashlib.sha1(key.encode()).hexdigest()[:16]
+
+
+def _with_bucket(doc: Doc, repeats: int) -> Doc:
+    doc["bucket"] = bucket(doc)
+    doc["repeats"] = repeats
+    return doc
+
+
 def _record_doc(rec: ReportRecord, pid: int, frames: _Frames) -> Doc:
     """A report from the state's ring (raw pcs) as a JSON record, its text under "text"."""
     stack, stack_lines = frames.from_pcs(rec.stack, first_exact=rec.kind in FAULT_KINDS)
@@ -283,6 +313,9 @@ def _record_doc(rec: ReportRecord, pid: int, frames: _Frames) -> Doc:
         doc["object"] = {k: obj_doc[k] for k in ("index", "address", "size", "cache")}
         doc["allocated"], doc["freed"] = obj_doc["allocated"], obj_doc["freed"]
         lines += ["", *obj_lines]
+    _with_bucket(doc, rec.repeats)
+    if rec.repeats:
+        lines += ["", f"repeated {rec.repeats} more time(s), not printed (bucket {doc['bucket']})"]
     lines += ["", f"pid {pid}, thread {rec.thread}", RULE]
     doc["text"] = "\n".join(lines) + "\n"
     return doc
@@ -309,9 +342,19 @@ def _reports(snap: Snapshot, symbolizer: Symbolizer | None
                 text = None
             if text is not None:
                 parsed = parse_reports(text)
-                yield p, [(report_doc(r, p.pid, symbolizer),
-                           symbolize_text(r.text, symbolizer) if symbolizer else r.text)
-                          for r in parsed]
+                # The ring's record of a printed report holds its repeats.
+                repeats: dict[tuple[str, int | None], int] = {
+                    (rec.kind, rec.address): rec.repeats for rec in p.view.reports()}
+                items = []
+                for r in parsed:
+                    doc = _with_bucket(report_doc(r, p.pid, symbolizer),
+                                       repeats.get((r.kind, r.address), 0))
+                    text = symbolize_text(r.text, symbolizer) if symbolizer else r.text
+                    if doc["repeats"]:
+                        text += (f"repeated {doc['repeats']} more time(s), not printed "
+                                 f"(bucket {doc['bucket']})\n")
+                    items.append((doc, text))
+                yield p, items
                 continue
         frames = _Frames(p.maps(), symbolizer)
         docs = [_record_doc(rec, p.pid, frames) for rec in p.view.reports()]

@@ -185,6 +185,7 @@ class ReportRecord:
     object: ObjectInfo | None
     corrupted: bytes
     corrupted_mask: int
+    repeats: int = 0  # later bugs of the same kind, access and allocation site, not printed
 
 
 def check_layout(buffer: Any, source: str) -> None:
@@ -407,6 +408,6 @@ class StateView:
                 thread=r.tid, time=r.ns / 1e9, stack=_stack(r.stack),
                 object=self._object(r.slot, r.object) if r.slot >= 0 else None,
                 corrupted=bytes(ffi.buffer(r.corrupted, CORRUPTION_WINDOW)),
-                corrupted_mask=r.corrupted_mask,
+                corrupted_mask=r.corrupted_mask, repeats=r.repeats,
             ))
         return sorted(out, key=lambda rec: rec.sequence)

@@ -33,13 +33,14 @@ static inline void kf_test_print_counters(void)
 		return;
 	}
 	printf("counters: allocated=%llu allocs=%llu frees=%llu bugs=%llu capacity=%llu too_large=%llu"
-	       " covered=%llu\n",
+	       " covered=%llu repeated=%llu\n",
 	       (unsigned long long)s->counters[KFENCE_COUNTER_ALLOCATED],
 	       (unsigned long long)s->counters[KFENCE_COUNTER_ALLOCS],
 	       (unsigned long long)s->counters[KFENCE_COUNTER_FREES],
 	       (unsigned long long)s->counters[KFENCE_COUNTER_BUGS],
 	       (unsigned long long)s->counters[KFENCE_COUNTER_SKIP_CAPACITY],
 	       (unsigned long long)s->counters[KFENCE_COUNTER_SKIP_TOO_LARGE],
-	       (unsigned long long)s->counters[KFENCE_COUNTER_SKIP_COVERED]);
+	       (unsigned long long)s->counters[KFENCE_COUNTER_SKIP_COVERED],
+	       (unsigned long long)s->counters[KFENCE_COUNTER_REPEATED]);
 	fflush(stdout);
 }
