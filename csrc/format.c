@@ -6,6 +6,7 @@
  */
 #define _GNU_SOURCE
 #include <stdarg.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -59,6 +60,76 @@ KF_SIGSAFE static void kf_buf_time(struct kf_buf *b, uint64_t ns)
 
 /* === Warnings === */
 
+/*
+ * Start-up warnings printed already in this process tree, by hash: read
+ * from KFENCE_WARNED at start-up, and put back there when start-up printed
+ * a new one, so that the processes a program execs (every child of a build,
+ * every test's interpreter) do not say it again.  Forked children inherit
+ * the table itself.
+ */
+#define KF_WARNED_MAX 16
+static uint32_t kf_warned[KF_WARNED_MAX];
+static _Atomic int kf_nwarned;
+static bool kf_warned_new;
+
+KF_SIGSAFE static uint32_t kf_line_hash(const char *s, size_t n)
+{
+	uint32_t h = 2166136261u;
+	for (size_t i = 0; i < n; i++)
+		h = (h ^ (uint8_t)s[i]) * 16777619u;
+	return h | 1;
+}
+
+/* True when line was said before in this process tree; a start-up line is remembered. */
+KF_SIGSAFE static bool kf_warned_before(const char *line, size_t n)
+{
+	uint32_t h = kf_line_hash(line, n);
+	int count = atomic_load(&kf_nwarned);
+	for (int i = 0; i < count && i < KF_WARNED_MAX; i++)
+		if (kf_warned[i] == h)
+			return true;
+	if (atomic_load(&kf_start_state) == KF_START_RUNNING && count < KF_WARNED_MAX) {
+		kf_warned[count] = h;  /* start-up is one thread */
+		atomic_store(&kf_nwarned, count + 1);
+		kf_warned_new = true;
+	}
+	return false;
+}
+
+void kf_warn_inherit(const char *env)
+{
+	for (const char *s = env; s && *s && atomic_load(&kf_nwarned) < KF_WARNED_MAX;) {
+		uint32_t h = 0;
+		for (; (*s >= '0' && *s <= '9') || (*s >= 'a' && *s <= 'f'); s++)
+			h = h * 16 + (uint32_t)(*s <= '9' ? *s - '0' : *s - 'a' + 10);
+		if (h)
+			kf_warned[atomic_fetch_add(&kf_nwarned, 1)] = h;
+		s += *s == ',';
+		if (*s && !((*s >= '0' && *s <= '9') || (*s >= 'a' && *s <= 'f')))
+			break;  /* not ours: stop */
+	}
+}
+
+void kf_warn_bequeath(void)
+{
+	/* Only a preloaded library's children are its own; in-process (Python) it stays out. */
+	if (!kf_warned_new || !kf_interposing)
+		return;
+	char text[KF_WARNED_MAX * 9 + 1];
+	struct kf_buf b = { text, 0, sizeof(text) - 1 };
+	for (int i = 0; i < atomic_load(&kf_nwarned); i++) {
+		if (i)
+			kf_buf_str(&b, ",");
+		char hex[12];
+		struct kf_buf h = { hex, 0, sizeof(hex) - 1 };
+		kf_buf_hex(&h, kf_warned[i], 1);
+		hex[h.len] = '\0';
+		kf_buf_str(&b, hex + 2);  /* without "0x" */
+	}
+	text[b.len] = '\0';
+	setenv("KFENCE_WARNED", text, 1);
+}
+
 KF_SIGSAFE void kf_warn(const char *first, ...)
 {
 	char line[768];
@@ -70,7 +141,12 @@ KF_SIGSAFE void kf_warn(const char *first, ...)
 		kf_buf_str(&b, s);
 	va_end(ap);
 	line[b.len++] = '\n';
-	kf_os_write_all(2, line, b.len);
+	if (kf_warned_before(line, b.len))
+		return;
+	/* Where the reports go: under kfence-py run, to the controller, not the program's stderr. */
+	int fd = kf_report_fd_open();
+	kf_os_write_all(fd, line, b.len);
+	kf_report_fd_close(fd);
 }
 
 KF_SIGSAFE static bool kf_in_libc(const char *module)

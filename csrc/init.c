@@ -211,6 +211,7 @@ static size_t kf_cap_slots(size_t want)
 static int kf_start(const char *options, const char *origin)
 {
 	kf_page = (size_t)sysconf(_SC_PAGESIZE);
+	kf_warn_inherit(getenv("KFENCE_WARNED"));
 	kf_options_defaults();
 	kf_options_parse(options, origin);
 	if (!kf_opt.enabled)
@@ -287,6 +288,7 @@ int kf_init(const char *options, const char *origin)
 	{
 		KF_ENTER();
 		rc = kf_start(options, origin);
+		kf_warn_bequeath();
 		atomic_store_explicit(&kf_start_state, rc == 0 ? KF_START_READY : KF_START_FAILED,
 				      memory_order_release);
 	}

@@ -305,8 +305,15 @@ struct kf_buf {
 KF_SIGSAFE KF_HIDDEN void kf_buf_str(struct kf_buf *b, const char *s);
 KF_SIGSAFE KF_HIDDEN void kf_buf_dec(struct kf_buf *b, uint64_t v);
 KF_SIGSAFE KF_HIDDEN void kf_buf_hex(struct kf_buf *b, uint64_t v, int width);
-/* One line "kfence: <parts...>\n" on stderr; the list of strings ends with NULL. */
+/* One line "kfence: <parts...>\n" where reports go; the list of strings ends with NULL. */
 KF_SIGSAFE KF_HIDDEN void kf_warn(const char *first, ...) __attribute__((sentinel));
+/*
+ * A start-up warning is said once per process tree: the ones in env
+ * (KFENCE_WARNED, at start-up) are not said again, and the ones start-up
+ * said are put there for the programs this one execs (at its end).
+ */
+KF_HIDDEN void kf_warn_inherit(const char *env);
+KF_HIDDEN void kf_warn_bequeath(void);
 
 /* A frame, described: module path and offset, function and offset. */
 struct kf_frame {

@@ -182,7 +182,8 @@ void kf_options_defaults(void)
 }
 
 /* One key=value item into o; returns 1 if it was refused (and warned about). */
-static int kf_parse_item(struct kf_options *o, const char *s, size_t n, const char *origin)
+static int kf_parse_item(struct kf_options *o, const char *s, size_t n, const char *origin,
+			 bool quiet)
 {
 	char item[160], expect[96], current[272];
 	size_t shown = n < sizeof(item) - 1 ? n : sizeof(item) - 1;
@@ -191,7 +192,8 @@ static int kf_parse_item(struct kf_options *o, const char *s, size_t n, const ch
 
 	const char *eq = memchr(s, '=', n);
 	if (!eq) {
-		kf_warn("'", item, "' in ", origin, " is not key=value; ignored", NULL);
+		if (!quiet)
+			kf_warn("'", item, "' in ", origin, " is not key=value; ignored", NULL);
 		return 1;
 	}
 	size_t klen = (size_t)(eq - s);
@@ -202,16 +204,18 @@ static int kf_parse_item(struct kf_options *o, const char *s, size_t n, const ch
 		if (kf_set_value(o, d, eq + 1, n - klen - 1))
 			return 0;
 		kf_expectation(d, expect, sizeof(expect));
-		kf_warn("bad value in ", origin, " '", item, "': expected ", expect, "; keeping ",
+		if (!quiet)
+			kf_warn("bad value in ", origin, " '", item, "': expected ", expect, "; keeping ",
 			d->pub.name, "=", kf_format_value(o, d, current, sizeof(current)), NULL);
 		return 1;
 	}
 	item[klen < shown ? klen : shown] = '\0';
-	kf_warn("unknown option '", item, "' in ", origin, "; ignored", NULL);
+	if (!quiet)
+		kf_warn("unknown option '", item, "' in ", origin, "; ignored", NULL);
 	return 1;
 }
 
-static int kf_parse_into(struct kf_options *o, const char *text, const char *origin)
+static int kf_parse_into(struct kf_options *o, const char *text, const char *origin, bool quiet)
 {
 	int refused = 0;
 	if (!text)
@@ -220,7 +224,7 @@ static int kf_parse_into(struct kf_options *o, const char *text, const char *ori
 		const char *end = strchr(text, ':');
 		size_t n = end ? (size_t)(end - text) : strlen(text);
 		if (n > 0)
-			refused += kf_parse_item(o, text, n, origin);
+			refused += kf_parse_item(o, text, n, origin, quiet);
 		text += n;
 		if (*text == ':')
 			text++;
@@ -258,7 +262,17 @@ static void kf_options_check_set(void)
 
 void kf_options_parse(const char *text, const char *origin)
 {
-	kf_parse_into(&kf_opt, text, origin);
+	/*
+	 * Warnings go where reports go (kfence-py run: to the controller, not the
+	 * program's stderr), so report_path is found first, quietly; never in a
+	 * privileged program (see below).
+	 */
+	struct kf_options first;
+	kf_defaults_into(&first);
+	kf_parse_into(&first, text, origin, true);
+	if (!getauxval(AT_SECURE))
+		memcpy(kf_opt.report_path, first.report_path, sizeof(kf_opt.report_path));
+	kf_parse_into(&kf_opt, text, origin, false);
 	kf_options_check_set();
 }
 
@@ -266,7 +280,7 @@ int kfence_options_check(const char *text)
 {
 	struct kf_options scratch;
 	kf_defaults_into(&scratch);
-	return kf_parse_into(&scratch, text, "the options");
+	return kf_parse_into(&scratch, text, "the options", false);
 }
 
 /* === The table, for Python === */

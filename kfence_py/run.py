@@ -27,6 +27,7 @@ import signal
 import stat
 import sys
 import tempfile
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
@@ -155,6 +156,9 @@ class ReportTailer:
     def __init__(self, prefix: Path, on_report: Callable[[int, str], None]) -> None:
         self.prefix = prefix
         self.on_report = on_report
+        # The library's warnings, said by how many processes: for the summary, not the
+        # program's stderr (the library writes them where its reports go).
+        self.warnings: Counter[str] = Counter()
         self._name = re.compile(re.escape(prefix.name) + r"\.(\d+)$")
         self._offsets: dict[Path, int] = {}
         self._partial: dict[Path, bytes] = {}  # a line not finished yet
@@ -196,6 +200,8 @@ class ReportTailer:
                 self.on_report(pid, "\n".join([*current, line]) + "\n")
         elif current is not None:
             current.append(line)
+        elif line.startswith("kfence: "):
+            self.warnings[line] += 1
         else:
             sys.stderr.write(line + "\n")  # not a report: pass it on as it is
 
@@ -215,8 +221,10 @@ class ReportPrinter:
     def __init__(self, symbolizer: Symbolizer | None, json_out: IO[str] | None) -> None:
         self.symbolizer = symbolizer
         self.json_out = json_out
+        self.printed = 0
 
     def __call__(self, pid: int, text: str) -> None:
+        self.printed += 1
         shown = symbolize_text(text, self.symbolizer) if self.symbolizer else text
         sys.stderr.write(shown)
         sys.stderr.flush()
@@ -277,6 +285,43 @@ def _identities(state_dir: Path) -> dict[Path, tuple[int, int, int]]:
             continue
         out[path] = (inode, int(view.header.start_realtime_ns), int(view.header.start_ns))
     return out
+
+
+def summary(state_dir: Path, before: dict[Path, tuple[int, int, int]], printed: int,
+            warnings: Counter[str]) -> str:
+    """What this run checked and what it did not, in a few lines for its end.
+
+    Over the processes of this run (the state files written since it began):
+    guarded allocations, bugs (printed, and repeats counted but not printed),
+    skipped allocations by reason, a hint when the pool was the limit, and
+    each warning of the library once, with how many processes said it.
+    """
+    processes = guarded = bugs = repeated = 0
+    skipped: Counter[str] = Counter()
+    pool = 0
+    for path, identity in _identities(state_dir).items():
+        if before.get(path) == identity:
+            continue
+        try:
+            s = StateView.open(path).stats()
+        except StateError:
+            continue
+        processes += 1
+        guarded += s.total_allocations
+        bugs += s.total_bugs
+        repeated += s.repeated_bugs
+        skipped.update(s.skipped)
+        pool = max(pool, s.pool_size)
+    lines = [f"{processes} process(es), {guarded} guarded allocation(s), {bugs} bug(s)"
+             + (f" ({printed} printed, {repeated} repeat(s) counted)" if bugs else "")]
+    if +skipped:
+        lines.append("skipped allocations: " + ", ".join(
+            f"{n} {reason.replace('_', ' ')}" for reason, n in skipped.most_common() if n))
+    if skipped["capacity"]:
+        lines.append(f"hint: the pool ({pool} slots) was full {skipped['capacity']} time(s); "
+                     "--num-objects guards more at once")
+    lines += [f"{w}" + (f" (in {n} processes)" if n > 1 else "") for w, n in warnings.items()]
+    return "".join(f"kfence-py: {line}\n" for line in lines)
 
 
 def effective_option(kfence_options: str, name: str) -> str:
@@ -386,6 +431,7 @@ class Runner:
             pid = self._spawn(program, env)
             status = self._wait(pid, tailer)
             tailer.finish()
+            sys.stderr.write(summary(state_dir, before, printer.printed, tailer.warnings))
             if not (state_dir / f"{pid}.state").exists() and self.options.get("enabled") != "0":
                 log.warning("%s published no state in %s: the library kept it private "
                             "(see its kfence: warning) or did not start (was LD_PRELOAD "
