@@ -19,10 +19,11 @@ from typing import Any
 import pytest
 
 from . import api
+from ._native import lib
 from .options import option_specs
 from .reports import title
 
-_SEEN = pytest.StashKey[int]()
+_SEEN = pytest.StashKey[tuple[int, dict[int, int]]]()
 _ENABLED = pytest.StashKey[bool]()
 
 
@@ -67,12 +68,33 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         api.log.removeHandler(handler)
 
 
+def _checked() -> str | None:
+    """One line on what sampling checked in this process, or None if it never ran."""
+    state = api.StateView.in_process()
+    if state is None:
+        return None
+    s = state.stats()
+    line = f"{s.total_allocations} guarded allocation(s), {s.total_bugs} bug(s)"
+    skipped = ", ".join(f"{n} {why.replace('_', ' ')}" for why, n in s.skipped.items() if n)
+    if skipped:
+        line += f"; skipped: {skipped}"
+    if s.skipped.get("capacity"):
+        line += (f"; the pool ({s.pool_size} slots) was the limit: num_objects in "
+                 "--kfence-options guards more")
+    return line
+
+
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     handler = config.stash.get(_WARNINGS, None)
-    if handler is not None and handler.messages:
-        terminalreporter.section("kfence_py")
-        for message in handler.messages:
-            terminalreporter.line(f"warning: {message}")
+    checked = _checked()
+    messages = handler.messages if handler is not None else []
+    if checked is None and not messages:
+        return
+    terminalreporter.section("kfence_py")
+    if checked is not None:
+        terminalreporter.line(checked)
+    for message in messages:
+        terminalreporter.line(f"warning: {message}")
 
 
 def _options(item: pytest.Item) -> dict[str, Any] | None:
@@ -91,9 +113,17 @@ def _options(item: pytest.Item) -> dict[str, Any] | None:
     return options
 
 
-def _written() -> int:
+def _seen() -> tuple[int, dict[int, int]]:
+    """The bug count, and the repeats of each recorded report by sequence.
+
+    A bug whose kind and sites were printed before (dedup_reports) adds no
+    report, only to the bug count and to that report's repeats.
+    """
     state = api.StateView.in_process()
-    return int(state.header.reports_written) if state is not None else 0
+    if state is None:
+        return 0, {}
+    return (state.counter(lib.KFENCE_COUNTER_BUGS),
+            {r.sequence: r.repeats for r in state.reports()})
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -103,7 +133,7 @@ def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, Any, None]:
         yield
         return
     with api.sampling(python_allocator=True, **options):
-        item.stash[_SEEN] = _written()
+        item.stash[_SEEN] = _seen()
         item.stash[_ENABLED] = True
         yield
 
@@ -114,16 +144,18 @@ def pytest_runtest_makereport(item: pytest.Item,
     outcome = yield
     if not item.stash.get(_ENABLED, False):
         return
-    seen, written = item.stash[_SEEN], _written()
-    if written == seen:
+    (bugs_before, repeats_before), now = item.stash[_SEEN], _seen()
+    bugs = now[0] - bugs_before
+    if not bugs:
         return
-    item.stash[_SEEN] = written
-    new = [r for r in api.reports() if r.sequence > seen]
+    item.stash[_SEEN] = now
+    new = [r for r in api.reports()
+           if r.sequence not in repeats_before or r.repeats > repeats_before[r.sequence]]
     report = outcome.get_result()
     kinds = ", ".join(title(r.kind, r.access) for r in new)
     from .render import own_reports_text  # the renderer and its imports only when needed
 
     text = own_reports_text(new)
     report.outcome = "failed"
-    report.longrepr = (f"kfence_py reported {written - seen} memory bug(s) during {call.when}: "
+    report.longrepr = (f"kfence_py reported {bugs} memory bug(s) during {call.when}: "
                        f"{kinds}\n{text}")

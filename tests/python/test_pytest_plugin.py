@@ -78,3 +78,24 @@ def test_unknown_kfence_option_is_a_usage_error(child):
     result = child.runpytest_subprocess("--kfence", "--kfence-options", "sample_rat=1")
     assert result.ret != 0
     assert "unknown option 'sample_rat'" in result.stderr.str() + result.stdout.str()
+
+
+@pytest.mark.slow
+def test_the_same_bug_fails_every_test_that_hits_it(child):
+    """Printed once per process (dedup_reports), but counted: each test fails."""
+    child.makepyfile(test_twice="""
+        import pytest
+        import kfbugs
+
+        @pytest.mark.parametrize("run", [1, 2, 3])
+        @pytest.mark.kfence(sample_rate=1)
+        def test_overrun(run):
+            kfbugs.overrun_pymem(32)
+    """)
+    result = child.runpytest_subprocess(
+        "-p", "faulthandler", "--kfence-options",
+        "sample_rate=1:num_objects=4096:placement=right")
+    result.assert_outcomes(failed=3)
+    out = result.stdout.str()
+    assert out.count("kfence_py reported 1 memory bug(s) during call: out-of-bounds write") == 3
+    result.stdout.fnmatch_lines(["*= kfence_py =*", "* guarded allocation(s), 3 bug(s)*"])
