@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -11,7 +12,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 from urllib.parse import urlencode
 
 from . import __version__, protocol, render
@@ -267,6 +268,55 @@ class ReportsCommand(_ViewCommand):
     name = "reports"
     help = "the reports of one or more processes, symbolized"
     endpoint = protocol.REPORTS
+
+    def prepare_parser(self, parser: argparse.ArgumentParser) -> None:
+        super().prepare_parser(parser)
+        parser.add_argument("--group", action="store_true",
+                            help="one line per distinct bug (its bucket), with how often it "
+                            "happened and in how many processes")
+        parser.add_argument("files", nargs="*", type=Path, metavar="JSONL",
+                            help="with --group: JSON-lines report files (run --json-reports) "
+                            "instead of a state")
+
+    def run(self, args: argparse.Namespace) -> int:
+        if not args.group:
+            if args.files:
+                raise CliError("report files are read with --group", ExitCode.USAGE)
+            return super().run(args)
+        if args.files:
+            docs = list(_jsonl_reports(args.files))
+        elif args.socket:
+            query = protocol.query(as_json=True, pid=args.pid)
+            docs = json.loads(request(args.socket, "GET", self.endpoint, query=query).text
+                              )["reports"]
+        else:
+            snap = render.Snapshot.take(_local_source(args))
+            with Symbolizer() as symbolizer:
+                docs = render.reports_doc(snap, symbolizer)["reports"]
+        groups = render.group_reports(docs)
+        if args.json:
+            sys.stdout.write(json.dumps({"groups": groups}, indent=1) + "\n")
+        else:
+            sys.stdout.write(render.groups_text(groups))
+        return ExitCode.OK
+
+
+def _jsonl_reports(paths: list[Path]) -> Iterator[dict[str, Any]]:
+    for path in paths:
+        try:
+            lines = path.read_text().splitlines()
+        except OSError as exc:
+            raise CliError(f"{path}: {exc.strerror}", ExitCode.USAGE) from None
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                doc = json.loads(line)
+            except json.JSONDecodeError:
+                raise CliError(f"{path}:{n}: not a JSON record", ExitCode.USAGE) from None
+            if not isinstance(doc, dict) or "kind" not in doc or "stack" not in doc:
+                raise CliError(f"{path}:{n}: not a kfence_py report record", ExitCode.USAGE)
+            yield doc
 
 
 class ConfigCommand(Command):

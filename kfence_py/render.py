@@ -378,6 +378,31 @@ def reports_text(snap: Snapshot, symbolizer: Symbolizer | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def group_reports(docs: Iterable[Doc]) -> list[Doc]:
+    """Reports grouped by bucket, most frequent first: how often each bug happened
+    (reports and their repeats), in how many processes, and one report to show."""
+    groups: dict[str, Doc] = {}
+    for doc in docs:
+        key = doc.get("bucket") or bucket(doc)
+        g = groups.setdefault(key, {"bucket": key, "kind": doc["kind"], "access": doc["access"],
+                                     "function": doc["function"], "count": 0, "pids": set(),
+                                     "example": doc})
+        g["count"] += 1 + (doc.get("repeats") or 0)
+        g["pids"].add(doc.get("pid"))
+    out = sorted(groups.values(), key=lambda g: (-g["count"], g["bucket"]))
+    for g in out:
+        g["processes"] = len(g.pop("pids"))
+    return out
+
+
+def groups_text(groups: list[Doc]) -> str:
+    lines = [f"{len(groups)} distinct bug(s)"]
+    for g in groups:
+        lines.append(f"{g['bucket']}  {g['count']:>6} time(s) in {g['processes']} process(es): "
+                     f"{title(g['kind'], g['access'])} in {g['function'] or '<unknown>'}")
+    return "\n".join(lines) + "\n"
+
+
 # --- every view, by the path the server serves it at ----------------------
 
 

@@ -38,7 +38,7 @@ from .elf import NotElf, elf_info
 from .exitcodes import CliError, ExitCode
 from .options import OptionSpec, format_options, option_specs
 from .protocol import SocketError
-from .render import report_doc
+from .render import bucket, report_doc
 from .reports import RULE, parse_reports
 from .retention import KEEP_CLEAN, prune
 from .sources import REPORT_PREFIX, DirectorySource
@@ -231,6 +231,7 @@ class ReportPrinter:
         if self.json_out is not None:
             for report in parse_reports(text):
                 record = report_doc(report, pid, self.symbolizer)
+                record["bucket"] = bucket(record)
                 self.json_out.write(json.dumps(record) + "\n")
             self.json_out.flush()
 

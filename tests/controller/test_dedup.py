@@ -51,3 +51,23 @@ def test_dedup_reports_0_prints_every_report(short_dir, loop_bug):
     run = _run(short_dir, short_dir / "state0", loop_bug, "--dedup-reports", "0")
     assert run.returncode == 66
     assert run.stderr.count("BUG: KFENCE: out-of-bounds write in handle_request") == 100
+
+
+def test_reports_group_counts_each_bug_over_processes_and_files(short_dir, loop_bug):
+    state_dir, jsonl = short_dir / "grouped", short_dir / "reports.jsonl"
+    for _ in range(2):
+        run = _run(short_dir, state_dir, loop_bug, "--json-reports", str(jsonl))
+        assert run.returncode == 66, run.stderr
+    groups = json.loads(kfence_cli("reports", "--group", "--json", "--state-dir",
+                                   str(state_dir), cwd=short_dir).stdout)["groups"]
+    assert [(g["kind"], g["function"], g["count"], g["processes"]) for g in groups] == [
+        ("out-of-bounds", "handle_request", 200, 2), ("use-after-free", "other_bug", 2, 2)]
+    from_files = json.loads(kfence_cli("reports", "--group", "--json", str(jsonl),
+                                       cwd=short_dir).stdout)["groups"]
+    assert {g["bucket"] for g in from_files} == {g["bucket"] for g in groups}
+    text = kfence_cli("reports", "--group", "--state-dir", str(state_dir), cwd=short_dir)
+    assert text.stdout.startswith("2 distinct bug(s)\n")
+    bad = short_dir / "bad.jsonl"
+    bad.write_text("{not json\n")
+    refused = kfence_cli("reports", "--group", str(bad), cwd=short_dir)
+    assert refused.returncode == 2 and "bad.jsonl:1: not a JSON record" in refused.stderr
