@@ -19,6 +19,7 @@ from . import __version__, protocol, render
 from ._native import DEMO_PATH, LIB_PATH
 from .client import request
 from .exitcodes import CliError, ExitCode
+from .governor import Bounds
 from .options import format_options, markdown_table, option_specs, runtime_options
 from .protocol import MAX_CLIENTS, SocketError
 from .reports import parse_reports
@@ -114,6 +115,17 @@ class RunCommand(Command):
                             help="append one JSON record per report to FILE")
         _keep_clean_argument(parser, "to --state-dir when the command ends")
         _symbolizer_arguments(parser)
+        gate = parser.add_argument_group(
+            "the controller's hand on the gate: while a pool is nearly full, fewer samples "
+            "(a larger sample_rate or sample_interval), back to the options' once it has room")
+        gate.add_argument("--no-adapt", dest="adapt", action="store_false",
+                          help="leave sample_rate and sample_interval as the options set them")
+        gate.add_argument("--max-sample-rate", type=_count, metavar="N",
+                          default=Bounds.max_sample_rate,
+                          help="widen sample_rate up to N (default: %(default)s)")
+        gate.add_argument("--max-sample-interval", type=_count, metavar="MS",
+                          default=Bounds.max_sample_interval,
+                          help="widen sample_interval up to MS (default: %(default)s)")
         add_option_flags(parser)
         parser.add_argument("argv", nargs=argparse.REMAINDER, metavar="command",
                             help="the command and its arguments, after --")
@@ -122,7 +134,9 @@ class RunCommand(Command):
         command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
         runner = Runner(command, options_from_args(args), socket_path=args.socket,
                         json_reports=args.json_reports, keep_clean=args.keep_clean,
-                        symbolizer=None if args.no_symbolize else args.symbolizer)
+                        symbolizer=None if args.no_symbolize else args.symbolizer,
+                        bounds=Bounds(args.max_sample_rate, args.max_sample_interval)
+                        if args.adapt else None)
         return runner.run()
 
 

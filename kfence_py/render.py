@@ -13,12 +13,13 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ._native import lib
 from .contract import BUG_KINDS, COUNTERS
 from .elf import ProcessMaps, own_symbol
+from .governor import last_decision
 from .options import OptionSpec, runtime_options
 from .protocol import CONFIG, OBJECTS, REPORTS, STATS, document
 from .reports import FAULT_KINDS, RULE, Frame, Report, parse_reports, title, title_line
@@ -88,12 +89,24 @@ def _summary(s: Stats | None) -> list[Any]:
     return row
 
 
+def _pool_use(s: Stats) -> float:
+    return s.currently_allocated / s.pool_size if s.pool_size else 0.0
+
+
+def _controller(p: Process) -> Doc | None:
+    decision = last_decision(p.state_file)
+    return asdict(decision) | {"text": decision.describe()} if decision else None
+
+
 def stats_doc(snap: Snapshot) -> Doc:
-    return snap._envelope(processes=[
-        {"pid": p.pid, "running": p.running,
-         "state_file": str(p.state_file) if p.state_file else None,
-         "stats": p.view.stats().as_dict()}
-        for p in snap.processes])
+    docs = []
+    for p in snap.processes:
+        s = p.view.stats()
+        docs.append({"pid": p.pid, "running": p.running,
+                     "state_file": str(p.state_file) if p.state_file else None,
+                     "stats": s.as_dict(), "pool_use": round(_pool_use(s), 4),
+                     "controller": _controller(p)})
+    return snap._envelope(processes=docs)
 
 
 def stats_text(snap: Snapshot) -> str:
@@ -108,7 +121,11 @@ def stats_text(snap: Snapshot) -> str:
         for p, s in stats:
             lines.append(row.format(p.pid, _state(p), *_summary(s)))
     for p, s in stats:
-        lines += ["", f"pid {p.pid} ({_state(p)}):", *stats_lines(s)]
+        lines += ["", f"pid {p.pid} ({_state(p)}):", *stats_lines(s),
+                  f"pool use: {_pool_use(s):.0%}"]
+        controller = _controller(p)
+        if controller is not None:
+            lines.append(f"controller's last change: {controller['text']}")
     lines += snap._trailer()
     return "\n".join(lines) + "\n"
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ._native import lib
+from .governor import gate_file
 from .sources import DirectorySource, is_running
 from .state import StateError, StateView
 
@@ -101,6 +102,7 @@ def _remove_if_unchanged(old: _Clean) -> bool:
                 or is_running(old.pid, old.path)):
             return False
         old.path.unlink()
+        gate_file(old.path).unlink(missing_ok=True)
     except (OSError, StateError) as exc:
         log.debug("kept %s: %s", old.path, exc)
         return False

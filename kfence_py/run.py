@@ -36,6 +36,7 @@ from typing import IO, Any
 from ._native import LIB_PATH, lib
 from .elf import NotElf, elf_info
 from .exitcodes import CliError, ExitCode
+from .governor import DEFAULT_BOUNDS, Bounds, Governor
 from .options import OptionSpec, format_options, option_specs
 from .protocol import SocketError
 from .render import bucket, report_doc
@@ -361,7 +362,8 @@ class Runner:
 
     def __init__(self, command: list[str], options: dict[str, str], *,
                  socket_path: str | None = None, json_reports: Path | None = None,
-                 symbolizer: str | None = "auto", keep_clean: int = KEEP_CLEAN) -> None:
+                 symbolizer: str | None = "auto", keep_clean: int = KEEP_CLEAN,
+                 bounds: Bounds | None = DEFAULT_BOUNDS) -> None:
         if not command:
             raise CliError("no command: kfence-py run [options] -- command args...",
                            ExitCode.USAGE)
@@ -371,6 +373,7 @@ class Runner:
         self.json_reports = json_reports
         self.symbolizer_name = symbolizer
         self.keep_clean = keep_clean
+        self.bounds = bounds  # None: the gate is left as the options set it
 
     def environment(self, state_dir: Path, report_prefix: Path) -> dict[str, str]:
         """The command's environment: LD_PRELOAD, and KFENCE_OPTIONS with ours last."""
@@ -429,8 +432,10 @@ class Runner:
                 stack.enter_context(server.start())
                 log.info("statistics on %s", server.path)
             before = _identities(state_dir)
+            governor = (Governor(DirectorySource(state_dir, report_prefix), self.bounds)
+                        if self.bounds is not None else None)
             pid = self._spawn(program, env)
-            status = self._wait(pid, tailer)
+            status = self._wait(pid, tailer, governor)
             tailer.finish()
             sys.stderr.write(summary(state_dir, before, printer.printed, tailer.warnings))
             if not (state_dir / f"{pid}.state").exists() and self.options.get("enabled") != "0":
@@ -487,7 +492,7 @@ class Runner:
         log.info("started %s as pid %d", self.command[0], pid)
         return pid
 
-    def _wait(self, pid: int, tailer: ReportTailer) -> int:
+    def _wait(self, pid: int, tailer: ReportTailer, governor: Governor | None) -> int:
         """Pass signals on and print reports until the command ends; its exit status."""
         while True:
             info = signal.sigtimedwait((*FORWARDED, signal.SIGCHLD), POLL_INTERVAL)
@@ -500,6 +505,8 @@ class Runner:
                     with suppress(ProcessLookupError):
                         os.kill(pid, info.si_signo)
             tailer.poll()
+            if governor is not None:
+                governor.poll()
             done, wait_status = os.waitpid(pid, os.WNOHANG)
             if done:
                 return exit_status(wait_status)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from ctl import CAP, PROGS, Driven, kfence_cli, line_of
@@ -261,3 +263,48 @@ def test_a_bad_socket_path_fails_before_the_command_starts(short_dir, target):
                      input="quit\n", cwd=short_dir)
     assert run.returncode == ExitCode.RUN_FAILED and "at most 107" in run.stderr
     assert "ready" not in run.stdout
+
+
+def _sample_rate(short_dir, state_dir, pid) -> int:
+    shown = kfence_cli("config", "--state-dir", str(state_dir), "--pid", str(pid), "--json",
+                       cwd=short_dir)
+    (proc,) = json.loads(shown.stdout)["processes"]
+    return proc["sample_rate"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("adapt", [True, False], ids=["adapt", "no-adapt"])
+def test_the_controller_widens_the_gate_of_a_full_pool(short_dir, target, adapt):
+    """A pool full of held objects: run doubles sample_rate, up to --max-sample-rate,
+    and says so in stats; with --no-adapt it leaves it alone."""
+    state_dir = short_dir / ("adapt" if adapt else "fixed")
+    driven, pid = run_target(target, short_dir, "--state-dir", str(state_dir),
+                             "--sample-rate", "1", "--num-objects", "8",
+                             "--skip-covered-thresh", "100", "--max-sample-rate", "4",
+                             *([] if adapt else ["--no-adapt"]))
+    try:
+        assert driven.ask("hold 20") == "ok"
+        deadline = time.monotonic() + CAP
+        while adapt and _sample_rate(short_dir, state_dir, pid) < 4:
+            assert time.monotonic() < deadline, "the gate was not widened"
+            time.sleep(0.2)
+        if not adapt:
+            time.sleep(2.5)  # two looks of a governor, were there one
+        assert _sample_rate(short_dir, state_dir, pid) == (4 if adapt else 1)
+        stats = kfence_cli("stats", "--state-dir", str(state_dir), cwd=short_dir).stdout
+        assert "pool use: 100%" in stats
+        if adapt:
+            assert "controller's last change: " in stats
+            assert "sample_rate 2 -> 4: pool 100% full" in stats, stats
+            # Room again: back to what was asked for, and no further.
+            assert driven.ask("release") == "ok"
+            while _sample_rate(short_dir, state_dir, pid) > 1:
+                assert time.monotonic() < deadline + CAP, "the gate was not narrowed back"
+                time.sleep(0.2)
+            stats = kfence_cli("stats", "--state-dir", str(state_dir), cwd=short_dir).stdout
+            assert re.search(r"sample_rate 2 -> 1: pool \d+% full: back towards the "
+                             r"sample_rate asked for \(1\)", stats), stats
+        else:
+            assert "controller's last change" not in stats
+    finally:
+        assert driven.finish() == 0

@@ -80,6 +80,9 @@ int main(void)
 			churn(n);
 		} else if (!strcmp(cmd, "hold")) {
 			hold(n);
+		} else if (!strcmp(cmd, "release")) {
+			while (nheld)
+				free(held[--nheld]);
 		} else if (!strcmp(cmd, "fork")) {
 			spawn_child();
 		} else if (!strcmp(cmd, "trap-term")) {
