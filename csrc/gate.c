@@ -106,12 +106,7 @@ void *kf_sample_alloc(int32_t *countdown, size_t size, size_t align, int cache, 
 			return NULL;
 	}
 	int saved = errno;
-	bool skip;
-	{
-		KF_ENTER();
-		skip = kf_coverage_skip(c);
-	}
-	if (skip) {
+	if (kf_coverage_skip(c, caller)) {
 		errno = saved;
 		return NULL;
 	}

@@ -235,18 +235,17 @@ KF_SIGSAFE KF_HIDDEN void kf_pool_lock_reset(void);
 
 /* The filter for a pool of n slots, at start-up; false if there is no memory for it. */
 KF_HIDDEN bool kf_coverage_init(size_t num_slots);
-/* The hash that names an allocation site: the first frames of its stack; never 0. */
-KF_SIGSAFE KF_HIDDEN uint32_t kf_stack_hash(const struct kfence_stack *st);
+/* The allocation site of a call from caller (a return address), hashed; 0 for none. */
+KF_SIGSAFE KF_HIDDEN uint32_t kf_site(uintptr_t caller);
 /* A live guarded object of site h comes (delta 1) or goes (-1); h 0 is no site. */
 KF_HIDDEN void kf_coverage_add(uint32_t h, int delta);
 /* True (and counted) when this allocation is to be skipped: pool pressed, site covered. */
-KF_HIDDEN bool kf_coverage_skip(const struct kfence_control *c);
+KF_HIDDEN bool kf_coverage_skip(const struct kfence_control *c, uintptr_t caller);
 
 /* === Stacks (stack.c) === */
 
-/* Stack of the caller, our own frames left out (stack_depth frames, or at most max). */
+/* Stack of the caller, our own frames left out. */
 KF_HIDDEN void kf_capture_stack(struct kfence_stack *st);
-KF_HIDDEN void kf_capture_stack_depth(struct kfence_stack *st, uint32_t max);
 /* False when code at pc may hold the unwinder's lock: do not unwind from there. */
 KF_SIGSAFE KF_HIDDEN bool kf_unwind_safe(uintptr_t pc);
 /* True for a pc in this library or a module registered as internal. */
@@ -441,7 +440,7 @@ KF_SIGSAFE KF_HIDDEN void kf_state_privatize(struct kfence_state *s);
 struct kf_shadow {
 	uint32_t state, generation;
 	uint64_t addr, size;
-	uint32_t site;  /* kf_stack_hash of the allocation stack while ALLOCATED (coverage.c) */
+	uint32_t site;  /* kf_site of the allocation while ALLOCATED (coverage.c) */
 	uint32_t reserved;
 };
 KF_HIDDEN extern struct kf_shadow *kf_shadow;

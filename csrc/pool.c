@@ -166,7 +166,7 @@ void *kf_guarded_alloc(size_t size, size_t align, int placement, int cache, bool
 	m->alloc_note[0] = '\0';
 	m->free_note[0] = '\0';
 	kf_capture_stack(&m->alloc_stack);
-	kf_shadow[slot].site = kf_stack_hash(&m->alloc_stack);
+	kf_shadow[slot].site = kf_site(m->alloc_stack.depth ? m->alloc_stack.pc[0] : 0);
 	kf_coverage_add(kf_shadow[slot].site, 1);
 	atomic_store_explicit((_Atomic uint32_t *)&m->reported, 0, memory_order_relaxed);
 	kf_slot_publish((size_t)slot, KFENCE_SLOT_ALLOCATED);

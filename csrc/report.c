@@ -184,7 +184,11 @@ KF_SIGSAFE static uint32_t kf_bucket(const struct kf_report_in *in, const struct
 	uint64_t h = (uint64_t)in->kind * 0x9e3779b97f4a7c15ull;
 	h ^= in->stack->depth ? in->stack->pc[0] : 0;
 	h *= 0xff51afd7ed558ccdull;
-	h ^= m ? kf_stack_hash(&m->alloc_stack) : 0;
+	/* The allocation site: the first frames of its stack (a wrapper's callers differ). */
+	for (uint32_t i = 0; m && i < m->alloc_stack.depth && i < 8; i++) {
+		h ^= m->alloc_stack.pc[i];
+		h *= 0x100000001b3ull;
+	}
 	h *= 0xc4ceb9fe1a85ec53ull;
 	h ^= h >> 32;
 	return (uint32_t)h | 1;

@@ -65,23 +65,17 @@ static int kf_find_unwinder(struct dl_phdr_info *info, size_t size, void *data)
 	return 1;
 }
 
-void kf_capture_stack_depth(struct kfence_stack *st, uint32_t max)
+void kf_capture_stack(struct kfence_stack *st)
 {
 	void *pcs[KFENCE_STACK_MAX + 16];
-	max = max < KFENCE_STACK_MAX ? max : KFENCE_STACK_MAX;
-	int n = backtrace(pcs, (int)(max + 16));
+	int n = backtrace(pcs, (int)(kf_opt.stack_depth + 16));
 	int skip = 0;
 	while (skip < n && kf_in_self((uintptr_t)pcs[skip]))
 		skip++;
 	uint32_t depth = 0;
-	for (int i = skip; i < n && depth < max; i++)
+	for (int i = skip; i < n && depth < kf_opt.stack_depth; i++)
 		st->pc[depth++] = (uintptr_t)pcs[i];
 	st->depth = depth;
-}
-
-void kf_capture_stack(struct kfence_stack *st)
-{
-	kf_capture_stack_depth(st, (uint32_t)kf_opt.stack_depth);
 }
 
 /* The executable range of the module containing data[0], into data[1..2]. */
