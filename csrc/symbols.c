@@ -51,6 +51,15 @@ KF_SIGSAFE static void kf_elf_close(void)
 	kf_elf.path = 0;
 }
 
+/*
+ * True when [off, off + len) lies inside a file of size bytes.  The file's
+ * offsets and sizes are anybody's: their sum must not wrap around.
+ */
+KF_SIGSAFE static bool kf_in_file(uint64_t off, uint64_t len, size_t size)
+{
+	return off <= size && len <= size - off;
+}
+
 KF_SIGSAFE static const uint8_t *kf_elf_open(uint32_t path)
 {
 	if (kf_elf.map && kf_elf.path == path)
@@ -69,8 +78,8 @@ KF_SIGSAFE static const uint8_t *kf_elf_open(uint32_t path)
 	const ElfW(Ehdr) *eh = m;
 	size_t size = (size_t)st.st_size;
 	if (memcmp(eh->e_ident, ELFMAG, SELFMAG) != 0 || eh->e_ident[EI_CLASS] != ELFCLASS64 ||
-	    eh->e_shoff + (size_t)eh->e_shnum * sizeof(ElfW(Shdr)) > size ||
-	    eh->e_phoff + (size_t)eh->e_phnum * sizeof(ElfW(Phdr)) > size) {
+	    !kf_in_file(eh->e_shoff, (uint64_t)eh->e_shnum * sizeof(ElfW(Shdr)), size) ||
+	    !kf_in_file(eh->e_phoff, (uint64_t)eh->e_phnum * sizeof(ElfW(Phdr)), size)) {
 		munmap(m, size);
 		return NULL;
 	}
@@ -107,9 +116,11 @@ KF_SIGSAFE static const char *kf_elf_lookup(const uint8_t *map, size_t size, uin
 		if (sh[i].sh_type != type_wanted || sh[i].sh_link >= eh->e_shnum)
 			continue;
 		const ElfW(Shdr) *strs = &sh[sh[i].sh_link];
-		if (sh[i].sh_offset + sh[i].sh_size > size || strs->sh_offset + strs->sh_size > size)
+		if (!kf_in_file(sh[i].sh_offset, sh[i].sh_size, size) ||
+		    !kf_in_file(strs->sh_offset, strs->sh_size, size))
 			continue;
 		const ElfW(Sym) *sym = (const ElfW(Sym) *)(map + sh[i].sh_offset);
+		const char *names = (const char *)(map + strs->sh_offset);
 		size_t n = sh[i].sh_size / sizeof(ElfW(Sym));
 		for (size_t k = 0; k < n; k++) {
 			int type = ELF64_ST_TYPE(sym[k].st_info);
@@ -117,8 +128,11 @@ KF_SIGSAFE static const char *kf_elf_lookup(const uint8_t *map, size_t size, uin
 			    sym[k].st_value > vaddr || sym[k].st_name >= strs->sh_size)
 				continue;
 			bool inside = vaddr < sym[k].st_value + (sym[k].st_size ? sym[k].st_size : 1);
+			/* A name must end inside its table: it is printed up to its NUL. */
+			if (!memchr(names + sym[k].st_name, '\0', strs->sh_size - sym[k].st_name))
+				continue;
 			if (inside || sym[k].st_value > best_value) {
-				best = (const char *)(map + strs->sh_offset + sym[k].st_name);
+				best = names + sym[k].st_name;
 				best_value = sym[k].st_value;
 				if (inside) {
 					*value = best_value;

@@ -1,0 +1,43 @@
+"""Symbols in reports, read from /proc/self/maps and the modules' files (csrc/symbols.c).
+
+The report runs in the SIGSEGV handler of a program that goes on afterwards:
+a damaged module file, a stripped binary or an old glibc's file names must
+cost a name at most, never the program, and never name the wrong function.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+RIGHT = {"sample_rate": 1, "placement": "right"}
+
+
+@pytest.fixture(scope="module")
+def modlib(programs):
+    return programs.build("modlib.c", flags=["-shared", "-fPIC"])
+
+
+@pytest.fixture(scope="module")
+def modhost(programs):
+    return programs.build("modhost.c")
+
+
+@pytest.mark.parametrize("damage", ["none", "shoff", "phoff", "symtab", "strtab",
+                                    "unterminated"])
+def test_a_damaged_module_file_costs_names_not_the_program(programs, modlib, modhost, tmp_path,
+                                                            damage):
+    """Offsets that wrap around, a name without its NUL at the end of the file."""
+    lib = tmp_path / "libdamaged.so"
+    shutil.copy(modlib, lib)
+    run = programs.run(modhost, str(lib), damage, options=RIGHT)
+    assert run.returncode == 66, run.stderr[-2000:]
+    assert "done" in run.stdout, "the program goes on after the report"
+    [report] = run.reports
+    frame = report.stack[0]
+    assert frame.module == str(lib)
+    if damage == "none":
+        assert report.function == "lib_static_oob"
+    else:
+        assert frame.symbol is None or frame.function == "lib_static_oob", frame
