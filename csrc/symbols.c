@@ -103,7 +103,10 @@ KF_SIGSAFE static uintptr_t kf_elf_vaddr(const uint8_t *map, uint64_t off)
 
 /*
  * The function containing vaddr from the symbol tables of type (SHT_SYMTAB
- * or SHT_DYNSYM).  Returns the symbol's name and value.
+ * or SHT_DYNSYM).  Returns the symbol's name and value.  .symtab names every
+ * function, so the nearest one before vaddr is the best guess there; .dynsym
+ * names only the exported ones, so there it must contain vaddr (as dladdr()
+ * has it), or a static function would be named after the export before it.
  */
 KF_SIGSAFE static const char *kf_elf_lookup(const uint8_t *map, size_t size, uint32_t type_wanted,
 					    uintptr_t vaddr, uintptr_t *value)
@@ -125,9 +128,12 @@ KF_SIGSAFE static const char *kf_elf_lookup(const uint8_t *map, size_t size, uin
 		for (size_t k = 0; k < n; k++) {
 			int type = ELF64_ST_TYPE(sym[k].st_info);
 			if ((type != STT_FUNC && type != STT_GNU_IFUNC) || !sym[k].st_value ||
-			    sym[k].st_value > vaddr || sym[k].st_name >= strs->sh_size)
+			    sym[k].st_shndx == SHN_UNDEF || sym[k].st_value > vaddr ||
+			    sym[k].st_name >= strs->sh_size)
 				continue;
 			bool inside = vaddr < sym[k].st_value + (sym[k].st_size ? sym[k].st_size : 1);
+			if (!inside && type_wanted == SHT_DYNSYM)
+				continue;
 			/* A name must end inside its table: it is printed up to its NUL. */
 			if (!memchr(names + sym[k].st_name, '\0', strs->sh_size - sym[k].st_name))
 				continue;

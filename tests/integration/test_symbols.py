@@ -8,6 +8,7 @@ cost a name at most, never the program, and never name the wrong function.
 from __future__ import annotations
 
 import shutil
+import subprocess
 
 import pytest
 
@@ -41,3 +42,16 @@ def test_a_damaged_module_file_costs_names_not_the_program(programs, modlib, mod
         assert report.function == "lib_static_oob"
     else:
         assert frame.symbol is None or frame.function == "lib_static_oob", frame
+
+
+def test_a_stripped_binary_names_no_function_after_an_export(programs, tmp_path):
+    """.dynsym has only exported functions: the nearest one before a pc is not its function."""
+    exe = tmp_path / "stripped"
+    shutil.copy(programs.build("stripped.c", flags=["-rdynamic"]), exe)
+    subprocess.run(["strip", "--strip-all", str(exe)], check=True)
+    run = programs.run(exe, options=RIGHT)
+    [report] = run.reports
+    assert report.stack[0].module == str(exe)
+    assert report.stack[0].symbol is None, report.text
+    assert report.location == "<unknown>", report.text
+    assert [f.function for f in report.stack[1:2]] == ["main"]
