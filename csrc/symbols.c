@@ -190,10 +190,22 @@ KF_SIGSAFE static void kf_maps_line(const char *s, const char *end)
 		;
 	s++;
 	uint64_t off = kf_hex(&s, end);
-	/* The path starts at the first '/' after the inode; none for anonymous memory. */
-	const char *path = memchr(s, '/', (size_t)(end - s));
-	if (!path)
+	/*
+	 * Then the device and the inode, and after spaces the path, if the
+	 * mapping has one: a file's starts with '/'.  Anonymous memory has none,
+	 * or a name in brackets ("[heap]", "[anon:jit/code]": a '/' in it is no path).
+	 */
+	for (int field = 0; field < 2; field++) {
+		while (s < end && *s == ' ')
+			s++;
+		while (s < end && *s != ' ')
+			s++;
+	}
+	while (s < end && *s == ' ')
+		s++;
+	if (s >= end || *s != '/')
 		return;
+	const char *path = s;
 	uint32_t interned = 0;
 	for (size_t i = 0; i < kf_nwhere; i++) {
 		struct kf_where *w = &kf_where[i];
