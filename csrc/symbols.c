@@ -242,8 +242,12 @@ KF_SIGSAFE void kf_symbols_load(void)
 	int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return;
-	/* Lines are read into buf whole; a line longer than buf (a huge path) is skipped. */
-	char buf[4096];
+	/*
+	 * Lines are read into buf whole; a line longer than buf (a huge path) is
+	 * skipped.  Static (the report lock is held): this may run on a small
+	 * alternate signal stack.
+	 */
+	static char buf[4096];
 	size_t have = 0;
 	bool skipping = false;  /* inside a line too long for buf: up to its end */
 	for (;;) {

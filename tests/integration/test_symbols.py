@@ -55,3 +55,12 @@ def test_a_stripped_binary_names_no_function_after_an_export(programs, tmp_path)
     assert report.stack[0].symbol is None, report.text
     assert report.location == "<unknown>", report.text
     assert [f.function for f in report.stack[1:2]] == ["main"]
+
+
+def test_a_report_fits_a_small_alternate_stack(programs):
+    """Rust and Go run signal handlers on small alternate stacks (about 8 KiB)."""
+    run = programs.run(programs.build("small_altstack.c"), "6", options=RIGHT)
+    assert run.returncode == 66, run.stderr[-2000:]
+    assert "done" in run.stdout
+    [report] = run.reports
+    assert report.function == "overflow"
