@@ -7,8 +7,10 @@ cost a name at most, never the program, and never name the wrong function.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -55,6 +57,28 @@ def test_a_stripped_binary_names_no_function_after_an_export(programs, tmp_path)
     assert report.stack[0].symbol is None, report.text
     assert report.location == "<unknown>", report.text
     assert [f.function for f in report.stack[1:2]] == ["main"]
+
+
+def test_old_glibc_file_names_are_libc(programs, tmp_path):
+    """Before glibc 2.34 the kernel names libc libc-2.NN.so (libc.so.6 is a link to it)."""
+    libc = Path(subprocess.run(["gcc", "-print-file-name=libc.so.6"], capture_output=True,
+                               text=True, check=True).stdout.strip()).resolve()
+    if not libc.is_file():
+        pytest.skip("no libc.so.6 found")
+    shutil.copy(libc, tmp_path / "libc-2.31.so")
+    os.symlink("libc-2.31.so", tmp_path / "libc.so.6")
+    source = tmp_path / "copy.c"
+    source.write_text(
+        "#include <stdlib.h>\n#include <string.h>\n"
+        "__attribute__((noinline)) void copy_title(char *d, const char *s)"
+        " { memcpy(d, s, 14); }\n"
+        "int main(void) { char *t = malloc(13); copy_title(t, \"kfence-demo!!!\"); return 0; }\n")
+    exe = programs.build(source, flags=["-fno-builtin"])
+    run = programs.run(exe, options={**RIGHT, "align": 1},
+                       env={"LD_LIBRARY_PATH": str(tmp_path)})
+    [report] = run.reports
+    assert report.stack[0].module == str(tmp_path / "libc-2.31.so"), report.text
+    assert report.function == "copy_title", report.text
 
 
 def test_a_report_fits_a_small_alternate_stack(programs):
