@@ -226,6 +226,12 @@ KF_SIGSAFE static uintptr_t kf_look(uintptr_t pc, bool exact)
 
 KF_SIGSAFE void kf_symbols_begin(void)
 {
+	/*
+	 * A file left open by a report that never ended (a fork while another
+	 * thread was reporting) is keyed by an offset into the paths of that
+	 * report: in this one the offset may be another module's.
+	 */
+	kf_elf_close();
 	kf_nwhere = 0;
 	kf_paths[0] = '\0';
 	kf_paths_len = 1;

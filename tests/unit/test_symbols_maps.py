@@ -56,17 +56,18 @@ def symbol_value(path: Path, name: str) -> int:
                                           if len(line.split()) == 3) if n == name)
 
 
-def describe(harness: Path, maps: Path, *addrs: int) -> list[list[str]]:
-    out = subprocess.run([str(harness), str(maps), *map(hex, addrs)], capture_output=True,
+def describe(harness: Path, maps: Path, *args: int | str | Path) -> list[list[str]]:
+    argv = [hex(a) if isinstance(a, int) else str(a) for a in args]
+    out = subprocess.run([str(harness), str(maps), *argv], capture_output=True,
                          text=True, timeout=30, check=True).stdout
     return [line.split("|") for line in out.splitlines()]
 
 
-def text_line(lo: int, path: str, lib: Path) -> tuple[str, int]:
-    """A maps line mapping lib's text at lo, and the address of lib_static_oob + 4 there."""
+def text_line(lo: int, path: str, lib: Path, symbol: str = "lib_static_oob") -> tuple[str, int]:
+    """A maps line mapping lib's text at lo, and the address of symbol + 4 there."""
     offset, vaddr = text_segment(lib)
     page_off = offset & ~0xFFF
-    addr = lo + (symbol_value(lib, "lib_static_oob") - vaddr) + (offset - page_off) + 4
+    addr = lo + (symbol_value(lib, symbol) - vaddr) + (offset - page_off) + 4
     return f"{lo:x}-{lo + 0x10000:x} r-xp {page_off:08x} 08:01 1234    {path}\n", addr
 
 
@@ -112,3 +113,31 @@ def test_a_deleted_module_keeps_its_file_offset(harness, lib, tmp_path):
     offset, vaddr = text_segment(lib)
     assert (module, sym) == (f"{lib} (deleted)", "-")
     assert int(module_off, 16) == symbol_value(lib, "lib_static_oob") - vaddr + offset + 4
+
+
+def test_a_report_cut_short_leaves_no_module_behind(harness, lib, tmp_path):
+    """A fork while another thread reports: the child's first report starts afresh.
+
+    The open module file is cached by its offset in the report's own path
+    table, which the next report rebuilds: the same offset may then be
+    another module.
+    """
+    other = tmp_path / "aa" / "libother.so"
+    other.parent.mkdir()
+    shutil.copy(lib, other)
+    # Both paths have the same length: each is at offset 1 of its report's table.
+    first = tmp_path / "bb" / "libfirst.so"
+    first.parent.mkdir()
+    src = tmp_path / "first.c"
+    src.write_text("int first_only(int x) { return x * 3 + 1; }\n"
+                   "int first_next(int x) { return x - 1; }\n")
+    subprocess.run(["gcc", "-shared", "-fPIC", "-O0", str(src), "-o", str(first)], check=True)
+    assert len(str(first)) == len(str(other))
+    line1, addr1 = text_line(BASE + 0x1000, str(first), first, "first_only")
+    line2, addr2 = text_line(BASE + 0x100000, str(other), lib)
+    maps1, maps2 = tmp_path / "maps1", tmp_path / "maps2"
+    maps1.write_text(line1)
+    maps2.write_text(line2)
+    found = describe(harness, maps1, addr1, "--", maps2, addr2)
+    assert found[0][0] == str(first) and found[0][2] == "first_only"
+    assert found[1][0] == str(other) and found[1][2] == "lib_static_oob", found
