@@ -186,8 +186,17 @@ KF_SIGSAFE static void kf_maps_line(const char *s, const char *end)
 	uint64_t lo = kf_hex(&s, end);
 	s++;
 	uint64_t hi = kf_hex(&s, end);
-	for (s++; s < end && *s != ' '; s++)  /* the permissions */
-		;
+	/*
+	 * The permissions: code runs only from executable mappings.  A pc
+	 * anywhere else is no frame (a stale one: its module unloaded, the
+	 * range reused), and the file there (a data file on a network mount, a
+	 * device) is not ours to open from a signal handler.
+	 */
+	const char *perms = ++s;
+	while (s < end && *s != ' ')
+		s++;
+	if (s - perms < 3 || perms[2] != 'x')
+		return;
 	s++;
 	uint64_t off = kf_hex(&s, end);
 	/*

@@ -141,3 +141,12 @@ def test_a_report_cut_short_leaves_no_module_behind(harness, lib, tmp_path):
     found = describe(harness, maps1, addr1, "--", maps2, addr2)
     assert found[0][0] == str(first) and found[0][2] == "first_only"
     assert found[1][0] == str(other) and found[1][2] == "lib_static_oob", found
+
+
+def test_only_executable_mappings_are_modules(harness, lib, tmp_path):
+    """A pc in a data mapping is stale: its file is not opened (it may be a device, or remote)."""
+    line, addr = text_line(BASE + 0x1000, str(lib), lib)
+    maps = tmp_path / "maps"
+    maps.write_text(line.replace(" r-xp ", " rw-p "))
+    [[module, _, sym, _]] = describe(harness, maps, addr)
+    assert (module, sym) == ("?", "-")
