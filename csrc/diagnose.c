@@ -205,9 +205,18 @@ KF_SIGSAFE int kfence_diagnose(const struct kfence_state *state, uint64_t addr,
 		/* This process's own: slots may be BUSY, or have no file space behind them yet. */
 		kf_live_pool_view(&pool, &deadline);
 	} else {
+		/*
+		 * The header's own word for where the slots are, checked against
+		 * its size of the whole (the caller vouches for total_size bytes):
+		 * a forged or damaged header must not send the reads elsewhere.
+		 */
 		if (!state || memcmp(state->magic, "KFENCE\0\0", 8) != 0 ||
 		    state->version != KFENCE_STATE_VERSION || !state->page_size ||
-		    (state->page_size & (state->page_size - 1)))
+		    (state->page_size & (state->page_size - 1)) ||
+		    state->header_size != sizeof(*state) ||
+		    state->slot_size != sizeof(struct kfence_slot) ||
+		    state->slots_offset < sizeof(*state) || state->slots_offset > state->total_size ||
+		    state->num_slots > (state->total_size - state->slots_offset) / sizeof(struct kfence_slot))
 			return KFENCE_DIAGNOSIS_BAD_STATE;
 		pool = (struct kf_pool_view){
 			.start = state->pool_start, .size = state->pool_size, .page = state->page_size,

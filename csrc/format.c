@@ -149,11 +149,18 @@ KF_SIGSAFE void kf_warn(const char *first, ...)
 	kf_report_fd_close(fd);
 }
 
+/*
+ * The C library or the loader, by the file name the kernel gives (the real
+ * one, links resolved): libc.so.6 and ld-linux-x86-64.so.2 since glibc 2.34,
+ * libc-2.31.so and ld-2.31.so before.
+ */
 KF_SIGSAFE static bool kf_in_libc(const char *module)
 {
 	const char *base = strrchr(module, '/');
 	base = base ? base + 1 : module;
-	return strncmp(base, "libc.so", 7) == 0 || strncmp(base, "ld-linux", 8) == 0;
+	return strncmp(base, "libc.so", 7) == 0 || strncmp(base, "ld-linux", 8) == 0 ||
+	       (strncmp(base, "libc-", 5) == 0 && base[5] >= '0' && base[5] <= '9') ||
+	       (strncmp(base, "ld-", 3) == 0 && base[3] >= '0' && base[3] <= '9');
 }
 
 KF_SIGSAFE static void kf_buf_symbol(struct kf_buf *b, const struct kf_frame *f)

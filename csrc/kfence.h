@@ -135,9 +135,10 @@ const char *kfence_placement_name(int placement);
 /*
  * What a fault at addr would mean, as the fault handler decides it: which
  * bug (out-of-bounds, use-after-free, invalid), which object, how far from
- * it.  state is a copy of a state (a state file read into memory, whose
- * num_slots slots the caller vouches are readable at state->slots_offset)
- * or this process's own (kfence_state()).  Returns an enum
+ * it.  state is a copy of a whole state (a state file read into memory:
+ * the caller vouches that its total_size bytes are readable; the header's
+ * offsets and sizes are checked against that) or this process's own
+ * (kfence_state()).  Returns an enum
  * kfence_diagnosis; *out is written unless it is KFENCE_DIAGNOSIS_BAD_STATE.
  * Async-signal-safe: the program's own crash handler may call it.
  */

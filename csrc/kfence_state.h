@@ -202,7 +202,7 @@ struct kfence_state {
  * kfence_diagnose() (kfence.h).  Not part of the state layout.
  */
 enum kfence_diagnosis {
-	KFENCE_DIAGNOSIS_BAD_STATE = -1,  /* wrong magic or version, or no page size */
+	KFENCE_DIAGNOSIS_BAD_STATE = -1,  /* wrong magic, version or layout, or no page size */
 	KFENCE_DIAGNOSIS_NOT_OURS = 0,    /* outside the pool */
 	KFENCE_DIAGNOSIS_BUG = 1,         /* a fault there is a bug: the finding says which */
 	KFENCE_DIAGNOSIS_LIVE = 2         /* in a live object's data page: no bug */

@@ -166,6 +166,11 @@ KF_SIGSAFE uint32_t kf_tid(void)
 	return kf_self.tid;
 }
 
+/* strerrordesc_np() is glibc 2.32's; before it, the same table was sys_errlist. */
+#if !__GLIBC_PREREQ(2, 32)
+#define strerrordesc_np(err) ((err) > 0 && (err) < sys_nerr ? sys_errlist[err] : NULL)
+#endif
+
 KF_SIGSAFE const char *kf_os_strerror(int err)
 {
 	/* glibc's table, untranslated: no locale, no allocation (strerror may do both). */

@@ -51,6 +51,15 @@ KF_SIGSAFE static void kf_elf_close(void)
 	kf_elf.path = 0;
 }
 
+/*
+ * True when [off, off + len) lies inside a file of size bytes.  The file's
+ * offsets and sizes are anybody's: their sum must not wrap around.
+ */
+KF_SIGSAFE static bool kf_in_file(uint64_t off, uint64_t len, size_t size)
+{
+	return off <= size && len <= size - off;
+}
+
 KF_SIGSAFE static const uint8_t *kf_elf_open(uint32_t path)
 {
 	if (kf_elf.map && kf_elf.path == path)
@@ -69,8 +78,8 @@ KF_SIGSAFE static const uint8_t *kf_elf_open(uint32_t path)
 	const ElfW(Ehdr) *eh = m;
 	size_t size = (size_t)st.st_size;
 	if (memcmp(eh->e_ident, ELFMAG, SELFMAG) != 0 || eh->e_ident[EI_CLASS] != ELFCLASS64 ||
-	    eh->e_shoff + (size_t)eh->e_shnum * sizeof(ElfW(Shdr)) > size ||
-	    eh->e_phoff + (size_t)eh->e_phnum * sizeof(ElfW(Phdr)) > size) {
+	    !kf_in_file(eh->e_shoff, (uint64_t)eh->e_shnum * sizeof(ElfW(Shdr)), size) ||
+	    !kf_in_file(eh->e_phoff, (uint64_t)eh->e_phnum * sizeof(ElfW(Phdr)), size)) {
 		munmap(m, size);
 		return NULL;
 	}
@@ -94,7 +103,10 @@ KF_SIGSAFE static uintptr_t kf_elf_vaddr(const uint8_t *map, uint64_t off)
 
 /*
  * The function containing vaddr from the symbol tables of type (SHT_SYMTAB
- * or SHT_DYNSYM).  Returns the symbol's name and value.
+ * or SHT_DYNSYM).  Returns the symbol's name and value.  .symtab names every
+ * function, so the nearest one before vaddr is the best guess there; .dynsym
+ * names only the exported ones, so there it must contain vaddr (as dladdr()
+ * has it), or a static function would be named after the export before it.
  */
 KF_SIGSAFE static const char *kf_elf_lookup(const uint8_t *map, size_t size, uint32_t type_wanted,
 					    uintptr_t vaddr, uintptr_t *value)
@@ -107,18 +119,26 @@ KF_SIGSAFE static const char *kf_elf_lookup(const uint8_t *map, size_t size, uin
 		if (sh[i].sh_type != type_wanted || sh[i].sh_link >= eh->e_shnum)
 			continue;
 		const ElfW(Shdr) *strs = &sh[sh[i].sh_link];
-		if (sh[i].sh_offset + sh[i].sh_size > size || strs->sh_offset + strs->sh_size > size)
+		if (!kf_in_file(sh[i].sh_offset, sh[i].sh_size, size) ||
+		    !kf_in_file(strs->sh_offset, strs->sh_size, size))
 			continue;
 		const ElfW(Sym) *sym = (const ElfW(Sym) *)(map + sh[i].sh_offset);
+		const char *names = (const char *)(map + strs->sh_offset);
 		size_t n = sh[i].sh_size / sizeof(ElfW(Sym));
 		for (size_t k = 0; k < n; k++) {
 			int type = ELF64_ST_TYPE(sym[k].st_info);
 			if ((type != STT_FUNC && type != STT_GNU_IFUNC) || !sym[k].st_value ||
-			    sym[k].st_value > vaddr || sym[k].st_name >= strs->sh_size)
+			    sym[k].st_shndx == SHN_UNDEF || sym[k].st_value > vaddr ||
+			    sym[k].st_name >= strs->sh_size)
 				continue;
 			bool inside = vaddr < sym[k].st_value + (sym[k].st_size ? sym[k].st_size : 1);
+			if (!inside && type_wanted == SHT_DYNSYM)
+				continue;
+			/* A name must end inside its table: it is printed up to its NUL. */
+			if (!memchr(names + sym[k].st_name, '\0', strs->sh_size - sym[k].st_name))
+				continue;
 			if (inside || sym[k].st_value > best_value) {
-				best = (const char *)(map + strs->sh_offset + sym[k].st_name);
+				best = names + sym[k].st_name;
 				best_value = sym[k].st_value;
 				if (inside) {
 					*value = best_value;
@@ -166,14 +186,35 @@ KF_SIGSAFE static void kf_maps_line(const char *s, const char *end)
 	uint64_t lo = kf_hex(&s, end);
 	s++;
 	uint64_t hi = kf_hex(&s, end);
-	for (s++; s < end && *s != ' '; s++)  /* the permissions */
-		;
+	/*
+	 * The permissions: code runs only from executable mappings.  A pc
+	 * anywhere else is no frame (a stale one: its module unloaded, the
+	 * range reused), and the file there (a data file on a network mount, a
+	 * device) is not ours to open from a signal handler.
+	 */
+	const char *perms = ++s;
+	while (s < end && *s != ' ')
+		s++;
+	if (s - perms < 3 || perms[2] != 'x')
+		return;
 	s++;
 	uint64_t off = kf_hex(&s, end);
-	/* The path starts at the first '/' after the inode; none for anonymous memory. */
-	const char *path = memchr(s, '/', (size_t)(end - s));
-	if (!path)
+	/*
+	 * Then the device and the inode, and after spaces the path, if the
+	 * mapping has one: a file's starts with '/'.  Anonymous memory has none,
+	 * or a name in brackets ("[heap]", "[anon:jit/code]": a '/' in it is no path).
+	 */
+	for (int field = 0; field < 2; field++) {
+		while (s < end && *s == ' ')
+			s++;
+		while (s < end && *s != ' ')
+			s++;
+	}
+	while (s < end && *s == ' ')
+		s++;
+	if (s >= end || *s != '/')
 		return;
+	const char *path = s;
 	uint32_t interned = 0;
 	for (size_t i = 0; i < kf_nwhere; i++) {
 		struct kf_where *w = &kf_where[i];
@@ -194,6 +235,12 @@ KF_SIGSAFE static uintptr_t kf_look(uintptr_t pc, bool exact)
 
 KF_SIGSAFE void kf_symbols_begin(void)
 {
+	/*
+	 * A file left open by a report that never ended (a fork while another
+	 * thread was reporting) is keyed by an offset into the paths of that
+	 * report: in this one the offset may be another module's.
+	 */
+	kf_elf_close();
 	kf_nwhere = 0;
 	kf_paths[0] = '\0';
 	kf_paths_len = 1;
@@ -210,8 +257,12 @@ KF_SIGSAFE void kf_symbols_load(void)
 	int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return;
-	/* Lines are read into buf whole; a line longer than buf (a huge path) is skipped. */
-	char buf[4096];
+	/*
+	 * Lines are read into buf whole; a line longer than buf (a huge path) is
+	 * skipped.  Static (the report lock is held): this may run on a small
+	 * alternate signal stack.
+	 */
+	static char buf[4096];
 	size_t have = 0;
 	bool skipping = false;  /* inside a line too long for buf: up to its end */
 	for (;;) {

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PAGE = 4096
 NUM_SLOTS = 4
 POOL = 0x7F0000000000
-SLOTS_OFFSET = 256
+SLOTS_OFFSET = ffi.sizeof("struct kfence_state")  # the slots follow the header
 SLOT_SIZE = ffi.sizeof("struct kfence_slot")
 
 
@@ -45,6 +45,9 @@ class State:
         h = self.header
         ffi.memmove(h.magic, b"KFENCE\0\0", 8)
         h.version = lib.KFENCE_STATE_VERSION
+        h.header_size = ffi.sizeof("struct kfence_state")
+        h.slot_size = SLOT_SIZE
+        h.total_size = len(self.buffer)
         h.num_slots = num_slots
         h.page_size = PAGE
         h.pool_start = POOL
@@ -156,6 +159,40 @@ def test_a_state_that_is_none_is_refused(state):
     state.header.page_size = PAGE
     state.header.magic[0] = b"k"
     assert state.diagnose(guard(1))[0] == lib.KFENCE_DIAGNOSIS_BAD_STATE
+
+
+FORGED = textwrap.dedent("""
+    import sys
+    from kfence_py._native import ffi, lib
+
+    SLOT = ffi.sizeof("struct kfence_slot")
+    buf = bytearray(4096)
+    h = ffi.cast("struct kfence_state *", ffi.from_buffer(buf))
+    ffi.memmove(h.magic, b"KFENCE\\0\\0", 8)
+    h.version, h.page_size = lib.KFENCE_STATE_VERSION, 4096
+    h.header_size, h.slot_size, h.total_size = ffi.sizeof("struct kfence_state"), SLOT, len(buf)
+    h.pool_start, h.pool_size = 0x7F0000000000, 9 * 4096
+    h.num_slots, h.slots_offset = 1, 512
+    forged = {"slots_offset": 1 << 40, "num_slots": 1 << 30, "slot_size": 8, "header_size": 8}
+    name = sys.argv[1]
+    if name in forged:
+        setattr(h, name, forged[name])
+    out = ffi.new("struct kfence_finding *")
+    print(lib.kfence_diagnose(h, 0x7F0000000000 + 4096 + 8, out))  # slot 0's data page
+""")
+
+
+@pytest.mark.parametrize("field", ["none", "slots_offset", "num_slots", "slot_size",
+                                   "header_size"])
+def test_a_forged_header_sends_no_read_outside_the_state(field):
+    """The slots must lie inside the total_size bytes the caller has (a state file's copy)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("LD_PRELOAD", None)
+    proc = subprocess.run([sys.executable, "-c", FORGED, field], env=env, capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert proc.returncode == 0, f"killed by signal {-proc.returncode}" + proc.stderr
+    expected = lib.KFENCE_DIAGNOSIS_BUG if field == "none" else lib.KFENCE_DIAGNOSIS_BAD_STATE
+    assert int(proc.stdout) == expected
 
 
 LIVE = textwrap.dedent("""
