@@ -23,22 +23,36 @@
 /* Every address of one report: a faulting pc, and the frames of up to three stacks. */
 #define KF_MAX_ADDRS (3 * KFENCE_STACK_MAX + 1)
 
+/*
+ * The executable file mappings earlier reports found, kept for the next
+ * ones: a process with a big pool has tens of thousands of maps lines, which
+ * the kernel takes ~17 ms to format, and a leak check reports thousands of
+ * objects from the same few modules.  /proc/self/maps is read again only
+ * for an address no known mapping holds.  (A module unloaded and another
+ * mapped at the very same range would be misnamed: not worth a read each.)
+ */
+#define KF_MAX_MODULES 128
+static struct kf_module {
+	uint64_t lo, hi, off;  /* [lo, hi) maps the file from offset off */
+	uint32_t path;         /* offset in kf_paths */
+} kf_modules[KF_MAX_MODULES];
+static size_t kf_nmodules;
+static char kf_paths[16384];  /* "\0" then each module path once, NUL-terminated */
+static size_t kf_paths_len = 1;
+
 /* Where each address of the report lies; valid between begin and end (report lock held). */
 static struct kf_where {
-	uintptr_t addr;     /* the address looked up */
-	uint64_t file_off;  /* its offset in the module's file */
-	uint32_t path;      /* offset in kf_paths; 0: no module */
+	uintptr_t addr;   /* the address looked up */
+	uint32_t module;  /* 1 + its index in kf_modules; 0: none */
 } kf_where[KF_MAX_ADDRS];
 static size_t kf_nwhere;
-static char kf_paths[16384];  /* "\0" then each module path once, NUL-terminated */
-static size_t kf_paths_len;
 
 /*
  * The ELF file of one module, mapped while a report is written, so that the
  * frames of one stack, mostly in one module, open it once.
  */
 static struct {
-	uint32_t path;  /* the cache key */
+	uint32_t module;  /* the cache key: 1 + index in kf_modules */
 	const uint8_t *map;
 	size_t size;
 } kf_elf;
@@ -48,7 +62,7 @@ KF_SIGSAFE static void kf_elf_close(void)
 	if (kf_elf.map)
 		munmap((void *)kf_elf.map, kf_elf.size);
 	kf_elf.map = NULL;
-	kf_elf.path = 0;
+	kf_elf.module = 0;
 }
 
 /*
@@ -60,12 +74,40 @@ KF_SIGSAFE static bool kf_in_file(uint64_t off, uint64_t len, size_t size)
 	return off <= size && len <= size - off;
 }
 
-KF_SIGSAFE static const uint8_t *kf_elf_open(uint32_t path)
+/*
+ * The file of a module.  One deleted or replaced since it was loaded (an
+ * upgrade under a running program, a memfd) is still there through
+ * /proc/self/map_files, which opens the very file mapped.
+ */
+KF_SIGSAFE static int kf_module_open(const struct kf_module *mod)
 {
-	if (kf_elf.map && kf_elf.path == path)
+	const char *path = kf_paths + mod->path;
+	size_t n = strlen(path);
+	const char deleted[] = " (deleted)";
+	bool gone = n >= sizeof(deleted) - 1 && !strcmp(path + n - (sizeof(deleted) - 1), deleted);
+	int fd = gone ? -1 : open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+	if (fd >= 0)
+		return fd;
+	char by_range[64] = "/proc/self/map_files/";
+	size_t at = strlen(by_range);
+	for (int half = 0; half < 2; half++) {
+		uint64_t v = half ? mod->hi : mod->lo;
+		int digits = 1;
+		while (digits < 16 && v >> (4 * digits))
+			digits++;
+		for (int d = digits - 1; d >= 0; d--)
+			by_range[at++] = "0123456789abcdef"[(v >> (4 * d)) & 15];
+		by_range[at++] = half ? '\0' : '-';
+	}
+	return open(by_range, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+}
+
+KF_SIGSAFE static const uint8_t *kf_elf_open(uint32_t module)
+{
+	if (kf_elf.map && kf_elf.module == module)
 		return kf_elf.map;
 	kf_elf_close();
-	int fd = open(kf_paths + path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+	int fd = kf_module_open(&kf_modules[module - 1]);
 	if (fd < 0)
 		return NULL;
 	struct stat st;
@@ -85,7 +127,7 @@ KF_SIGSAFE static const uint8_t *kf_elf_open(uint32_t path)
 	}
 	kf_elf.map = m;
 	kf_elf.size = size;
-	kf_elf.path = path;
+	kf_elf.module = module;
 	return m;
 }
 
@@ -215,16 +257,34 @@ KF_SIGSAFE static void kf_maps_line(const char *s, const char *end)
 	if (s >= end || *s != '/')
 		return;
 	const char *path = s;
-	uint32_t interned = 0;
+	uint32_t module = 0;
 	for (size_t i = 0; i < kf_nwhere; i++) {
 		struct kf_where *w = &kf_where[i];
-		if (w->path || w->addr < lo || w->addr >= hi)
+		if (w->module || w->addr < lo || w->addr >= hi)
 			continue;
-		if (!interned && !(interned = kf_path_intern(path, (size_t)(end - path))))
-			return;
-		w->path = interned;
-		w->file_off = off + (w->addr - lo);
+		if (!module) {
+			uint32_t interned = kf_path_intern(path, (size_t)(end - path));
+			if (!interned || kf_nmodules == KF_MAX_MODULES)
+				return;
+			kf_modules[kf_nmodules] = (struct kf_module){ lo, hi, off, interned };
+			module = (uint32_t)++kf_nmodules;
+		}
+		w->module = module;
 	}
+}
+
+/* Addresses of the report in a known mapping; false if one is in none. */
+KF_SIGSAFE static bool kf_where_known(void)
+{
+	bool all = true;
+	for (size_t i = 0; i < kf_nwhere; i++) {
+		struct kf_where *w = &kf_where[i];
+		for (size_t k = 0; k < kf_nmodules && !w->module; k++)
+			if (w->addr >= kf_modules[k].lo && w->addr < kf_modules[k].hi)
+				w->module = (uint32_t)k + 1;
+		all &= w->module != 0;
+	}
+	return all;
 }
 
 /* The address looked up for pc: a return address belongs to the call before it. */
@@ -242,8 +302,12 @@ KF_SIGSAFE void kf_symbols_begin(void)
 	 */
 	kf_elf_close();
 	kf_nwhere = 0;
-	kf_paths[0] = '\0';
-	kf_paths_len = 1;
+	/* Room for this report's modules: a full table starts over. */
+	if (kf_nmodules > KF_MAX_MODULES - 32 || kf_paths_len > sizeof(kf_paths) / 2) {
+		kf_nmodules = 0;
+		kf_paths[0] = '\0';
+		kf_paths_len = 1;
+	}
 }
 
 KF_SIGSAFE void kf_symbols_want(uintptr_t pc, bool exact)
@@ -254,6 +318,8 @@ KF_SIGSAFE void kf_symbols_want(uintptr_t pc, bool exact)
 
 KF_SIGSAFE void kf_symbols_load(void)
 {
+	if (kf_where_known())
+		return;
 	int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return;
@@ -302,15 +368,17 @@ KF_SIGSAFE void kf_describe(uintptr_t pc, bool exact, struct kf_frame *f)
 	f->sym_off = 0;
 	const struct kf_where *w = NULL;
 	for (size_t i = 0; i < kf_nwhere && !w; i++)
-		if (kf_where[i].addr == look && kf_where[i].path)
+		if (kf_where[i].addr == look && kf_where[i].module)
 			w = &kf_where[i];
 	if (!w)
 		return;
-	f->module = kf_paths + w->path;
-	const uint8_t *map = kf_elf_open(w->path);
-	uintptr_t vaddr = map ? kf_elf_vaddr(map, w->file_off) : 0;
-	/* Without the file (deleted, or not ELF), the file offset is the best we have. */
-	f->module_off = (vaddr ? vaddr : w->file_off) + (pc - look);
+	const struct kf_module *mod = &kf_modules[w->module - 1];
+	uint64_t file_off = mod->off + (look - mod->lo);
+	f->module = kf_paths + mod->path;
+	const uint8_t *map = kf_elf_open(w->module);
+	uintptr_t vaddr = map ? kf_elf_vaddr(map, file_off) : 0;
+	/* Without the file (not ELF, or unreadable), the file offset is the best we have. */
+	f->module_off = (vaddr ? vaddr : file_off) + (pc - look);
 	if (!vaddr)
 		return;
 	uintptr_t value;

@@ -30,6 +30,9 @@ int main(int argc, char **argv)
 		while (last < argc && strcmp(argv[last], "--") != 0)
 			last++;
 		fake_maps = argv[first];
+		/* Each group is a process of its own: nothing known of the last one's modules. */
+		kf_nmodules = 0;
+		kf_paths_len = 1;
 		kf_symbols_begin();
 		for (int i = first + 1; i < last; i++)
 			kf_symbols_want((uintptr_t)strtoull(argv[i], NULL, 0), true);
