@@ -7,6 +7,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from kfence_py import render
 from kfence_py._native import ffi
 from kfence_py.contract import ACCESSES, BUG_KINDS, COUNTERS
@@ -79,3 +81,19 @@ def test_the_client_loads_no_server():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]"
+
+
+# The control block's words as state version 2 has them.  A controller of version 2
+# writes these offsets: a RUNTIME option goes after them (options.inc's order makes the
+# fields), or KFENCE_STATE_VERSION is bumped and this table with it.
+CONTROL_V2 = {"enabled": 0, "sample_interval": 4, "sample_rate": 8, "burst": 12,
+              "skip_covered_thresh": 16}
+
+
+def test_the_control_block_keeps_its_words_within_a_version():
+    from kfence_py._native import lib
+    if lib.KFENCE_STATE_VERSION != 2:
+        pytest.skip("pinned for state version 2")
+    found = {name: ffi.offsetof("struct kfence_control", name) for name in CONTROL_V2}
+    assert found == CONTROL_V2, "a RUNTIME option was inserted before others: append it, " \
+        "or bump KFENCE_STATE_VERSION"
