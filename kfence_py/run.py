@@ -53,6 +53,7 @@ log = logging.getLogger("kfence_py")
 # not sent twice.
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 SI_KERNEL = 0x80  # si_code of a signal the kernel sent (terminal keys, hang-up)
+TEST_SUITE_OBJECTS = 4096  # num_objects under a sample_rate when none was chosen
 POLL_INTERVAL = 0.1  # seconds between looks at the report files
 # Python ignores these; the command must start with the default actions.
 _RESTORED = (signal.SIGPIPE, signal.SIGXFSZ)
@@ -380,6 +381,14 @@ class Runner:
         env = dict(os.environ)
         managed = {**self.options, "state_dir": str(state_dir),
                    "report_path": str(report_prefix)}
+        # The test-suite mode (a sample_rate) keeps many objects: a pool to match, as the
+        # pytest plugin's, unless num_objects was chosen (a flag, or KFENCE_OPTIONS).
+        inherited = env.get("KFENCE_OPTIONS", "")
+        rate = self.options.get("sample_rate") or effective_option(inherited, "sample_rate")
+        chosen = "num_objects" in self.options or any(
+            item.partition("=")[0] == "num_objects" for item in inherited.split(":"))
+        if rate != "0" and not chosen:
+            managed = {"num_objects": str(TEST_SUITE_OBJECTS), **managed}
         try:
             ours = format_options(managed)
         except ValueError as exc:

@@ -3,6 +3,7 @@ and the library's warnings kept out of the program's own stderr."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -57,3 +58,28 @@ def test_a_warning_of_a_program_that_runs_alone_is_said(tmp_path):
     run = subprocess.run(["/bin/true"], env=env, capture_output=True, text=True,
                          cwd=Path(tmp_path), check=False, timeout=60)
     assert "num_objects capped" in run.stderr and "unknown option 'bogus'" in run.stderr
+
+
+def _pool_size(short_dir, state_dir) -> int:
+    out = kfence_cli("stats", "--state-dir", str(state_dir), "--json", cwd=short_dir).stdout
+    (proc,) = json.loads(out)["processes"]
+    return proc["stats"]["pool_size"]
+
+
+def test_the_test_suite_mode_gets_a_pool_to_match(short_dir, monkeypatch):
+    """--sample-rate without a pool size: 4096 slots, as the pytest plugin's; a size chosen
+    by flag or in KFENCE_OPTIONS is kept, and the production mode keeps the default."""
+    monkeypatch.delenv("KFENCE_OPTIONS", raising=False)
+    cases = [(["--sample-rate", "1"], None, 4096),
+             (["--sample-rate", "1", "--num-objects", "64"], None, 64),
+             (["--sample-rate", "1"], "num_objects=32", 32),
+             ([], None, 255)]
+    for i, (flags, env_options, size) in enumerate(cases):
+        if env_options:
+            monkeypatch.setenv("KFENCE_OPTIONS", env_options)
+        state_dir = short_dir / f"pool{i}"
+        run = kfence_cli("run", "--state-dir", str(state_dir), *flags, "--", "/bin/true",
+                         cwd=short_dir)
+        assert run.returncode == 0, run.stderr
+        assert _pool_size(short_dir, state_dir) == size, (flags, env_options)
+        monkeypatch.delenv("KFENCE_OPTIONS", raising=False)
