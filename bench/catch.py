@@ -8,6 +8,9 @@ C function exactly once, and counts the runs in which kfence_py reported it:
 * ``cpython``: a slice of CPython's own regression tests (unittest modules of
   Lib/test, at least --min-tests tests), with one test in the middle that
   calls the bug from a C extension;
+* ``package``: a third-party package's own test suite (simplejson, pinned,
+  built from its sdist with -g: a C extension and 143 tests under pytest),
+  with one test file in the middle of the run that calls the bug;
 * ``service``: a C program that keeps --objects long-lived objects from a few
   start-up sites, churns allocations for --seconds, then runs the bug at a
   new site.
@@ -18,7 +21,7 @@ freed 16-byte object).  Each is run --runs times with the default options
 ``skip_covered_thresh=100`` (``no-coverage``: the pool is first come, first
 served, as before the filter).  Wall time is compared with a plain run.
 
-    python bench/catch.py                      # both scenarios, 5 runs each
+    python bench/catch.py                      # every scenario, 5 runs each
     python bench/catch.py --seconds 600        # the service churns 10 minutes
 
 The table goes to stdout (markdown) and the raw results to
@@ -46,22 +49,22 @@ EXTENSION = r"""
 #include <Python.h>
 #include <stdlib.h>
 
-/* One byte past a 16-byte object, once. */
+/* One byte past a 16-byte object, once (volatile: the stores before free() stay). */
 static PyObject *overflow(PyObject *self, PyObject *arg)
 {
-	char *volatile p = malloc(16);
+	volatile char *p = malloc(16);
 	for (int i = 0; i <= 16; i++)
 		p[i] = (char)i;
-	free(p);
+	free((void *)p);
 	Py_RETURN_NONE;
 }
 
 /* A read of a freed 16-byte object, once. */
 static PyObject *uaf(PyObject *self, PyObject *arg)
 {
-	char *volatile p = malloc(16);
+	volatile char *p = malloc(16);
 	p[0] = 1;
-	free(p);
+	free((void *)p);
 	return PyLong_FromLong(p[0]);
 }
 
@@ -134,17 +137,17 @@ static __attribute__((noinline)) void request(unsigned i)
 
 static __attribute__((noinline)) void new_site_overflow(void)
 {
-	char *volatile p = malloc(16);
+	volatile char *p = malloc(16);
 	for (int i = 0; i <= 16; i++)
 		p[i] = (char)i;
-	free(p);
+	free((void *)p);
 }
 
 static __attribute__((noinline)) int new_site_uaf(void)
 {
-	char *volatile p = malloc(16);
+	volatile char *p = malloc(16);
 	p[0] = 1;
-	free(p);
+	free((void *)p);
 	return p[0];
 }
 
@@ -172,6 +175,15 @@ int main(int argc, char **argv)
 }
 """
 
+PACKAGE = "simplejson==3.19.3"
+PACKAGE_TEST = """
+import catchbug
+
+
+def test_calls_the_bug_once():
+    catchbug.{bug}()
+"""
+
 BUG_FUNCTIONS = {"overflow": ("overflow", "new_site_overflow"), "uaf": ("uaf", "new_site_uaf")}
 MODES = {"coverage": [], "no-coverage": ["--skip-covered-thresh", "100"]}
 
@@ -188,6 +200,18 @@ def build(work: Path) -> tuple[Path, Path]:
     subprocess.run([cc, "-O1", "-g", str(work / "service.c"), "-o", str(service)], check=True)
     (work / "runner.py").write_text(RUNNER)
     return ext, service
+
+
+def build_package(work: Path) -> Path:
+    """The package's sdist, built in place with debug info; its source directory."""
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-binary", ":all:",
+                    "--no-deps", "-d", str(work), PACKAGE], check=True)
+    sdist = next(work.glob("simplejson-*.tar.gz"))
+    subprocess.run(["tar", "xzf", str(sdist), "-C", str(work)], check=True)
+    src = next(p for p in work.glob("simplejson-*") if p.is_dir())
+    subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=src,
+                   env={**os.environ, "CFLAGS": "-g -O2"}, check=True, capture_output=True)
+    return src
 
 
 def kfence_run(argv: list[str], mode: str, jsonl: Path, cwd: Path, env: dict[str, str]
@@ -212,6 +236,13 @@ def caught(jsonl: Path, function: str) -> bool:
 def scenario_argv(name: str, bug: str, work: Path, args: argparse.Namespace) -> list[str]:
     if name == "cpython":
         return [sys.executable, str(work / "runner.py"), BUG_FUNCTIONS[bug][0], *CPYTHON_MODULES]
+    if name == "package":
+        src = next(p for p in work.glob("simplejson-*") if p.is_dir())
+        # Named to run in the middle of the suite (pytest runs files in name order).
+        (src / "simplejson" / "tests" / "test_m_catchbug.py").write_text(
+            PACKAGE_TEST.format(bug=BUG_FUNCTIONS[bug][0]))
+        return [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                str(src / "simplejson" / "tests")]
     return [str(work / "service"), bug, str(args.objects), str(args.seconds)]
 
 
@@ -220,15 +251,18 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=20.0, help="service churn time")
     parser.add_argument("--objects", type=int, default=20000, help="service start-up objects")
-    parser.add_argument("--scenarios", default="cpython,service")
+    parser.add_argument("--scenarios", default="cpython,package,service")
     parser.add_argument("--bugs", default="overflow,uaf")
     args = parser.parse_args()
     rows, raw = [], []
     with tempfile.TemporaryDirectory(prefix="kfence-catch-") as tmp:
         work = Path(tmp)
         build(work)
+        if "package" in args.scenarios:
+            build_package(work)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-            filter(None, [str(work), os.environ.get("PYTHONPATH", "")]))}
+            filter(None, [str(work), *map(str, work.glob("simplejson-*/")),
+                          os.environ.get("PYTHONPATH", "")]))}
         for name in args.scenarios.split(","):
             for bug in args.bugs.split(","):
                 argv = scenario_argv(name, bug, work, args)
@@ -237,7 +271,9 @@ def main() -> int:
                                        check=False)
                 plain_time = time.perf_counter() - start
                 tests = next((ln.split()[1] for ln in plain.stdout.splitlines()
-                              if ln.startswith("tests ")), "-")
+                              if ln.startswith("tests ")),
+                             next((ln.split()[0] for ln in plain.stdout.splitlines()
+                                   if " passed" in ln), "-"))
                 for mode in MODES:
                     hits, times = 0, []
                     for i in range(args.runs):
