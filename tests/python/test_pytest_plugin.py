@@ -97,5 +97,6 @@ def test_the_same_bug_fails_every_test_that_hits_it(child):
         "sample_rate=1:num_objects=4096:placement=right")
     result.assert_outcomes(failed=3)
     out = result.stdout.str()
-    assert out.count("kfence_py reported 1 memory bug(s) during call: out-of-bounds write") == 3
+    # Each test's own failure (pytest may repeat it in its short summary).
+    assert out.count("kfence_py reported 1 memory bug(s) during call: out-of-bounds write") >= 3
     result.stdout.fnmatch_lines(["*= kfence_py =*", "* guarded allocation(s), 3 bug(s)*"])

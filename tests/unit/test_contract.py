@@ -74,12 +74,13 @@ def test_every_bug_kind_parses_from_its_title_and_headline():
             kind.name, access, 0x1000, 2)
 
 
-def test_the_client_loads_no_server():
+def test_the_client_loads_no_server(tmp_path):
     code = ("import sys, kfence_py.cli, kfence_py.client; "
             "print(sorted(m for m in ('kfence_py.server', 'prometheus_client', 'http.server') "
             "if m in sys.modules))")
+    # Outside the source tree: there its unbuilt package would shadow the installed one.
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout
+                         check=True, cwd=tmp_path).stdout
     assert out.strip() == "[]"
 
 

@@ -15,9 +15,12 @@ from pathlib import Path
 
 import pytest
 
+import kfence_py
 from kfence_py._native import ffi, lib
 
-ROOT = Path(__file__).resolve().parents[2]
+# Where the kfence_py these tests import lives (the source tree built in place, or an
+# installed copy): the children import the same one, from outside the source tree.
+PACKAGE_ROOT = Path(kfence_py.__file__).resolve().parents[1]
 PAGE = 4096
 NUM_SLOTS = 4
 POOL = 0x7F0000000000
@@ -184,12 +187,12 @@ FORGED = textwrap.dedent("""
 
 @pytest.mark.parametrize("field", ["none", "slots_offset", "num_slots", "slot_size",
                                    "header_size"])
-def test_a_forged_header_sends_no_read_outside_the_state(field):
+def test_a_forged_header_sends_no_read_outside_the_state(field, tmp_path):
     """The slots must lie inside the total_size bytes the caller has (a state file's copy)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(PACKAGE_ROOT)}
     env.pop("LD_PRELOAD", None)
     proc = subprocess.run([sys.executable, "-c", FORGED, field], env=env, capture_output=True,
-                          text=True, timeout=60, check=False)
+                          text=True, timeout=60, check=False, cwd=tmp_path)
     assert proc.returncode == 0, f"killed by signal {-proc.returncode}" + proc.stderr
     expected = lib.KFENCE_DIAGNOSIS_BUG if field == "none" else lib.KFENCE_DIAGNOSIS_BAD_STATE
     assert int(proc.stdout) == expected
@@ -223,11 +226,11 @@ LIVE = textwrap.dedent("""
 """)
 
 
-def test_live_state_agrees_with_the_fault_handler():
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "KFENCE_OPTIONS": "exitcode=0"}
+def test_live_state_agrees_with_the_fault_handler(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(PACKAGE_ROOT), "KFENCE_OPTIONS": "exitcode=0"}
     env.pop("LD_PRELOAD", None)
     proc = subprocess.run([sys.executable, "-c", LIVE], env=env, capture_output=True,
-                          text=True, timeout=60, check=False)
+                          text=True, timeout=60, check=False, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     found = json.loads(proc.stdout.splitlines()[-1])
     bug_, oob, uaf = lib.KFENCE_DIAGNOSIS_BUG, lib.KFENCE_BUG_OOB, lib.KFENCE_BUG_UAF
