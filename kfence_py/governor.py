@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from .sources import DirectorySource, Process
 log = logging.getLogger("kfence_py")
 
 GATE_SUFFIX = ".gate"
+MAX_GATE_FILE = 4096  # bytes: a decision is one short JSON object
 HIGH_USE = 0.90  # pool use at which the gate widens
 LOW_USE = 0.50  # pool use under which it narrows back
 PERIOD = 1.0  # seconds between two looks
@@ -66,7 +68,17 @@ def last_decision(state_file: Path | None) -> Decision | None:
     if state_file is None:
         return None
     try:
-        doc: dict[str, Any] = json.loads(gate_file(state_file).read_text())
+        # Anybody's name in the directory: no link, no FIFO to block on, a small file.
+        fd = os.open(gate_file(state_file), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            data = os.read(fd, MAX_GATE_FILE + 1)
+        finally:
+            os.close(fd)
+        if len(data) > MAX_GATE_FILE:
+            return None
+        doc: dict[str, Any] = json.loads(data)
         return Decision(float(doc["time"]), str(doc["setting"]), int(doc["old"]),
                         int(doc["new"]), str(doc["why"]))
     except (OSError, ValueError, KeyError, TypeError):

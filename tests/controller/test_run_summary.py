@@ -83,3 +83,23 @@ def test_the_test_suite_mode_gets_a_pool_to_match(short_dir, monkeypatch):
         assert run.returncode == 0, run.stderr
         assert _pool_size(short_dir, state_dir) == size, (flags, env_options)
         monkeypatch.delenv("KFENCE_OPTIONS", raising=False)
+
+
+def test_a_forged_gate_file_is_ignored(short_dir):
+    """<pid>.gate is read by stats from a directory others may have written to:
+    a FIFO (which would block), a symbolic link or garbage is no decision."""
+    from kfence_py.governor import last_decision
+    state = short_dir / "123.state"
+    gate = state.with_suffix(".gate")
+    os.mkfifo(gate)
+    assert last_decision(state) is None
+    gate.unlink()
+    (short_dir / "elsewhere").write_text('{"time": 1, "setting": "sample_rate", "old": 1, '
+                                         '"new": 2, "why": "x"}')
+    gate.symlink_to(short_dir / "elsewhere")
+    assert last_decision(state) is None
+    gate.unlink()
+    gate.write_text("not json")
+    assert last_decision(state) is None
+    gate.write_text((short_dir / "elsewhere").read_text())
+    assert last_decision(state).new == 2
