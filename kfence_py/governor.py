@@ -106,18 +106,24 @@ class Governor:
         self._next = now + PERIOD
         made = []
         processes, _ = self.source.processes()
-        for p in processes:
-            if p.running and p.state_file is not None:
-                decision = self._steer(p)
-                if decision is not None:
-                    made.append(decision)
+        running = [p for p in processes if p.running and p.state_file is not None]
+        # What is known of each process lasts as long as it runs (a build runs thousands).
+        alive = {self._key(p) for p in running}
+        self._seen = {k: v for k, v in self._seen.items() if k in alive}
+        for p in running:
+            decision = self._steer(p)
+            if decision is not None:
+                made.append(decision)
         return made
+
+    @staticmethod
+    def _key(p: Process) -> tuple[int, float]:
+        return p.pid, float(p.view.header.start_realtime_ns)  # a reused pid is a new process
 
     def _steer(self, p: Process) -> Decision | None:
         s = p.view.stats()
         control = p.control()
-        key = (p.pid, float(p.view.header.start_realtime_ns))  # a reused pid is a new process
-        seen = self._seen.setdefault(key, _Seen(dict(control), s.skipped["capacity"]))
+        seen = self._seen.setdefault(self._key(p), _Seen(dict(control), s.skipped["capacity"]))
         full = s.skipped["capacity"] - seen.capacity
         seen.capacity = s.skipped["capacity"]
         if not control["enabled"] or not s.pool_size:
