@@ -32,6 +32,18 @@ static const char *const kf_placement_names[] = { KFENCE_PLACEMENTS(KF_NAME_OF) 
 static const struct kfence_bug_desc kf_bugs[] = { KFENCE_BUGS(KF_BUG_DESC) };
 #undef KF_BUG_DESC
 
+#define KF_FAMILY_DESC(id, allocator, deallocator) { allocator, deallocator },
+static const struct kfence_family_desc kf_families[] = { KFENCE_FAMILIES(KF_FAMILY_DESC) };
+#undef KF_FAMILY_DESC
+
+#define KF_FAMILY_OF(id, name, family) KFENCE_FAMILY_##family,
+static const uint8_t kf_cache_families[] = { KFENCE_CACHES(KF_FAMILY_OF) };
+#undef KF_FAMILY_OF
+
+#define KF_DETAIL_DESC(id, name, text) { name, text },
+static const struct kfence_detail_desc kf_details[] = { KFENCE_DETAILS(KF_DETAIL_DESC) };
+#undef KF_DETAIL_DESC
+
 #define KF_COUNTER_DESC(id, name, type, metric, label, help) { name, #type, metric, label, help },
 static const struct kfence_counter_desc kf_counters[] = { KFENCE_COUNTERS(KF_COUNTER_DESC) };
 #undef KF_COUNTER_DESC
@@ -46,6 +58,21 @@ KF_SIGSAFE const struct kfence_bug_desc *kfence_bug_desc(int kind)
 KF_SIGSAFE const struct kfence_counter_desc *kfence_counter_desc(int counter)
 {
 	return KF_IN(kf_counters, counter) ? &kf_counters[counter] : NULL;
+}
+
+KF_SIGSAFE const struct kfence_family_desc *kfence_family_desc(int family)
+{
+	return KF_IN(kf_families, family) ? &kf_families[family] : NULL;
+}
+
+KF_SIGSAFE int kfence_cache_family(int cache)
+{
+	return KF_IN(kf_cache_families, cache) ? kf_cache_families[cache] : -1;
+}
+
+KF_SIGSAFE const struct kfence_detail_desc *kfence_detail_desc(int detail)
+{
+	return KF_IN(kf_details, detail) ? &kf_details[detail] : NULL;
 }
 
 KF_SIGSAFE const char *kfence_slot_state_name(int state)
@@ -118,7 +145,7 @@ void kfence_free(void *ptr)
 {
 	extern void free(void *);
 	if (kf_is_pool_address(ptr))
-		kf_pool_free(ptr, (uintptr_t)__builtin_return_address(0));
+		kf_pool_free(ptr, (uintptr_t)__builtin_return_address(0), KFENCE_FAMILY_MALLOC, 0);
 	else
 		free(ptr);
 }

@@ -261,7 +261,7 @@ KF_SIGSAFE static void kf_buf_what(struct kf_buf *b, const struct kf_report_in *
 	}
 	if (in->slot >= 0) {
 		kf_buf_str(b, " (");
-		if (in->kind == KFENCE_BUG_OOB) {
+		if (in->kind == KFENCE_BUG_OOB || in->detail == KFENCE_DETAIL_GUARD) {
 			kf_buf_dec(b, (uint64_t)(in->distance < 0 ? -in->distance : in->distance));
 			kf_buf_str(b, in->distance < 0 ? "B left of " : "B right of ");
 		} else {
@@ -272,6 +272,45 @@ KF_SIGSAFE static void kf_buf_what(struct kf_buf *b, const struct kf_report_in *
 		kf_buf_str(b, ")");
 	}
 	kf_buf_str(b, ":\n");
+}
+
+/*
+ * The detail's sentence (kfence_state.h), its fields filled, on a line of
+ * its own; nothing for NONE.  m is the object, if any.
+ */
+KF_SIGSAFE static void kf_buf_detail(struct kf_buf *b, const struct kf_report_in *in,
+				     const struct kfence_slot *m)
+{
+	const struct kfence_detail_desc *d = kfence_detail_desc(in->detail);
+	if (!d || !d->text[0])
+		return;
+	const struct kfence_family_desc *alloc =
+		kfence_family_desc(m ? kfence_cache_family((int)m->cache) : -1);
+	const struct kfence_family_desc *dealloc = kfence_family_desc(in->dealloc);
+	for (const char *t = d->text; *t;) {
+		const char *end = *t == '{' ? strchr(t, '}') : NULL;
+		if (!end) {
+			char c[2] = { *t++, '\0' };
+			kf_buf_str(b, c);
+			continue;
+		}
+		size_t n = (size_t)(end - t - 1);
+		if (n == 9 && !strncmp(t + 1, "allocator", n)) {
+			kf_buf_str(b, alloc ? alloc->allocator : "?");
+		} else if (n == 11 && !strncmp(t + 1, "deallocator", n)) {
+			kf_buf_str(b, dealloc ? dealloc->deallocator : "?");
+		} else if (n == 5 && !strncmp(t + 1, "value", n)) {
+			kf_buf_dec(b, in->value);
+		} else if (n == 4 && !strncmp(t + 1, "size", n)) {
+			kf_buf_dec(b, m ? m->size : 0);
+		} else if (n == 6 && !strncmp(t + 1, "module", n)) {
+			struct kf_frame f;
+			kf_describe((uintptr_t)in->value, true, &f);
+			kf_buf_str(b, f.module);
+		}
+		t = end + 1;
+	}
+	kf_buf_str(b, "\n");
 }
 
 /* Every address the report will name, for one pass over the process's modules. */
@@ -288,9 +327,13 @@ KF_SIGSAFE size_t kf_format_report(const struct kf_report_in *in, const struct k
 	struct kf_buf b = { out, 0, cap - sizeof(KF_REPORT_RULE) };
 	const struct kfence_bug_desc *bug = kfence_bug_desc(in->kind);
 	bool exact = in->fault_pc != 0;
-	const struct kfence_stack *where = in->kind == KFENCE_BUG_LEAK && m ? &m->alloc_stack : in->stack;
+	/* A leak, or a corruption a sweep found: no code is at fault, the allocation is named. */
+	bool at_alloc = (in->kind == KFENCE_BUG_LEAK || in->detail == KFENCE_DETAIL_SWEEP) && m;
+	const struct kfence_stack *where = at_alloc ? &m->alloc_stack : in->stack;
 	kf_symbols_begin();
 	kf_want_stack(in->stack, exact);
+	if (in->detail >= KFENCE_DETAIL_TEXT && in->detail <= KFENCE_DETAIL_BSS)
+		kf_symbols_want((uintptr_t)in->value, true);  /* the module's code ({module}) */
 	if (m) {
 		kf_want_stack(&m->alloc_stack, false);
 		kf_want_stack(&m->free_stack, false);
@@ -322,10 +365,11 @@ KF_SIGSAFE size_t kf_format_report(const struct kf_report_in *in, const struct k
 	}
 	kf_buf_str(&b, "\n\n");
 	kf_buf_what(&b, in);
-	if (in->kind != KFENCE_BUG_LEAK) {
+	kf_buf_detail(&b, in, m);
+	if (!at_alloc)
 		kf_buf_stack(&b, in->stack, exact);
+	if (!at_alloc || in->detail)
 		kf_buf_str(&b, "\n");
-	}
 	if (m)
 		kf_buf_object(&b, in->slot, m);
 	kf_buf_str(&b, "\npid ");

@@ -75,7 +75,7 @@ void *kf_sample_alloc(int32_t *countdown, size_t size, size_t align, int cache, 
 		return NULL;
 	}
 	if (kf_self.in_lib || !kf_unwind_safe(caller)) {
-		/* malloc from inside the library (dladdr) or the unwinder: straight to glibc. */
+		/* malloc from inside the library (dlsym) or the unwinder: straight to glibc. */
 		*countdown = 0;
 		return NULL;
 	}
@@ -84,6 +84,7 @@ void *kf_sample_alloc(int32_t *countdown, size_t size, size_t align, int cache, 
 		return NULL;
 	}
 	const struct kfence_control *c = &kf_state->control;
+	kf_sweep_if_asked(c);
 	uint32_t rate = *(volatile uint32_t *)&c->sample_rate;
 	if (!*(volatile uint32_t *)&c->enabled) {
 		*countdown = KF_IDLE_PERIOD;

@@ -181,6 +181,8 @@ static void kf_on_exit(int status, void *arg)
 		return;
 	KF_ENTER();
 	/* Only a process that touched its state has bugs of its own to count. */
+	if ((kf_opt.leak_check || kf_opt.sweep_at_exit) && kf_check_owner())
+		kf_pool_sweep();
 	if (kf_opt.leak_check && kf_check_owner())
 		kf_leak_check();
 	int code = kf_exit_status(0);
@@ -258,6 +260,9 @@ static int kf_start(const char *options, const char *origin)
 
 	kf_stack_init();
 	kf_resolve_libc();
+	kf_cxx_resolve();
+	if (kf_opt.check_free)
+		kf_images_refresh();
 	kf_libc_exit = (kf_exit_fn *)dlsym(RTLD_NEXT, "_exit");
 	kf_libc_quick_exit = (kf_exit_fn *)dlsym(RTLD_NEXT, "quick_exit");
 	kf_libc_prctl = (int (*)(int, unsigned long, unsigned long, unsigned long, unsigned long))
@@ -273,6 +278,7 @@ static int kf_start(const char *options, const char *origin)
 	/* Publish the pool last: from here on free() recognises its pointers. */
 	kf_pool.size = pool_size;
 	kf_pool.start = (uintptr_t)pool;
+	kf_free_filter_init();
 	return 0;
 }
 

@@ -125,6 +125,8 @@ struct kf_thread {
 	bool in_lib;        /* re-entrancy guard: set while the library works (KF_ENTER) */
 	uint32_t tid;       /* cached gettid(); reset in the child after fork */
 	uint64_t rng;       /* xorshift state, 0 until seeded */
+	uint32_t frees;     /* check_free: frees looked at, for the image table's refresh */
+	uintptr_t stack_lo, stack_hi;  /* check_free: this thread's stack; hi 0 until known */
 };
 KF_HIDDEN extern KF_TLS struct kf_thread kf_self;
 
@@ -184,6 +186,17 @@ KF_SIGSAFE static inline bool kf_is_pool_address(const void *p)
 	return (uintptr_t)p - kf_pool.start < kf_pool.size;
 }
 
+/*
+ * The addresses whose free takes kf_free_slow(): the pool's, or with
+ * check_free every address.  The same two loads and one compare as
+ * kf_is_pool_address, so the option costs the hot path nothing when off.
+ */
+KF_HIDDEN extern struct kf_pool_range kf_free_filter;
+KF_SIGSAFE static inline bool kf_free_filtered(const void *p)
+{
+	return (uintptr_t)p - kf_free_filter.start < kf_free_filter.size;
+}
+
 /* The slot whose data page holds pool address p, or -1 for a guard page. */
 KF_SIGSAFE static inline long kf_addr_slot(uintptr_t p)
 {
@@ -215,8 +228,16 @@ KF_SIGSAFE static inline uint8_t kf_canary(uintptr_t addr)
  */
 KF_HIDDEN void *kf_guarded_alloc(size_t size, size_t align, int placement,
 				 int cache, bool zero);
-/* Free of a pool pointer (guarded path); reports invalid frees.  caller as above. */
-KF_HIDDEN void kf_pool_free(void *p, uintptr_t caller);
+/*
+ * Free of a pool pointer (guarded path); reports invalid frees.  caller as
+ * above; family is the deallocator's (enum kfence_family), size what a sized
+ * delete was given (0: none).
+ */
+KF_HIDDEN void kf_pool_free(void *p, uintptr_t caller, int family, size_t size);
+/* Every live object's canaries checked (a sweep), changed ones reported. */
+KF_HIDDEN void kf_pool_sweep(void);
+/* A sweep if the controller asked for one (control canary_sweep changed). */
+KF_HIDDEN void kf_sweep_if_asked(const struct kfence_control *c);
 /* True when p is the start of a live pool object; its size in *size. */
 KF_HIDDEN bool kf_pool_live(const void *p, size_t *size);
 KF_SIGSAFE KF_HIDDEN uintptr_t kf_slot_page(size_t slot);
@@ -257,6 +278,21 @@ KF_HIDDEN void kf_stack_init(void);
 
 /* True when this copy of the library is the process's malloc. */
 KF_HIDDEN bool kf_detect_interposing(void);
+/* A free() or delete whose address passed kf_free_filtered(); family and size as kf_pool_free. */
+KF_HIDDEN void kf_free_slow(void *p, uintptr_t caller, int family, size_t size);
+/* The free filter for the options in force, once the pool is up. */
+KF_HIDDEN void kf_free_filter_init(void);
+/* Whether the program's operator new and delete are ours (alloc_dealloc_mismatch), at start. */
+KF_HIDDEN void kf_cxx_resolve(void);
+/* An object of family alloc freed by family dealloc is a mismatch worth reporting. */
+KF_HIDDEN bool kf_family_mismatch(int alloc, int dealloc);
+
+/* === Frees of what is not heap (nonheap.c) === */
+
+/* check_free: report p if it is plainly not heap memory (true: reported, keep it from glibc). */
+KF_HIDDEN bool kf_nonheap_free(void *p, uintptr_t caller);
+/* The table of module images, (re)read now. */
+KF_HIDDEN void kf_images_refresh(void);
 /* Find glibc's malloc_usable_size and aligned_alloc (no __libc_ names). */
 KF_HIDDEN void kf_resolve_libc(void);
 
@@ -272,6 +308,9 @@ struct kf_report_in {
 	uintptr_t fault_pc;    /* the faulting instruction, 0 outside the fault path */
 	const uint8_t *corrupted;
 	uint32_t corrupted_mask;
+	int detail;            /* enum kfence_detail; 0 (NONE) for most */
+	int dealloc;           /* enum kfence_family of the deallocator, for MISMATCH/SIZE_MISMATCH */
+	uint64_t value;        /* the detail's {value} */
 };
 
 /*
@@ -283,6 +322,8 @@ KF_SIGSAFE KF_HIDDEN bool kf_report(const struct kf_report_in *in);
 KF_SIGSAFE KF_HIDDEN bool kf_report_object(const struct kf_report_in *in,
 					   const struct kfence_slot *object);
 KF_SIGSAFE KF_HIDDEN void kf_report_atfork_child(void);
+/* The function the return address pc is in has a name starting with prefix (symbols.c). */
+KF_HIDDEN bool kf_function_named(uintptr_t pc, const char *prefix);
 KF_SIGSAFE KF_HIDDEN int kf_report_fd_open(void);
 KF_SIGSAFE KF_HIDDEN void kf_report_fd_close(int fd);
 

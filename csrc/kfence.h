@@ -125,7 +125,16 @@ struct kfence_bug_desc {
 struct kfence_counter_desc {
 	const char *name, *type, *metric, *label, *help;
 };
+struct kfence_family_desc {
+	const char *allocator, *deallocator;
+};
+struct kfence_detail_desc {
+	const char *name, *text;
+};
 const struct kfence_bug_desc *kfence_bug_desc(int kind);
+const struct kfence_family_desc *kfence_family_desc(int family);
+int kfence_cache_family(int cache);  /* enum kfence_family of a cache; -1 out of range */
+const struct kfence_detail_desc *kfence_detail_desc(int detail);
 const struct kfence_counter_desc *kfence_counter_desc(int counter);
 const char *kfence_slot_state_name(int state);
 const char *kfence_access_name(int access);

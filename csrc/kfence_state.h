@@ -23,7 +23,7 @@
 #endif
 
 enum kfence_layout {
-	KFENCE_STATE_VERSION = 2,
+	KFENCE_STATE_VERSION = 3,
 	KFENCE_STACK_MAX = 64,         /* frames per recorded stack */
 	KFENCE_NOTE_SIZE = 512,        /* text under a stack (a Python traceback) */
 	KFENCE_MAX_REPORTS = 64,       /* the report ring */
@@ -58,14 +58,54 @@ enum kfence_layout {
 	X(READ, "read") \
 	X(WRITE, "write")
 
-/* X(ID, name): which entry point allocated a guarded object ("cache=" in reports). */
+/*
+ * X(ID, allocator, deallocator): a family of allocation functions.  An
+ * object must be freed by its family's deallocator (alloc_dealloc_mismatch).
+ */
+#define KFENCE_FAMILIES(X) \
+	X(MALLOC, "malloc()", "free()")  /* and calloc, realloc, memalign, kfence_alloc, PyMem */ \
+	X(NEW, "operator new", "operator delete") \
+	X(NEW_ARRAY, "operator new[]", "operator delete[]")
+
+/* X(ID, name, family): which entry point allocated a guarded object ("cache=" in reports). */
 #define KFENCE_CACHES(X) \
-	X(MALLOC, "malloc") \
-	X(CALLOC, "calloc") \
-	X(REALLOC, "realloc") \
-	X(MEMALIGN, "memalign") \
-	X(API, "kfence_alloc")  /* kfence_alloc(): a buffer asked for on purpose */ \
-	X(PYMEM, "pymem")       /* CPython's allocator domains */
+	X(MALLOC, "malloc", MALLOC) \
+	X(CALLOC, "calloc", MALLOC) \
+	X(REALLOC, "realloc", MALLOC) \
+	X(MEMALIGN, "memalign", MALLOC) \
+	X(API, "kfence_alloc", MALLOC)  /* kfence_alloc(): a buffer asked for on purpose */ \
+	X(PYMEM, "pymem", MALLOC)       /* CPython's allocator domains */ \
+	X(NEW, "new", NEW)              /* operator new, all its variants */ \
+	X(NEW_ARRAY, "new[]", NEW_ARRAY)
+
+/*
+ * X(ID, name, text): why a report is what it is, in one sentence printed
+ * under its first line.  The text's fields: {allocator} and {deallocator}
+ * (the object's family and the one that freed it), {value} (the report's
+ * detail value), {size} (the object's size), {module} (the module whose
+ * code is at the detail value: TEXT, RODATA, DATA and BSS keep an address of
+ * the module's code there, as a .bss has no file to be named by).  The C formatter and Python fill them alike.
+ */
+#define KFENCE_DETAILS(X) \
+	X(NONE, "", "") \
+	X(DOUBLE_FREE, "double-free", "The object was already freed.") \
+	X(NOT_START, "interior", "The address is {value}B inside the object, not at its start.") \
+	X(GUARD, "outside", "The address is outside the object, next to it.") \
+	X(NO_OBJECT, "no-object", "The address is in the kfence pool where no object is.") \
+	X(MISMATCH, "mismatch", \
+	  "The object was allocated by {allocator} and is freed by {deallocator}.") \
+	X(SIZE_MISMATCH, "size-mismatch", \
+	  "The size given to {deallocator} is {value}; the object's size is {size}.") \
+	X(STACK, "stack", "The address is on the stack of thread {value}, not from the heap.") \
+	X(TEXT, "text", "The address is in the code of {module}, not from the heap.") \
+	X(RODATA, "rodata", "The address is in read-only data of {module}, not from the heap.") \
+	X(DATA, "data", "The address is in .data of {module}, not from the heap.") \
+	X(BSS, "bss", "The address is in .bss of {module}, not from the heap.") \
+	X(MISALIGNED, "misaligned", \
+	  "The address is not {value}-byte aligned: no allocation function returned it.") \
+	X(METADATA, "metadata", "The address is in kfence's own metadata, not from the heap.") \
+	X(SWEEP, "sweep", \
+	  "A canary check of live objects found this; the object is still allocated.")
 
 /* X(ID, name): where an object sits in its page (the placement option). */
 #define KFENCE_PLACEMENTS(X) \
@@ -98,14 +138,18 @@ enum kfence_layout {
 	X(SKIP_COVERED, "skipped allocations (covered)", COUNTER, "skipped_allocations", \
 	  "covered", KFENCE_SKIP_HELP) \
 	X(REPEATED, "repeated bugs", COUNTER, "repeated_bugs", "", \
-	  "Bugs not printed: the same kind, access site and allocation site as one printed before")
+	  "Bugs not printed: the same kind, access site and allocation site as one printed before") \
+	X(SWEEPS, "canary sweeps", COUNTER, "canary_sweeps", "", \
+	  "Canary checks of every live guarded object (at exit, or asked for by canary_sweep)")
 #define KFENCE_SKIP_HELP "Sampled allocations that fell through to glibc, by reason"
 
 #define KFENCE_ENUM_ENTRY2(prefix, id) prefix##id,
 #define KFENCE_SLOT_ENUM(id, name) KFENCE_ENUM_ENTRY2(KFENCE_SLOT_, id)
 #define KFENCE_BUG_ENUM(id, name, headline, with_access) KFENCE_ENUM_ENTRY2(KFENCE_BUG_, id)
 #define KFENCE_ACCESS_ENUM(id, name) KFENCE_ENUM_ENTRY2(KFENCE_ACCESS_, id)
-#define KFENCE_CACHE_ENUM(id, name) KFENCE_ENUM_ENTRY2(KFENCE_CACHE_, id)
+#define KFENCE_FAMILY_ENUM(id, allocator, deallocator) KFENCE_ENUM_ENTRY2(KFENCE_FAMILY_, id)
+#define KFENCE_CACHE_ENUM(id, name, family) KFENCE_ENUM_ENTRY2(KFENCE_CACHE_, id)
+#define KFENCE_DETAIL_ENUM(id, name, text) KFENCE_ENUM_ENTRY2(KFENCE_DETAIL_, id)
 #define KFENCE_PLACEMENT_ENUM(id, name) KFENCE_ENUM_ENTRY2(KFENCE_PLACE_, id)
 #define KFENCE_COUNTER_ENUM(id, name, type, metric, label, help) \
 	KFENCE_ENUM_ENTRY2(KFENCE_COUNTER_, id)
@@ -113,7 +157,9 @@ enum kfence_layout {
 enum kfence_slot_state { KFENCE_SLOT_STATES(KFENCE_SLOT_ENUM) KFENCE_SLOT_STATE_COUNT };
 enum kfence_bug { KFENCE_BUGS(KFENCE_BUG_ENUM) KFENCE_BUG_KINDS };
 enum kfence_access { KFENCE_ACCESSES(KFENCE_ACCESS_ENUM) KFENCE_ACCESS_KINDS };
+enum kfence_family { KFENCE_FAMILIES(KFENCE_FAMILY_ENUM) KFENCE_FAMILY_KINDS };
 enum kfence_cache { KFENCE_CACHES(KFENCE_CACHE_ENUM) KFENCE_CACHE_KINDS };
+enum kfence_detail { KFENCE_DETAILS(KFENCE_DETAIL_ENUM) KFENCE_DETAIL_KINDS };
 enum kfence_placement { KFENCE_PLACEMENTS(KFENCE_PLACEMENT_ENUM) KFENCE_PLACEMENT_KINDS };
 enum kfence_counter { KFENCE_COUNTERS(KFENCE_COUNTER_ENUM) KFENCE_COUNTER_COUNT };
 
@@ -156,6 +202,9 @@ struct kfence_report {
 	uint32_t corrupted_mask;     /* bit i: corrupted[i] differs from canary */
 	uint32_t bucket;             /* kind, access site and allocation site, hashed */
 	uint32_t repeats;            /* later reports of the same bucket, not printed (dedup) */
+	uint32_t detail;             /* enum kfence_detail: the sentence under the first line */
+	uint32_t dealloc;            /* enum kfence_family of the deallocator (MISMATCH, SIZE_MISMATCH) */
+	uint64_t detail_value;       /* the detail's {value} */
 };
 
 /*

@@ -103,12 +103,33 @@ bool kf_detect_interposing(void)
 	return o.ours_at >= 0 && o.libc_at >= 0 && o.ours_at < o.libc_at;
 }
 
+struct kf_pool_range kf_free_filter;
+
+void kf_free_filter_init(void)
+{
+	/* With check_free, every free takes the slow path; else the pool's frees do. */
+	kf_free_filter = kf_opt.check_free && kf_interposing
+				 ? (struct kf_pool_range){ 0, UINTPTR_MAX }
+				 : kf_pool;
+}
+
+void kf_free_slow(void *p, uintptr_t caller, int family, size_t size)
+{
+	int saved = errno;
+	if (kf_is_pool_address(p)) {
+		kf_pool_free(p, caller, family, size);
+	} else if (p && !kf_nonheap_free(p, caller)) {
+		errno = saved;
+		__libc_free(p);
+		return;
+	}
+	errno = saved;
+}
+
 void free(void *p)
 {
-	if (KF_UNLIKELY(kf_is_pool_address(p))) {
-		int saved = errno;
-		kf_pool_free(p, KF_CALLER);
-		errno = saved;
+	if (KF_UNLIKELY(kf_free_filtered(p))) {
+		kf_free_slow(p, KF_CALLER, KFENCE_FAMILY_MALLOC, 0);
 		return;
 	}
 	__libc_free(p);
@@ -127,30 +148,30 @@ void *calloc(size_t nmemb, size_t size)
 	return __libc_calloc(nmemb, size);
 }
 
-static void *kf_realloc_pool(void *p, size_t size)
+static void *kf_realloc_pool(void *p, size_t size, uintptr_t caller)
 {
 	size_t old;
 	if (!kf_pool_live(p, &old)) {
-		kf_pool_free(p, 0);  /* reports the invalid free */
+		kf_pool_free(p, caller, KFENCE_FAMILY_MALLOC, 0);  /* reports the invalid free */
 		errno = EINVAL;
 		return NULL;
 	}
 	if (size == 0) {  /* glibc: realloc(p, 0) frees p and returns NULL */
-		free(p);
+		kf_pool_free(p, caller, KFENCE_FAMILY_MALLOC, 0);
 		return NULL;
 	}
 	void *q = malloc(size);
 	if (!q)
 		return NULL;  /* p stays valid, as glibc leaves it */
 	memcpy(q, p, old < size ? old : size);
-	free(p);
+	kf_pool_free(p, caller, KFENCE_FAMILY_MALLOC, 0);
 	return q;
 }
 
 void *realloc(void *p, size_t size)
 {
 	if (KF_UNLIKELY(kf_is_pool_address(p)))
-		return kf_realloc_pool(p, size);
+		return kf_realloc_pool(p, size, KF_CALLER);
 	if (!p)
 		return malloc(size);
 	/* Sampling a glibc chunk needs its size to copy: skip if we could not look it up. */

@@ -12,6 +12,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <string.h>
 
 #include "kf_internal.h"
@@ -206,8 +207,11 @@ static uintptr_t kf_first_bad_canary(uintptr_t from, uintptr_t to)
 	return 0;
 }
 
-/* Report changed canary bytes around the object of slot m, if any. */
-static void kf_check_canary(long slot, const struct kfence_slot *m)
+/*
+ * Report changed canary bytes around the object of slot m, if any; detail
+ * says who looked (NONE: its free, SWEEP: a check of live objects).
+ */
+static void kf_check_canary(long slot, const struct kfence_slot *m, int detail)
 {
 	uintptr_t page = kf_slot_page((size_t)slot);
 	uintptr_t lo = m->addr, hi = m->addr + m->size;
@@ -227,39 +231,94 @@ static void kf_check_canary(long slot, const struct kfence_slot *m)
 	}
 	struct kf_report_in in = {
 		.kind = KFENCE_BUG_CORRUPTION, .access = KFENCE_ACCESS_NONE,
-		.addr = bad, .slot = slot, .stack = &m->free_stack,
-		.corrupted = bytes, .corrupted_mask = mask,
+		.addr = bad, .slot = slot, .stack = detail ? &m->alloc_stack : &m->free_stack,
+		.corrupted = bytes, .corrupted_mask = mask, .detail = detail,
 	};
-	kf_report(&in);
+	if (detail != KFENCE_DETAIL_SWEEP) {
+		kf_report(&in);
+		return;
+	}
+	/* The sweep holds the slot BUSY: the object is reported as the live one it is. */
+	struct kfence_slot live = *m;
+	live.state = KFENCE_SLOT_ALLOCATED;
+	kf_report_object(&in, &live);
 }
 
+/*
+ * A free the pool cannot take: p is no live object's start.  Name the
+ * object it belongs to (the nearer neighbour of a guard page, as a fault
+ * there would) and why, as the fault handler's diagnosis sees it.
+ */
 static void kf_report_invalid_free(const void *p, uintptr_t caller)
 {
-	long slot = kf_addr_slot((uintptr_t)p);
-	if (!kf_slot_meta(slot) ||
-	    atomic_load((_Atomic uint32_t *)&kf_slots[slot].state) == KFENCE_SLOT_UNUSED)
-		slot = -1;
+	struct kfence_finding f;
+	kfence_diagnose(kf_state, (uintptr_t)p, &f);
 	struct kfence_stack st = { .depth = 1, .pc = { caller } };
 	if (kf_unwind_safe(caller))
 		kf_capture_stack(&st);
 	struct kf_report_in in = {
 		.kind = KFENCE_BUG_INVALID_FREE, .access = KFENCE_ACCESS_NONE,
-		.addr = (uintptr_t)p, .slot = slot, .stack = &st,
+		.addr = (uintptr_t)p, .slot = f.slot, .stack = &st, .detail = KFENCE_DETAIL_NO_OBJECT,
 	};
+	uintptr_t a = (uintptr_t)p, lo = f.object_addr, hi = lo + f.object_size;
+	if (f.slot < 0) {
+		;  /* a data page no object is in, or a guard with no neighbour to name */
+	} else if (f.guard >= 0) {
+		in.detail = KFENCE_DETAIL_GUARD;
+		in.distance = f.distance;
+	} else if (f.slot_state == KFENCE_SLOT_FREED) {
+		in.detail = KFENCE_DETAIL_DOUBLE_FREE;
+	} else if (a > lo && a < hi) {
+		in.detail = KFENCE_DETAIL_NOT_START;
+		in.value = a - lo;
+	} else {
+		/* In the object's page, outside it: KFENCE's distances, as for a guard. */
+		in.detail = KFENCE_DETAIL_GUARD;
+		in.distance = a < lo ? -(int64_t)(lo - a) : (int64_t)(a - lo);
+	}
 	kf_report(&in);
 }
 
-void kf_pool_free(void *p, uintptr_t caller)
+/*
+ * Claim slot m's live object at p (ALLOCATED to BUSY).  A sweep holds live
+ * objects BUSY for a moment: wait for it (bounded: the holder could be a
+ * thread that never comes back), not blame the free.
+ */
+static bool kf_claim_live(struct kfence_slot *m, uintptr_t p)
+{
+	for (int tries = 0; m && m->addr == p; tries++) {
+		uint32_t expected = KFENCE_SLOT_ALLOCATED;
+		if (atomic_compare_exchange_strong((_Atomic uint32_t *)&m->state, &expected,
+						   KFENCE_SLOT_BUSY))
+			return true;
+		if (expected != KFENCE_SLOT_BUSY || tries > 100000)
+			return false;
+		sched_yield();
+	}
+	return false;
+}
+
+/*
+ * A program's own operator new that calls malloc (or its own delete that
+ * calls free) is invisible to dlsym when the executable does not export
+ * it: a malloc'd object freed by delete, or a new'd one by free, is then no
+ * mismatch if the malloc or free was called from such a function.
+ */
+static bool kf_own_cxx_wrapper(const struct kfence_slot *m, int alloc)
+{
+	if (alloc == KFENCE_FAMILY_MALLOC)
+		return m->alloc_stack.depth && kf_function_named(m->alloc_stack.pc[0], "_Zn");
+	return m->free_stack.depth && kf_function_named(m->free_stack.pc[0], "_Zd");
+}
+
+void kf_pool_free(void *p, uintptr_t caller, int family, size_t size)
 {
 	kf_check_owner();
 	KF_ENTER();
 	long slot = kf_addr_slot((uintptr_t)p);
-	uint32_t expected = KFENCE_SLOT_ALLOCATED;
 	struct kfence_slot *m = kf_slot_meta(slot);
 	/* The CAS makes exactly one of two racing frees the real one. */
-	if (!m || m->addr != (uintptr_t)p ||
-	    !atomic_compare_exchange_strong((_Atomic uint32_t *)&m->state, &expected,
-					    KFENCE_SLOT_BUSY)) {
+	if (!kf_claim_live(m, (uintptr_t)p)) {
 		kf_report_invalid_free(p, caller);
 		return;
 	}
@@ -269,7 +328,19 @@ void kf_pool_free(void *p, uintptr_t caller)
 		kf_capture_stack(&m->free_stack);
 	else
 		m->free_stack = (struct kfence_stack){ .depth = 1, .pc = { caller } };
-	kf_check_canary(slot, m);
+	kf_check_canary(slot, m, KFENCE_DETAIL_NONE);
+	/* The wrong function freed it: said, and then freed all the same. */
+	int alloc = kfence_cache_family((int)m->cache);
+	struct kf_report_in in = {
+		.kind = KFENCE_BUG_INVALID_FREE, .access = KFENCE_ACCESS_NONE, .addr = (uintptr_t)p,
+		.slot = slot, .stack = &m->free_stack, .dealloc = family, .value = size,
+	};
+	if (kf_family_mismatch(alloc, family) && !kf_own_cxx_wrapper(m, alloc))
+		in.detail = KFENCE_DETAIL_MISMATCH;
+	else if (size && size != m->size && kf_opt.alloc_dealloc_mismatch)
+		in.detail = KFENCE_DETAIL_SIZE_MISMATCH;
+	if (in.detail)
+		kf_report(&in);
 
 	uintptr_t page = kf_slot_page((size_t)slot);
 	if (kf_os_discard(page, kf_page) != 0)
@@ -280,6 +351,34 @@ void kf_pool_free(void *p, uintptr_t caller)
 	kf_count(KFENCE_COUNTER_FREES, 1);
 	kf_count(KFENCE_COUNTER_ALLOCATED, -1);
 	kf_freelist_push((uint32_t)slot);
+}
+
+void kf_pool_sweep(void)
+{
+	KF_ENTER();
+	for (size_t i = 0; i < kf_state->num_slots; i++) {
+		struct kfence_slot *m = kf_slot_meta((long)i);
+		uint32_t expected = KFENCE_SLOT_ALLOCATED;
+		/* Held BUSY, the object cannot be freed (and its page closed) under us. */
+		if (!m || !atomic_compare_exchange_strong((_Atomic uint32_t *)&m->state, &expected,
+							  KFENCE_SLOT_BUSY))
+			continue;
+		kf_check_canary((long)i, m, KFENCE_DETAIL_SWEEP);
+		atomic_store_explicit((_Atomic uint32_t *)&m->state, KFENCE_SLOT_ALLOCATED,
+				      memory_order_release);
+	}
+	kf_count(KFENCE_COUNTER_SWEEPS, 1);
+}
+
+void kf_sweep_if_asked(const struct kfence_control *c)
+{
+	static _Atomic uint32_t done;  /* the last request served */
+	uint32_t asked = *(volatile const uint32_t *)&c->canary_sweep;
+	uint32_t seen = atomic_load_explicit(&done, memory_order_relaxed);
+	if (KF_LIKELY(asked == seen) ||
+	    !atomic_compare_exchange_strong(&done, &seen, asked))
+		return;
+	kf_pool_sweep();
 }
 
 /*

@@ -148,6 +148,9 @@ KF_SIGSAFE static void kf_record(const struct kf_report_in *in, const struct kfe
 	r->corrupted_mask = in->corrupted_mask;
 	r->bucket = bucket;
 	r->repeats = 0;
+	r->detail = (uint32_t)in->detail;
+	r->dealloc = (uint32_t)in->dealloc;
+	r->detail_value = in->value;
 	atomic_store_explicit((_Atomic uint64_t *)&r->sequence, seq, memory_order_release);
 }
 
@@ -221,6 +224,22 @@ KF_SIGSAFE static void kf_count_repeat(uint32_t b)
 		    r[i].bucket == b)
 			atomic_fetch_add_explicit((_Atomic uint32_t *)&r[i].repeats, 1,
 						  memory_order_relaxed);
+}
+
+bool kf_function_named(uintptr_t pc, const char *prefix)
+{
+	/* The symbol machinery is the report path's: it runs under the print lock. */
+	if (!pc || !kf_report_lock())
+		return false;
+	struct kf_frame f;
+	kf_symbols_begin();
+	kf_symbols_want(pc, false);
+	kf_symbols_load();
+	kf_describe(pc, false, &f);
+	bool named = f.sym && !strncmp(f.sym, prefix, strlen(prefix));
+	kf_symbols_end();
+	kf_report_unlock();
+	return named;
 }
 
 KF_SIGSAFE bool kf_report(const struct kf_report_in *in)

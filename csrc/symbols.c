@@ -21,7 +21,7 @@
 #include "kf_internal.h"
 
 /* Every address of one report: a faulting pc, and the frames of up to three stacks. */
-#define KF_MAX_ADDRS (3 * KFENCE_STACK_MAX + 1)
+#define KF_MAX_ADDRS (3 * KFENCE_STACK_MAX + 2)  /* three stacks, and an address in data */
 
 /*
  * The executable file mappings earlier reports found, kept for the next

@@ -26,6 +26,7 @@ from .reports import parse_reports
 from .retention import KEEP_CLEAN
 from .run import Runner, add_option_flags, options_from_args
 from .sources import (
+    SWEEP_WAIT,
     ConfigError,
     DirectorySource,
     FileSource,
@@ -33,6 +34,7 @@ from .sources import (
     Source,
     StateNotFound,
     apply_changes,
+    sweep,
 )
 from .state import StateError, StateVersionError
 from .symbolize import BACKENDS, Symbolizer, symbolize_lines
@@ -373,6 +375,36 @@ class ConfigCommand(Command):
         return ExitCode.OK
 
 
+class CheckCommand(Command):
+    name = "check"
+    help = "have running processes check the canaries of their live objects now"
+
+    def prepare_parser(self, parser: argparse.ArgumentParser) -> None:
+        _source_arguments(parser)
+        parser.add_argument("--json", action="store_true", help="print JSON")
+        parser.add_argument("--wait", type=float, default=SWEEP_WAIT, metavar="S",
+                            help="seconds to wait for the processes (default: %(default)s)")
+
+    def run(self, args: argparse.Namespace) -> int:
+        if args.socket:
+            query = protocol.query(as_json=True, pid=args.pid)
+            doc = request(args.socket, "POST", protocol.CHECK, query=query, body=b"").json()
+        else:
+            source = _local_source(args)
+            try:
+                sweeps = _state_call(sweep, source, args.pid, args.wait)
+            except NoRunningProcess as exc:
+                raise CliError(str(exc), ExitCode.NO_SERVER) from None
+            with Symbolizer() as symbolizer:
+                doc = render.check_doc(sweeps, symbolizer)
+        sys.stdout.write(json.dumps(doc, indent=1) + "\n" if args.json
+                         else render.check_text(doc))
+        checks = doc.get("checks", [])
+        if any(c["reports"] for c in checks):
+            return ExitCode.CORRUPTED
+        return ExitCode.OK if all(c["done"] for c in checks) else ExitCode.NOT_CHECKED
+
+
 class SymbolizeCommand(Command):
     name = "symbolize"
     help = "rewrite reports read from stdin (or files) with function, file:line frames"
@@ -405,7 +437,7 @@ def _input_lines(paths: list[Path]) -> Iterator[str]:
 
 
 COMMANDS: tuple[type[Command], ...] = (
-    ConfigCommand, DemoCommand, LibPathCommand, ObjectsCommand, OptionsCommand,
+    CheckCommand, ConfigCommand, DemoCommand, LibPathCommand, ObjectsCommand, OptionsCommand,
     ReportsCommand, RunCommand, ServeCommand, StatsCommand, SymbolizeCommand)
 
 

@@ -58,6 +58,53 @@ BUG_KINDS: tuple[BugKind, ...] = tuple(_bug_kind(i) for i in range(lib.KFENCE_BU
 
 
 @dataclass(frozen=True)
+class Family:
+    """A family of allocation functions (enum kfence_family): what allocates, what frees."""
+
+    index: int
+    allocator: str  # "operator new[]"
+    deallocator: str  # "operator delete[]"
+
+
+def _family(i: int) -> Family:
+    d = lib.kfence_family_desc(i)
+    return Family(i, text(d.allocator), text(d.deallocator))
+
+
+FAMILIES: tuple[Family, ...] = tuple(_family(i) for i in range(lib.KFENCE_FAMILY_KINDS))
+# The family of each cache, by the cache's index.
+CACHE_FAMILIES: tuple[Family, ...] = tuple(
+    FAMILIES[lib.kfence_cache_family(i)] for i in range(lib.KFENCE_CACHE_KINDS))
+
+
+@dataclass(frozen=True)
+class Detail:
+    """Why a report is what it is (enum kfence_detail): one sentence under its first line.
+
+    The text has fields, filled the same way by the library and by explain():
+    {allocator}, {deallocator}, {value}, {size} and {module}.
+    """
+
+    index: int
+    name: str  # "" for none
+    text: str
+
+    def explain(self, *, allocator: str | None = None, deallocator: str | None = None,
+                value: int = 0, size: int | None = None, module: str | None = None) -> str:
+        return self.text.format(allocator=allocator or "?", deallocator=deallocator or "?",
+                                value=value, size=size if size is not None else 0,
+                                module=module or "?")
+
+
+def _detail(i: int) -> Detail:
+    d = lib.kfence_detail_desc(i)
+    return Detail(i, text(d.name), text(d.text))
+
+
+DETAILS: tuple[Detail, ...] = tuple(_detail(i) for i in range(lib.KFENCE_DETAIL_KINDS))
+
+
+@dataclass(frozen=True)
 class Counter:
     """One counter of the state (enum kfence_counter)."""
 

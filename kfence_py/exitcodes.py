@@ -22,6 +22,8 @@ class ExitCode(enum.IntEnum):
     PERMISSION = 6  # the server refused us (403) or the file system did
     BAD_RESPONSE = 7  # the server answered with an error or something unreadable
     BAD_STATE = 8  # a state file that is truncated or not a kfence_py state
+    CORRUPTED = 9  # `check`: a live object's canary had changed
+    NOT_CHECKED = 10  # `check`: a process did not look in time (it made no sampled allocation)
     RUN_FAILED = 125  # `run` itself could not start (socket, state directory, ...)
     CANNOT_PRELOAD = 126  # `run`: static, setuid or foreign binary; not executable
     NOT_FOUND = 127  # `run`: no such command

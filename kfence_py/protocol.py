@@ -14,9 +14,11 @@ from typing import Any
 PROTOCOL = 1  # of the JSON documents and the HTTP interface; bump on incompatible change
 PROTOCOL_HEADER = "X-Kfence-Protocol"  # on every answer, errors too
 
-# Paths.  GET any of them; POST /config changes the runtime options.
+# Paths.  GET any but /check; POST /config changes the runtime options, POST /check
+# has the processes check the canaries of their live objects and answers what they found.
 STATS, OBJECTS, REPORTS, METRICS, CONFIG = "/stats", "/objects", "/reports", "/metrics", "/config"
-ENDPOINTS = (STATS, OBJECTS, REPORTS, METRICS, CONFIG)
+CHECK = "/check"
+ENDPOINTS = (STATS, OBJECTS, REPORTS, METRICS, CONFIG, CHECK)
 FORMATS = ("text", "json")  # ?format=, text by default; ?pid=N keeps one process
 TEXT_TYPE = "text/plain; charset=utf-8"
 JSON_TYPE = "application/json"

@@ -17,13 +17,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ._native import lib
-from .contract import BUG_KINDS, COUNTERS
+from .contract import BUG_KINDS, CACHE_FAMILIES, CACHES, COUNTERS, DETAILS, FAMILIES
 from .elf import ProcessMaps, own_symbol
 from .governor import last_decision
 from .options import OptionSpec, runtime_options
 from .protocol import CONFIG, OBJECTS, REPORTS, STATS, document
 from .reports import FAULT_KINDS, RULE, Frame, Report, parse_reports, title, title_line
-from .sources import Process, Source, Unreadable
+from .sources import Process, Source, Sweep, Unreadable
 from .state import STATS_COUNTERS, ObjectInfo, ReportRecord, Stats
 from .symbolize import SourceFrame, Symbolizer, format_frame, symbolize_text
 
@@ -275,7 +275,7 @@ def report_doc(report: Report, pid: int | None, symbolizer: Symbolizer | None) -
                "cache": report.cache}
     return {"pid": pid, "kind": report.kind, "access": report.access,
             "function": report.function, "address": report.address,
-            "distance": report.distance, "object": obj,
+            "distance": report.distance, "explanation": report.explanation, "object": obj,
             "stack": frames.from_parsed(report.stack, first_exact=report.kind in FAULT_KINDS),
             "allocated": side(report.alloc_thread, report.alloc_stack, report.alloc_python),
             "freed": side(report.free_thread, report.free_stack, report.free_python),
@@ -314,16 +314,33 @@ def _with_bucket(doc: Doc, repeats: int) -> Doc:
     return doc
 
 
+def _explanation(rec: ReportRecord, maps: ProcessMaps | None) -> str | None:
+    """The sentence under a recorded report's first line, as the library prints it."""
+    detail = DETAILS[rec.detail]
+    if not detail.text:
+        return None
+    # {module}: the detail value of an address in a module's image is an address of its code.
+    where = maps.resolve(rec.detail_value) if maps and "{module}" in detail.text else None
+    obj = rec.object
+    return detail.explain(
+        allocator=CACHE_FAMILIES[CACHES.index(obj.cache)].allocator if obj else None,
+        deallocator=FAMILIES[rec.dealloc].deallocator, value=rec.detail_value,
+        size=obj.size if obj else None, module=where[0] if where else None)
+
+
 def _record_doc(rec: ReportRecord, pid: int, frames: _Frames) -> Doc:
     """A report from the state's ring (raw pcs) as a JSON record, its text under "text"."""
     stack, stack_lines = frames.from_pcs(rec.stack, first_exact=rec.kind in FAULT_KINDS)
     function = _first_function(stack)
+    explanation = _explanation(rec, frames.maps)
     lines = [RULE, title_line(rec.kind, rec.access, function or "<unknown>"), "",
              f"{title(rec.kind, rec.access)} at {rec.address:#x} (thread {rec.thread}, "
-             f"at {rec.time:.6f}s):", *stack_lines]
+             f"at {rec.time:.6f}s):", *([explanation] if explanation else []), *stack_lines]
+    with_distance = rec.kind == _OUT_OF_BOUNDS or rec.detail == lib.KFENCE_DETAIL_GUARD
     doc: Doc = {"pid": pid, "sequence": rec.sequence, "kind": rec.kind, "access": rec.access,
                 "function": function, "address": rec.address,
-                "distance": rec.distance if rec.kind == _OUT_OF_BOUNDS else None,
+                "distance": rec.distance if with_distance else None,
+                "explanation": explanation,
                 "object": None, "stack": stack, "allocated": None, "freed": None}
     if rec.object is not None:
         obj_doc, obj_lines = _object_doc(rec.object, frames)
@@ -417,6 +434,37 @@ def groups_text(groups: list[Doc]) -> str:
     for g in groups:
         lines.append(f"{g['bucket']}  {g['count']:>6} time(s) in {g['processes']} process(es): "
                      f"{title(g['kind'], g['access'])} in {g['function'] or '<unknown>'}")
+    return "\n".join(lines) + "\n"
+
+
+# --- canary checks ---------------------------------------------------------
+
+
+def check_doc(sweeps: list[Sweep], symbolizer: Symbolizer | None = None) -> Doc:
+    """``kfence-py check`` / POST /check as JSON: per process, whether it looked in time,
+    how many live objects it has, and the reports of what it found."""
+    checks = []
+    for s in sweeps:
+        frames = _Frames(s.process.maps(), symbolizer)
+        live = s.process.view.stats().value(COUNTERS[lib.KFENCE_COUNTER_ALLOCATED])
+        checks.append({"pid": s.process.pid, "done": s.done, "live": live,
+                       "reports": [_record_doc(rec, s.process.pid, frames)
+                                   for rec in s.reports]})
+    return document(checks=checks)
+
+
+def check_text(doc: Doc) -> str:
+    """check_doc's document as text."""
+    lines = []
+    for c in doc["checks"]:
+        if not c["done"]:
+            lines.append(f"pid {c['pid']}: not checked (it looks at its next sampled "
+                         "allocation, and made none in time)")
+            continue
+        corrupted = sum(1 + r["repeats"] for r in c["reports"])
+        lines.append(f"pid {c['pid']}: canaries of {c['live']} live object(s) checked, "
+                     f"{corrupted} corrupted")
+        lines += [r["text"].rstrip("\n") for r in c["reports"]]
     return "\n".join(lines) + "\n"
 
 

@@ -2,8 +2,10 @@
 
 A report stands between two rules.  Its title is ``BUG: KFENCE: <kind>[
 <access>] in <function>``, its first line starts with the kind's headline
-(``Out-of-bounds read at 0x... (3B right of kfence-#7):``), then come the
-frames (`` #i 0xpc in symbol (module+0xoffset)``), the object
+(``Out-of-bounds read at 0x... (3B right of kfence-#7):``), for some kinds a
+sentence saying why (contract.DETAILS: ``The object was allocated by operator
+new[] and is freed by free().``), then the frames (`` #i 0xpc in symbol
+(module+0xoffset)``), the object
 (``kfence-#7: 0x...-0x..., size=32, cache=malloc``) and its ``allocated by`` /
 ``freed by`` stacks.  The kinds, their headlines and which of them have an
 access come from the library (contract.BUG_KINDS); this module owns the rest,
@@ -81,6 +83,7 @@ class Report:
     address: int | None = None
     object_index: int | None = None
     distance: int | None = None  # out-of-bounds: <0 left of the object, >0 right of it
+    explanation: str | None = None  # the sentence under the first line (contract.DETAILS)
     object_start: int | None = None
     size: int | None = None
     cache: str | None = None
@@ -112,12 +115,16 @@ def _parse_one(lines: list[str]) -> Report | None:
         return None
     report = Report(kind=header["kind"], access=header["access"], location=header["where"],
                     text="\n".join([RULE, *lines, RULE]) + "\n")
-    target, python = report.stack, None
+    target, python, after_what = report.stack, None, False
     for line in lines:
         if python is not None and line.startswith("  File "):
             python.append(line.strip())
             continue
+        if after_what and line and not FRAME.match(line):
+            report.explanation = line  # the line between the first line and the stack
+        after_what = False
         if m := WHAT.match(line):
+            after_what = True
             report.address = int(m["addr"], 16)
             report.corrupted = m["bytes"].strip() if m["bytes"] else None
             if m["obj"]:

@@ -53,7 +53,9 @@ log = logging.getLogger("kfence_py")
 # not sent twice.
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 SI_KERNEL = 0x80  # si_code of a signal the kernel sent (terminal keys, hang-up)
-TEST_SUITE_OBJECTS = 4096  # num_objects under a sample_rate when none was chosen
+# The test-suite mode (a sample_rate): a big pool, every free looked at, leaks checked at
+# exit; each unless chosen otherwise (a flag, or KFENCE_OPTIONS).
+TEST_SUITE_OPTIONS = {"num_objects": "4096", "check_free": "1", "leak_check": "1"}
 POLL_INTERVAL = 0.1  # seconds between looks at the report files
 # Python ignores these; the command must start with the default actions.
 _RESTORED = (signal.SIGPIPE, signal.SIGXFSZ)
@@ -381,14 +383,12 @@ class Runner:
         env = dict(os.environ)
         managed = {**self.options, "state_dir": str(state_dir),
                    "report_path": str(report_prefix)}
-        # The test-suite mode (a sample_rate) keeps many objects: a pool to match, as the
-        # pytest plugin's, unless num_objects was chosen (a flag, or KFENCE_OPTIONS).
         inherited = env.get("KFENCE_OPTIONS", "")
         rate = self.options.get("sample_rate") or effective_option(inherited, "sample_rate")
-        chosen = "num_objects" in self.options or any(
-            item.partition("=")[0] == "num_objects" for item in inherited.split(":"))
-        if rate != "0" and not chosen:
-            managed = {"num_objects": str(TEST_SUITE_OBJECTS), **managed}
+        if rate != "0":
+            given = {*self.options, *(item.partition("=")[0] for item in inherited.split(":"))}
+            managed = {**{k: v for k, v in TEST_SUITE_OPTIONS.items() if k not in given},
+                       **managed}
         try:
             ours = format_options(managed)
         except ValueError as exc:

@@ -38,6 +38,7 @@ from . import __version__
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import metrics_doc, metrics_text, registry_for
 from .protocol import (
+    CHECK,
     CONFIG,
     ENDPOINTS,
     FORMATS,
@@ -53,7 +54,7 @@ from .protocol import (
     check_socket_path,
     document,
 )
-from .render import VIEWS, Snapshot
+from .render import VIEWS, Snapshot, check_doc, check_text
 from .retention import PRUNE_INTERVAL, prune
 from .sources import (
     ConfigError,
@@ -62,6 +63,7 @@ from .sources import (
     NoRunningProcess,
     Source,
     apply_changes,
+    sweep,
 )
 from .state import StateError
 from .symbolize import Symbolizer
@@ -245,12 +247,19 @@ class StatsHandler(BaseHTTPRequestHandler):
             if url.path not in ENDPOINTS:
                 raise _Reply(HTTPStatus.NOT_FOUND,
                              f"no {url.path}; try one of {', '.join(ENDPOINTS)}")
-            if body and url.path != CONFIG:
-                raise _Reply(HTTPStatus.METHOD_NOT_ALLOWED, "POST is for /config only",
+            if body and url.path not in (CONFIG, CHECK):
+                raise _Reply(HTTPStatus.METHOD_NOT_ALLOWED, "POST is for /config and /check",
                              {"Allow": "GET, HEAD"})
-            if body:
-                self._change_config(self._read_body(), pid)
-            content, ctype = self._render(url.path, fmt, pid)
+            if url.path == CHECK:
+                if not body:
+                    raise _Reply(HTTPStatus.METHOD_NOT_ALLOWED, "/check is a POST",
+                                 {"Allow": "POST"})
+                self._read_body()  # nothing to say in it
+                content, ctype = self._check(fmt, pid)
+            else:
+                if body:
+                    self._change_config(self._read_body(), pid)
+                content, ctype = self._render(url.path, fmt, pid)
         except _Reply as reply:
             self._send_error(reply)
             return
@@ -333,6 +342,14 @@ class StatsHandler(BaseHTTPRequestHandler):
             raise _Reply(HTTPStatus.CONFLICT, str(exc)) from None
         except ConfigError as exc:
             raise _Reply(HTTPStatus.BAD_REQUEST, str(exc)) from None
+
+    def _check(self, fmt: str, pid: int | None) -> tuple[bytes, str]:
+        try:
+            sweeps = sweep(self.server.source, pid)
+        except NoRunningProcess as exc:
+            raise _Reply(HTTPStatus.CONFLICT, str(exc)) from None
+        doc = check_doc(sweeps, self.server.symbolizer)
+        return _json(doc) if fmt == "json" else (check_text(doc).encode(), TEXT_TYPE)
 
     def _render(self, path: str, fmt: str, pid: int | None) -> tuple[bytes, str]:
         server = self.server

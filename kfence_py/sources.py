@@ -11,14 +11,16 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from ._native import lib
 from .elf import ProcessMaps
 from .options import runtime_options
-from .state import StateError, StateView, write_control
+from .state import ReportRecord, StateError, StateView, write_control
 
 log = logging.getLogger("kfence_py")
 
@@ -240,6 +242,57 @@ def apply_changes(source: Source, changes: Mapping[str, object],
         source.set_control(process, values)
         log.info("pid %d: %s", process.pid, ", ".join(f"{k}={v}" for k, v in values.items()))
     return running
+
+
+SWEEP_WAIT = 5.0  # seconds a canary sweep is waited for
+
+
+@dataclass
+class Sweep:
+    """A canary check of a process's live objects, asked for and waited for."""
+
+    process: Process  # as read after it (or when the wait ended)
+    done: bool  # False: the process made no sampled allocation in time, so did not look
+    reports: list[ReportRecord]  # what it found: corruption of live objects
+
+
+def _sweeps_done(process: Process) -> int:
+    return process.view.stats().counters[lib.KFENCE_COUNTER_SWEEPS]
+
+
+def sweep(source: Source, pid: int | None = None, wait: float = SWEEP_WAIT) -> list[Sweep]:
+    """Have every running process (or pid) check the canaries of its live objects.
+
+    The request is a new value of the runtime option canary_sweep; a process
+    serves it at its next sampled allocation and counts it (canary sweeps).
+    Waits up to wait seconds for all of them.  NoRunningProcess when none runs.
+    """
+    processes, _ = source.processes(pid)
+    running = [p for p in processes if p.running]
+    if not running:
+        who = f"process {pid}" if pid is not None else "process"
+        raise NoRunningProcess(f"no running {who} in {source.describe()}")
+    limit = runtime_options()["canary_sweep"].maximum + 1
+    before = {}
+    for p in running:
+        before[p.pid] = (_sweeps_done(p), max((r.sequence for r in p.view.reports()), default=0))
+        source.set_control(p, {"canary_sweep": (p.control()["canary_sweep"] + 1) % limit})
+    deadline = time.monotonic() + wait
+    pending = dict.fromkeys(before)
+    results: dict[int, Process] = {}
+    while True:
+        for p in source.processes(pid)[0]:
+            if p.pid in pending and (_sweeps_done(p) > before[p.pid][0] or not p.running):
+                del pending[p.pid]
+            if p.pid in before:
+                results[p.pid] = p
+        if not pending or time.monotonic() >= deadline:
+            break
+        time.sleep(0.02)
+    return [Sweep(p, p.pid not in pending,
+                  [r for r in p.view.reports() if r.sequence > before[p.pid][1]
+                   and r.detail == lib.KFENCE_DETAIL_SWEEP])
+            for p in results.values()]
 
 
 def find_state_file(pid: int, state_dir: str | os.PathLike[str] | None) -> Path:

@@ -32,6 +32,8 @@ from .contract import (
     CACHES,
     CORRUPTION_WINDOW,
     COUNTERS,
+    DETAILS,
+    FAMILIES,
     MAX_REPORTS,
     SLOT_STATES,
     STACK_MAX,
@@ -63,7 +65,8 @@ def _fields(struct_name: str, *names: str) -> dict[str, int]:
 
 
 _SLOT = _fields("struct kfence_slot", "state", "cache")
-_REPORT = _fields("struct kfence_report", "kind", "access", "slot", "object")
+_REPORT = _fields("struct kfence_report", "kind", "access", "slot", "object", "detail",
+                  "dealloc")
 CONTROL_OFFSET = ffi.offsetof("struct kfence_state", "control")
 CONTROL_FIELDS = _fields("struct kfence_control", *runtime_options())
 _U32 = struct.Struct("=I")  # a control field, in the byte order of this machine
@@ -186,6 +189,9 @@ class ReportRecord:
     corrupted: bytes
     corrupted_mask: int
     repeats: int = 0  # later bugs of the same kind, access and allocation site, not printed
+    detail: int = 0  # index in contract.DETAILS: the sentence under the first line
+    dealloc: int = 0  # index in contract.FAMILIES of the function that freed (mismatches)
+    detail_value: int = 0  # the detail's {value}
 
 
 def check_layout(buffer: Any, source: str) -> None:
@@ -232,6 +238,10 @@ def check_layout(buffer: Any, source: str) -> None:
                 _column(view, reports, max_reports, REPORT_SIZE, _REPORT["kind"]), BUG_KINDS)
     _check_enum(source, "report access",
                 _column(view, reports, max_reports, REPORT_SIZE, _REPORT["access"]), ACCESSES)
+    _check_enum(source, "report detail",
+                _column(view, reports, max_reports, REPORT_SIZE, _REPORT["detail"]), DETAILS)
+    _check_enum(source, "report deallocator",
+                _column(view, reports, max_reports, REPORT_SIZE, _REPORT["dealloc"]), FAMILIES)
     obj = _REPORT["object"]
     _check_enum(source, "reported slot state",
                 _column(view, reports, max_reports, REPORT_SIZE, obj + _SLOT["state"]),
@@ -409,5 +419,6 @@ class StateView:
                 object=self._object(r.slot, r.object) if r.slot >= 0 else None,
                 corrupted=bytes(ffi.buffer(r.corrupted, CORRUPTION_WINDOW)),
                 corrupted_mask=r.corrupted_mask, repeats=r.repeats,
+                detail=r.detail, dealloc=r.dealloc, detail_value=r.detail_value,
             ))
         return sorted(out, key=lambda rec: rec.sequence)

@@ -1,0 +1,232 @@
+/*
+ * The C++ allocation functions, interposed, so that a guarded object knows
+ * its family (operator new, new[], or malloc) and a free by another family's
+ * function is reported (alloc_dealloc_mismatch).
+ *
+ * Unsampled, operator new is what libstdc++'s is: glibc's malloc (or
+ * memalign), and on failure the new-handler loop, then std::bad_alloc.  We
+ * call glibc directly, not the program's malloc: a sample taken there would
+ * be filed as malloc's and its delete reported as a mismatch.  operator
+ * delete is free() with the family attached.  Our library is C: the handler
+ * and the throw are libstdc++'s (or libc++'s) own functions, looked up when
+ * first needed, on the failure path only.
+ *
+ * The hot path is malloc's: the countdown, a branch, glibc.
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <stdlib.h>
+
+#include "kf_internal.h"
+
+extern void *__libc_malloc(size_t);
+extern void *__libc_memalign(size_t, size_t);
+extern void __libc_free(void *);
+
+/* The new/delete pair is ours in this process: mismatches with it can be judged. */
+static bool kf_cxx_ours;
+
+typedef void (*kf_handler_fn)(void);
+
+/* std::get_new_handler(), from whichever C++ runtime the program has; NULL if none. */
+static kf_handler_fn kf_new_handler(void)
+{
+	static kf_handler_fn (*get)(void);
+	if (!get)
+		get = (kf_handler_fn (*)(void))dlsym(RTLD_DEFAULT, "_ZSt15get_new_handlerv");
+	if (!get)
+		get = (kf_handler_fn (*)(void))dlsym(RTLD_DEFAULT, "_ZNSt3__115get_new_handlerEv");
+	return get ? get() : NULL;
+}
+
+/* Throw std::bad_alloc through the program's C++ runtime; abort() without one. */
+__attribute__((noreturn)) static void kf_throw_bad_alloc(void)
+{
+	void (*thrower)(void) = (void (*)(void))dlsym(RTLD_DEFAULT, "_ZSt17__throw_bad_allocv");
+	if (!thrower)
+		thrower = (void (*)(void))dlsym(RTLD_DEFAULT, "_ZNSt3__117__throw_bad_allocEv");
+	if (thrower)
+		thrower();
+	abort();
+}
+
+/*
+ * glibc's memory for an unsampled operator new of any variant: align 0 is
+ * malloc's alignment.  On failure, the standard's loop: call the
+ * new-handler and try again; without one, throw (or, nothrow, NULL).
+ */
+static void *kf_cxx_glibc(size_t size, size_t align, bool nothrow)
+{
+	if (!size)
+		size = 1;  /* operator new(0) returns a unique pointer */
+	for (;;) {
+		void *p = align ? __libc_memalign(align, size) : __libc_malloc(size);
+		if (KF_LIKELY(p != NULL))
+			return p;
+		kf_handler_fn handler = kf_new_handler();
+		if (!handler) {
+			if (nothrow)
+				return NULL;
+			kf_throw_bad_alloc();
+		}
+		/*
+		 * A handler may throw: fine for the throwing variants.  The nothrow
+		 * ones should then return NULL, which C cannot catch; a program
+		 * that pairs a throwing handler with nothrow new gets the throw.
+		 */
+		handler();
+	}
+}
+
+static inline void *kf_cxx_new(size_t size, size_t align, int cache, bool nothrow,
+			       uintptr_t caller)
+{
+	if (KF_UNLIKELY(--kf_self.countdown <= 0)) {
+		size_t a = align > kf_opt.align ? align : 0;
+		void *p = kf_sample_alloc(&kf_self.countdown, size, a, cache, false, caller);
+		if (p)
+			return p;
+	}
+	return kf_cxx_glibc(size, align, nothrow);
+}
+
+static inline void kf_cxx_delete(void *p, int family, size_t size, uintptr_t caller)
+{
+	if (KF_UNLIKELY(kf_free_filtered(p))) {
+		kf_free_slow(p, caller, family, size);
+		return;
+	}
+	__libc_free(p);
+}
+
+/* Names mangled as the Itanium C++ ABI does on LP64 (size_t is "m"). */
+#define KF_CALLER ((uintptr_t)__builtin_return_address(0))
+#define KF_ALIGN_T size_t  /* std::align_val_t: an enum class of size_t */
+struct kf_nothrow;           /* std::nothrow_t, passed by reference, never read */
+
+/* operator new and new[]: plain, nothrow, aligned, aligned nothrow. */
+void *_Znwm(size_t n)
+{
+	return kf_cxx_new(n, 0, KFENCE_CACHE_NEW, false, KF_CALLER);
+}
+void *_Znam(size_t n)
+{
+	return kf_cxx_new(n, 0, KFENCE_CACHE_NEW_ARRAY, false, KF_CALLER);
+}
+void *_ZnwmRKSt9nothrow_t(size_t n, const struct kf_nothrow *t)
+{
+	(void)t;
+	return kf_cxx_new(n, 0, KFENCE_CACHE_NEW, true, KF_CALLER);
+}
+void *_ZnamRKSt9nothrow_t(size_t n, const struct kf_nothrow *t)
+{
+	(void)t;
+	return kf_cxx_new(n, 0, KFENCE_CACHE_NEW_ARRAY, true, KF_CALLER);
+}
+void *_ZnwmSt11align_val_t(size_t n, KF_ALIGN_T a)
+{
+	return kf_cxx_new(n, a, KFENCE_CACHE_NEW, false, KF_CALLER);
+}
+void *_ZnamSt11align_val_t(size_t n, KF_ALIGN_T a)
+{
+	return kf_cxx_new(n, a, KFENCE_CACHE_NEW_ARRAY, false, KF_CALLER);
+}
+void *_ZnwmSt11align_val_tRKSt9nothrow_t(size_t n, KF_ALIGN_T a, const struct kf_nothrow *t)
+{
+	(void)t;
+	return kf_cxx_new(n, a, KFENCE_CACHE_NEW, true, KF_CALLER);
+}
+void *_ZnamSt11align_val_tRKSt9nothrow_t(size_t n, KF_ALIGN_T a, const struct kf_nothrow *t)
+{
+	(void)t;
+	return kf_cxx_new(n, a, KFENCE_CACHE_NEW_ARRAY, true, KF_CALLER);
+}
+
+/* operator delete and delete[]: plain, sized, aligned, sized aligned, nothrow. */
+void _ZdlPv(void *p)
+{
+	kf_cxx_delete(p, KFENCE_FAMILY_NEW, 0, KF_CALLER);
+}
+void _ZdaPv(void *p)
+{
+	kf_cxx_delete(p, KFENCE_FAMILY_NEW_ARRAY, 0, KF_CALLER);
+}
+void _ZdlPvm(void *p, size_t n)
+{
+	kf_cxx_delete(p, KFENCE_FAMILY_NEW, n, KF_CALLER);
+}
+void _ZdaPvm(void *p, size_t n)
+{
+	kf_cxx_delete(p, KFENCE_FAMILY_NEW_ARRAY, n, KF_CALLER);
+}
+void _ZdlPvSt11align_val_t(void *p, KF_ALIGN_T a)
+{
+	(void)a;
+	kf_cxx_delete(p, KFENCE_FAMILY_NEW, 0, KF_CALLER);
+}
+void _ZdaPvSt11align_val_t(void *p, KF_ALIGN_T a)
+{
+	(void)a;
+	kf_cxx_delete(p, KFENCE_FAMILY_NEW_ARRAY, 0, KF_CALLER);
+}
+void _ZdlPvmSt11align_val_t(void *p, size_t n, KF_ALIGN_T a)
+{
+	(void)a;
+	kf_cxx_delete(p, KFENCE_FAMILY_NEW, n, KF_CALLER);
+}
+void _ZdaPvmSt11align_val_t(void *p, size_t n, KF_ALIGN_T a)
+{
+	(void)a;
+	kf_cxx_delete(p, KFENCE_FAMILY_NEW_ARRAY, n, KF_CALLER);
+}
+void _ZdlPvRKSt9nothrow_t(void *p, const struct kf_nothrow *t)
+{
+	(void)t;
+	kf_cxx_delete(p, KFENCE_FAMILY_NEW, 0, KF_CALLER);
+}
+void _ZdaPvRKSt9nothrow_t(void *p, const struct kf_nothrow *t)
+{
+	(void)t;
+	kf_cxx_delete(p, KFENCE_FAMILY_NEW_ARRAY, 0, KF_CALLER);
+}
+void _ZdlPvSt11align_val_tRKSt9nothrow_t(void *p, KF_ALIGN_T a, const struct kf_nothrow *t)
+{
+	(void)a;
+	(void)t;
+	kf_cxx_delete(p, KFENCE_FAMILY_NEW, 0, KF_CALLER);
+}
+void _ZdaPvSt11align_val_tRKSt9nothrow_t(void *p, KF_ALIGN_T a, const struct kf_nothrow *t)
+{
+	(void)a;
+	(void)t;
+	kf_cxx_delete(p, KFENCE_FAMILY_NEW_ARRAY, 0, KF_CALLER);
+}
+
+void kf_cxx_resolve(void)
+{
+	/*
+	 * A program (or a library before us in the search order) that defines
+	 * its own operator new or delete pairs them its own way: its new may
+	 * call malloc, its delete free.  Judge the new/delete families only
+	 * when the process's four basic functions are ours.
+	 */
+	static const struct {
+		const char *name;
+		void *ours;
+	} fns[] = {
+		{ "_Znwm", (void *)_Znwm }, { "_Znam", (void *)_Znam },
+		{ "_ZdlPv", (void *)_ZdlPv }, { "_ZdaPv", (void *)_ZdaPv },
+	};
+	bool ours = true;
+	for (size_t i = 0; i < sizeof(fns) / sizeof(fns[0]); i++)
+		ours &= dlsym(RTLD_DEFAULT, fns[i].name) == fns[i].ours;
+	kf_cxx_ours = ours;
+}
+
+bool kf_family_mismatch(int alloc, int dealloc)
+{
+	if (!kf_opt.alloc_dealloc_mismatch || alloc == dealloc)
+		return false;
+	return kf_cxx_ours;
+}

@@ -1,0 +1,205 @@
+/*
+ * check_free=1: a free() or delete of memory that is plainly not from the
+ * heap, reported instead of handed to glibc, which may abort, crash later,
+ * or worse, put a stack or .bss address on its tcache and return it from a
+ * later malloc.  Plainly not heap means: misaligned (every allocation
+ * function returns 16-byte aligned memory), in kfence's own metadata, on
+ * this thread's stack between the caller's frame and the stack's top, or
+ * inside a loaded module's image (its code, read-only data, .data or .bss).
+ *
+ * Every free pays for this when the option is on (the free filter sends
+ * all of them here), so the common case is a few compares: the thread's
+ * stack bounds are kept in its TLS, the module images in a sorted table
+ * searched without a lock.  The table is only a filter: a hit is confirmed
+ * with a fresh walk of the loaded modules before anything is reported, so a
+ * table made stale by dlclose() never accuses; a module loaded since the
+ * last refresh is missed until the next one (every 64Ki frees of a thread).
+ */
+#define _GNU_SOURCE
+#include <link.h>
+#include <pthread.h>
+#include <stdalign.h>
+#include <stddef.h>
+
+#include "kf_internal.h"
+
+#define KF_IMAGES_MAX 1024
+#define KF_IMAGES_REFRESH 65536  /* frees of a thread between refreshes */
+
+struct kf_image {
+	uintptr_t lo, hi;
+	uintptr_t data_end;  /* W segments: .data is [lo, data_end), .bss the rest */
+	int detail;          /* TEXT, RODATA or DATA (DATA/BSS split by data_end) */
+};
+
+static struct kf_image kf_images[KF_IMAGES_MAX];
+static _Atomic size_t kf_image_count;
+static pthread_mutex_t kf_images_lock = PTHREAD_MUTEX_INITIALIZER;
+
+struct kf_image_walk {
+	struct kf_image *out;
+	size_t n, cap;
+	uintptr_t find;        /* find mode: the address looked for */
+	struct kf_image found;
+	uintptr_t code;        /* find mode: where the found module's code is (names it) */
+};
+
+static int kf_image_segments(struct dl_phdr_info *info, size_t size, void *data)
+{
+	(void)size;
+	struct kf_image_walk *w = data;
+	uintptr_t code = 0;
+	bool found = false;
+	for (int i = 0; i < info->dlpi_phnum; i++) {
+		const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+		if (ph->p_type != PT_LOAD || !ph->p_memsz)
+			continue;
+		uintptr_t lo = info->dlpi_addr + ph->p_vaddr;
+		struct kf_image im = {
+			.lo = lo, .hi = lo + ph->p_memsz, .data_end = lo + ph->p_filesz,
+			.detail = (ph->p_flags & PF_X) ? KFENCE_DETAIL_TEXT :
+				  (ph->p_flags & PF_W) ? KFENCE_DETAIL_DATA : KFENCE_DETAIL_RODATA,
+		};
+		if (!code && im.detail == KFENCE_DETAIL_TEXT)
+			code = im.lo;
+		if (w->find && w->find >= im.lo && w->find < im.hi) {
+			w->found = im;
+			found = true;
+		} else if (!w->find && w->n < w->cap) {
+			w->out[w->n++] = im;
+		}
+	}
+	w->code = code;
+	return found;
+}
+
+void kf_images_refresh(void)
+{
+	static struct kf_image fresh[KF_IMAGES_MAX];
+	if (pthread_mutex_trylock(&kf_images_lock) != 0)
+		return;  /* another thread is at it */
+	KF_ENTER();
+	struct kf_image_walk w = { fresh, 0, KF_IMAGES_MAX, 0, { 0 }, 0 };
+	dl_iterate_phdr(kf_image_segments, &w);
+	/* Insertion sort by start: a few hundred segments at most. */
+	for (size_t i = 1; i < w.n; i++) {
+		struct kf_image x = fresh[i];
+		size_t j = i;
+		for (; j > 0 && fresh[j - 1].lo > x.lo; j--)
+			fresh[j] = fresh[j - 1];
+		fresh[j] = x;
+	}
+	/*
+	 * Readers search without the lock: shrink the count first, then write,
+	 * then publish.  A reader racing a refresh may see a mix; the mix can
+	 * only cost a confirmation walk or a missed report, never a false one.
+	 */
+	atomic_store_explicit(&kf_image_count, 0, memory_order_release);
+	for (size_t i = 0; i < w.n; i++)
+		kf_images[i] = fresh[i];
+	atomic_store_explicit(&kf_image_count, w.n, memory_order_release);
+	pthread_mutex_unlock(&kf_images_lock);
+}
+
+/* The table's guess: in some module's image? */
+static bool kf_images_may_hold(uintptr_t a)
+{
+	size_t lo = 0, hi = atomic_load_explicit(&kf_image_count, memory_order_acquire);
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (a < kf_images[mid].lo)
+			hi = mid;
+		else if (a >= kf_images[mid].hi)
+			lo = mid + 1;
+		else
+			return true;
+	}
+	return false;
+}
+
+/*
+ * What part of a module image holds a (a fresh walk); NONE if none.  *code
+ * is an address in the module's code, which the report turns into its name
+ * (a .bss has no file in /proc/self/maps to name it by).
+ */
+static int kf_image_detail(uintptr_t a, uint64_t *code)
+{
+	struct kf_image_walk w = { NULL, 0, 0, a, { 0 }, 0 };
+	KF_ENTER();
+	if (!dl_iterate_phdr(kf_image_segments, &w))
+		return KFENCE_DETAIL_NONE;
+	*code = w.code;
+	if (w.found.detail == KFENCE_DETAIL_DATA && a >= w.found.data_end)
+		return KFENCE_DETAIL_BSS;
+	return w.found.detail;
+}
+
+/* This thread's stack, from its attributes, once; false if unknown. */
+static bool kf_stack_bounds(uintptr_t *lo, uintptr_t *hi)
+{
+	if (!kf_self.stack_hi) {
+		pthread_attr_t attr;
+		void *addr;
+		size_t size;
+		KF_ENTER();  /* the main thread's attributes read /proc/self/maps with malloc */
+		if (pthread_getattr_np(pthread_self(), &attr) != 0)
+			return false;
+		int rc = pthread_attr_getstack(&attr, &addr, &size);
+		pthread_attr_destroy(&attr);
+		if (rc != 0 || !size)
+			return false;
+		kf_self.stack_lo = (uintptr_t)addr;
+		kf_self.stack_hi = (uintptr_t)addr + size;
+	}
+	*lo = kf_self.stack_lo;
+	*hi = kf_self.stack_hi;
+	return true;
+}
+
+/* Why a (passed to free) is plainly not heap memory, with the detail's value; NONE if it may be. */
+static int kf_nonheap_detail(uintptr_t a, uint64_t *value)
+{
+	if ((a >= (uintptr_t)kf_state && a - (uintptr_t)kf_state < kf_state->total_size) ||
+	    (a >= kf_private.lo && a < kf_private.hi))
+		return KFENCE_DETAIL_METADATA;
+	/*
+	 * Our own frame is below every frame of the caller, so [here, top) is
+	 * this thread's live stack: when here is inside the stack the thread
+	 * was made with.  On another stack (a coroutine's, sigaltstack) we do
+	 * not know where that one ends, and say nothing.
+	 */
+	uintptr_t here = (uintptr_t)__builtin_frame_address(0), lo, hi;
+	if (a >= here && kf_stack_bounds(&lo, &hi) && here >= lo && here < hi && a < hi) {
+		*value = kf_tid();
+		return KFENCE_DETAIL_STACK;
+	}
+	if (++kf_self.frees % KF_IMAGES_REFRESH == 0)
+		kf_images_refresh();
+	int detail = kf_images_may_hold(a) ? kf_image_detail(a, value) : KFENCE_DETAIL_NONE;
+	const uintptr_t align = alignof(max_align_t);
+	if (!detail && (a & (align - 1))) {
+		*value = align;
+		detail = KFENCE_DETAIL_MISALIGNED;
+	}
+	return detail;
+}
+
+bool kf_nonheap_free(void *p, uintptr_t caller)
+{
+	if (!kf_ready() || !kf_check_owner())
+		return false;
+	uint64_t value = 0;
+	int detail = kf_nonheap_detail((uintptr_t)p, &value);
+	if (detail == KFENCE_DETAIL_NONE)
+		return false;
+	KF_ENTER();
+	struct kfence_stack st = { .depth = 1, .pc = { caller } };
+	if (kf_unwind_safe(caller))
+		kf_capture_stack(&st);
+	struct kf_report_in in = {
+		.kind = KFENCE_BUG_INVALID_FREE, .access = KFENCE_ACCESS_NONE,
+		.addr = (uintptr_t)p, .slot = -1, .stack = &st, .detail = detail, .value = value,
+	};
+	kf_report(&in);
+	return true;
+}
