@@ -121,3 +121,27 @@ def test_format_options_writes_what_the_library_reads_back(path):
 def test_help_is_an_option_of_the_table():
     spec = option_specs()["help"]
     assert (spec.type, spec.default, spec.runtime) == ("BOOL", "0", False)
+
+
+# --- kfence-py run reads the environment's KFENCE_OPTIONS in the same grammar ---
+
+
+@pytest.mark.parametrize(("inherited", "rate", "objects"), [
+    ("sample_rate=1 num_objects=32", "1", None),
+    ("burst=1,sample_rate=7", "7", "4096"),
+    ("sample_rate=7\tsample_rate=0", "0", None),
+    ("report_path='/tmp/x sample_rate=5'", "0", None),
+])
+def test_run_reads_the_environment_with_the_library_tokenizer(monkeypatch, tmp_path, inherited,
+                                                             rate, objects):
+    from kfence_py.run import Runner, effective_option
+
+    assert effective_option(inherited, "sample_rate") == rate
+    monkeypatch.setenv("KFENCE_OPTIONS", inherited)
+    state_dir = tmp_path / "state dir, with: separators"
+    env = Runner(["true"], {}).environment(state_dir, state_dir / "report")
+    ours = parse_options(env["KFENCE_OPTIONS"])
+    assert ours["state_dir"] == str(state_dir), "a path with separators, quoted"
+    assert ours["report_path"] == str(state_dir / "report")
+    # 4096 slots in the test-suite mode unless the environment chose a size (which wins).
+    assert ours.get("num_objects") == (objects or parse_options(inherited).get("num_objects"))
