@@ -145,11 +145,12 @@ static void kf_expectation(const struct kf_option *d, char *out, size_t cap)
 	case KF_T_UINT:
 	case KF_T_MS:
 	case KF_T_POW2:
-		kf_buf_str(&b, d->kind == KF_T_POW2 ? "a power of two in "
-			   : d->kind == KF_T_MS ? "an integer of milliseconds in " : "an integer in ");
+		kf_buf_str(&b, d->kind == KF_T_POW2 ? "a power of two in " : "an integer in ");
 		kf_buf_dec(&b, d->pub.min);
 		kf_buf_str(&b, "..");
 		kf_buf_dec(&b, d->pub.max);
+		if (d->kind == KF_T_MS)
+			kf_buf_str(&b, " ms");
 		break;
 	case KF_T_BOOL:
 		kf_buf_str(&b, "0/1, true/false, yes/no or on/off");

@@ -146,16 +146,18 @@ class RunCommand(Command):
 
 def _count(text: str) -> int:
     if not (text.isascii() and text.isdigit()):
-        raise argparse.ArgumentTypeError(f"expected an integer of 0 or more, not {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a count (0 or more), not {text!r}")
     return int(text)
 
 
-def _int_in(low: int, high: int, what: str = "an integer") -> Callable[[str], int]:
+def _int_in(low: int, high: int, what: str = "an integer",
+            unit: str = "") -> Callable[[str], int]:
     """An argparse type: an integer in low..high, the range named when refused."""
     def check(text: str) -> int:
         digits = text[1:] if text[:1] in "+-" else text
         if not (digits.isascii() and digits.isdigit()) or not low <= int(text) <= high:
-            raise argparse.ArgumentTypeError(f"expected {what} in {low}..{high}, not {text!r}")
+            raise argparse.ArgumentTypeError(
+                f"expected {what} in {low}..{high}{unit}, not {text!r}")
         return int(text)
     check.__name__ = what  # argparse names the type in some messages
     return check
@@ -163,8 +165,7 @@ def _int_in(low: int, high: int, what: str = "an integer") -> Callable[[str], in
 
 def _option_range(spec: OptionSpec) -> Callable[[str], int]:
     """The range of a flag that bounds an option: the option table's (csrc/options.inc)."""
-    return _int_in(spec.minimum, spec.maximum,
-                   "an integer of milliseconds" if spec.type == "MS" else "an integer")
+    return _int_in(spec.minimum, spec.maximum, unit=" ms" if spec.type == "MS" else "")
 
 
 def _pid_max() -> int:

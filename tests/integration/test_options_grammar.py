@@ -44,8 +44,8 @@ def test_bad_items_name_the_values_expected(programs, options_prog):
     assert run.warnings == [
         "kfence: bad value in KFENCE_OPTIONS 'stack_depth=65': expected an integer in 1..64; "
         "keeping stack_depth=64",
-        "kfence: bad value in KFENCE_OPTIONS 'sample_interval=-5': expected an integer of "
-        "milliseconds in 0..3600000; keeping sample_interval=10",
+        "kfence: bad value in KFENCE_OPTIONS 'sample_interval=-5': expected an integer in "
+        "0..3600000 ms; keeping sample_interval=10",
         "kfence: 'state_dir='/tmp/x' in KFENCE_OPTIONS has no closing quote; ignored"]
     assert run.stdout.splitlines()[:2] == ["stack_depth=64", "sample_interval=10"]
 

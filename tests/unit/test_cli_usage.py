@@ -107,7 +107,8 @@ def test_an_option_flag_out_of_range_names_the_range(capsys):
 def test_a_governor_bound_takes_the_range_of_its_option(capsys, flag, option, bad):
     spec = option_specs()[option]
     err = usage_error(capsys, "run", flag, bad, "--", "true")
-    assert f"in {spec.minimum}..{spec.maximum}, not '{bad}'" in err
+    unit = " ms" if spec.type == "MS" else ""
+    assert f"expected an integer in {spec.minimum}..{spec.maximum}{unit}, not '{bad}'" in err
 
 
 def test_governor_bounds_in_range_are_taken():
@@ -125,7 +126,7 @@ def test_pid_and_max_clients_name_their_ranges(capsys):
     assert f"expected an integer in 1..{MAX_CLIENTS_LIMIT}, not '0'" in err
     err = usage_error(capsys, "serve", "--state-dir", "/", "--socket", "/x", "--keep-clean",
                       "-1")
-    assert "expected an integer of 0 or more, not '-1'" in err
+    assert "expected a count (0 or more), not '-1'" in err
 
 
 # --- -v before or after the command -------------------------------------------

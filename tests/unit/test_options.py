@@ -93,7 +93,7 @@ def test_a_quote_inside_a_value_is_a_character():
 
 @pytest.mark.parametrize(("text", "message"), [
     ("sample_rate=-1", "sample_rate: expected an integer in 0..1000000000, not '-1'"),
-    ("sample_interval=x", "expected an integer of milliseconds in 0..3600000"),
+    ("sample_interval=x", "expected an integer in 0..3600000 ms"),
     ("sample_rate=1 bogus=2", "unknown option 'bogus'"),
     ("sample_rate=1 num_objects", "'num_objects' is not key=value"),
     ("report_path='/tmp/a b", "\"report_path='/tmp/a b\" has no closing quote"),
