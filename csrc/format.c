@@ -96,6 +96,11 @@ KF_SIGSAFE static bool kf_warned_before(const char *line, size_t n)
 	return false;
 }
 
+bool kf_first_in_tree(const char *what)
+{
+	return !kf_warned_before(what, strlen(what));
+}
+
 void kf_warn_inherit(const char *env)
 {
 	for (const char *s = env; s && *s && atomic_load(&kf_nwarned) < KF_WARNED_MAX;) {

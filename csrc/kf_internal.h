@@ -353,6 +353,8 @@ KF_SIGSAFE KF_HIDDEN void kf_warn(const char *first, ...) __attribute__((sentine
  * said are put there for the programs this one execs (at its end).
  */
 KF_HIDDEN void kf_warn_inherit(const char *env);
+/* True the first time what is said in this process tree (as a start-up warning is). */
+KF_HIDDEN bool kf_first_in_tree(const char *what);
 KF_HIDDEN void kf_warn_bequeath(void);
 
 /* A frame, described: module path and offset, function and offset. */

@@ -103,6 +103,38 @@ int kfence_option_normalize(const char *key, const char *value, char *out, size_
 			    char *why, size_t why_size);
 
 /*
+ * key=value as one item of a KFENCE_OPTIONS text: the value checked and
+ * canonical (as kfence_option_normalize gives it), in quotes when it holds a
+ * separator.  0, or -1 and why not in why.
+ */
+int kfence_option_item(const char *key, const char *value, char *out, size_t out_size,
+		       char *why, size_t why_size);
+
+/* What kfence_options_next found: a key=value item, or why it is not one. */
+enum kfence_item_status {
+	KFENCE_ITEM_OK = 0,
+	KFENCE_ITEM_NOT_KEY_VALUE = 1,  /* no '=' before the next separator */
+	KFENCE_ITEM_UNTERMINATED = 2    /* a quoted value with no closing quote */
+};
+
+/* One item of a KFENCE_OPTIONS text, as offsets into the text. */
+struct kfence_options_item {
+	size_t start, len;         /* the whole item, quotes included */
+	size_t key, key_len;
+	size_t value, value_len;   /* without its quotes; 0, 0 when status is NOT_KEY_VALUE */
+	int status;                /* enum kfence_item_status */
+};
+
+/*
+ * The grammar of KFENCE_OPTIONS, the sanitizers': name=value items separated
+ * by any run of spaces, commas, colons, tabs, newlines or carriage returns; a
+ * value that starts with ' or " runs to the same quote.  Reads the item at or
+ * after *pos and moves *pos past it: 1, or 0 at the end of text.  The one
+ * tokenizer: the library's parser and Python's use it.
+ */
+int kfence_options_next(const char *text, size_t *pos, struct kfence_options_item *item);
+
+/*
  * Check a KFENCE_OPTIONS string without applying it: one "kfence:" warning
  * line on stderr per refused item, as at start-up.  Returns how many.
  */

@@ -1,8 +1,10 @@
 /*
- * KFENCE_OPTIONS: colon-separated key=value, the sanitizers' convention.
- * The parser runs before anything else in the process may be ready (from the
+ * KFENCE_OPTIONS: key=value items in the sanitizers' grammar (separated by
+ * spaces, commas, colons, tabs or newlines; a value may be quoted).  The
+ * parser runs before anything else in the process may be ready (from the
  * preload's constructor, or inside the first malloc), so it never allocates
  * and never fails: a bad item gets one warning line and the default stays.
+ * Its memory is the stack and static storage.
  */
 #define _GNU_SOURCE
 #include <stdarg.h>
@@ -148,7 +150,7 @@ static void kf_expectation(const struct kf_option *d, char *out, size_t cap)
 		kf_buf_str(&b, "..");
 		kf_buf_dec(&b, d->pub.max);
 		if (d->kind == KF_T_MS)
-			kf_buf_str(&b, " (milliseconds)");
+			kf_buf_str(&b, " ms");
 		break;
 	case KF_T_BOOL:
 		kf_buf_str(&b, "0/1, true/false, yes/no or on/off");
@@ -160,10 +162,78 @@ static void kf_expectation(const struct kf_option *d, char *out, size_t cap)
 		}
 		break;
 	case KF_T_STR:
-		kf_buf_str(&b, "a path without ':' shorter than 256 bytes");
+		kf_buf_str(&b, "a path shorter than 256 bytes");
 		break;
 	}
 	out[b.len] = '\0';
+}
+
+/* === Grammar === */
+
+/* The sanitizers' separators (sanitizer_common's flag parser takes '\r' too). */
+static bool kf_is_separator(char c)
+{
+	return c == ' ' || c == ',' || c == ':' || c == '\t' || c == '\n' || c == '\r';
+}
+
+int kfence_options_next(const char *text, size_t *pos, struct kfence_options_item *item)
+{
+	size_t p = *pos;
+	while (text[p] && kf_is_separator(text[p]))
+		p++;
+	*item = (struct kfence_options_item){ .start = p, .key = p };
+	if (!text[p]) {
+		*pos = p;
+		return 0;
+	}
+	while (text[p] && text[p] != '=' && !kf_is_separator(text[p]))
+		p++;
+	item->key_len = p - item->key;
+	if (text[p] != '=') {
+		item->status = KFENCE_ITEM_NOT_KEY_VALUE;
+	} else if (text[++p] == '\'' || text[p] == '"') {
+		const char *close = strchr(text + p + 1, text[p]);
+		item->value = p + 1;
+		if (close) {
+			item->value_len = (size_t)(close - (text + item->value));
+			p = (size_t)(close - text) + 1;
+		} else {
+			item->value_len = strlen(text + item->value);
+			p = item->value + item->value_len;
+			item->status = KFENCE_ITEM_UNTERMINATED;
+		}
+	} else {
+		item->value = p;
+		while (text[p] && !kf_is_separator(text[p]))
+			p++;
+		item->value_len = p - item->value;
+	}
+	item->len = p - item->start;
+	*pos = p;
+	return 1;
+}
+
+/* The quote a value needs in KFENCE_OPTIONS: 0 none, ' or "; -1 when it cannot be written. */
+static int kf_value_quote(const char *s, size_t n)
+{
+	bool plain = n == 0 || (s[0] != '\'' && s[0] != '"');
+	for (size_t i = 0; i < n && plain; i++)
+		plain = !kf_is_separator(s[i]);
+	if (plain)
+		return 0;
+	if (!memchr(s, '\'', n))
+		return '\'';
+	return memchr(s, '"', n) ? -1 : '"';
+}
+
+/* A value as KFENCE_OPTIONS writes it: quoted when it holds a separator. */
+static void kf_buf_value(struct kf_buf *b, const char *value)
+{
+	int q = kf_value_quote(value, strlen(value));
+	char quote[2] = { q > 0 ? (char)q : '\0', '\0' };
+	kf_buf_str(b, quote);
+	kf_buf_str(b, value);
+	kf_buf_str(b, quote);
 }
 
 /* === Parser === */
@@ -181,27 +251,32 @@ void kf_options_defaults(void)
 	kf_defaults_into(&kf_opt);
 }
 
-/* One key=value item into o; returns 1 if it was refused (and warned about). */
-static int kf_parse_item(struct kf_options *o, const char *s, size_t n, const char *origin,
-			 bool quiet)
+/* One item of text into o; returns 1 if it was refused (and warned about). */
+static int kf_parse_item(struct kf_options *o, const char *text,
+			 const struct kfence_options_item *it, const char *origin, bool quiet)
 {
 	char item[160], expect[96], current[272];
-	size_t shown = n < sizeof(item) - 1 ? n : sizeof(item) - 1;
-	memcpy(item, s, shown);
+	size_t shown = it->len < sizeof(item) - 1 ? it->len : sizeof(item) - 1;
+	memcpy(item, text + it->start, shown);
 	item[shown] = '\0';
 
-	const char *eq = memchr(s, '=', n);
-	if (!eq) {
+	if (it->status == KFENCE_ITEM_NOT_KEY_VALUE) {
 		if (!quiet)
 			kf_warn("'", item, "' in ", origin, " is not key=value; ignored", NULL);
 		return 1;
 	}
-	size_t klen = (size_t)(eq - s);
+	if (it->status == KFENCE_ITEM_UNTERMINATED) {
+		if (!quiet)
+			kf_warn("'", item, "' in ", origin, " has no closing quote; ignored", NULL);
+		return 1;
+	}
+	const char *s = text + it->key;
+	size_t klen = it->key_len;
 	for (size_t i = 0; i < KF_NUM_OPTIONS; i++) {
 		const struct kf_option *d = &kf_options_table[i];
 		if (!kf_word_is(s, klen, d->pub.name))
 			continue;
-		if (kf_set_value(o, d, eq + 1, n - klen - 1))
+		if (kf_set_value(o, d, text + it->value, it->value_len))
 			return 0;
 		kf_expectation(d, expect, sizeof(expect));
 		if (!quiet)
@@ -218,18 +293,48 @@ static int kf_parse_item(struct kf_options *o, const char *s, size_t n, const ch
 static int kf_parse_into(struct kf_options *o, const char *text, const char *origin, bool quiet)
 {
 	int refused = 0;
-	if (!text)
-		return 0;
-	while (*text) {
-		const char *end = strchr(text, ':');
-		size_t n = end ? (size_t)(end - text) : strlen(text);
-		if (n > 0)
-			refused += kf_parse_item(o, text, n, origin, quiet);
-		text += n;
-		if (*text == ':')
-			text++;
-	}
+	size_t pos = 0;
+	struct kfence_options_item it;
+	while (text && kfence_options_next(text, &pos, &it))
+		refused += kf_parse_item(o, text, &it, origin, quiet);
 	return refused;
+}
+
+/* === help=1 === */
+
+/*
+ * The option table on stderr, as the sanitizers' help=1 prints their flags:
+ * each option with the value in force, its default, the values it takes,
+ * when it takes effect and what it does, all from options.inc.  Not where
+ * reports go: a user who asked for it is reading the program's stderr.
+ */
+static void kf_options_help(void)
+{
+	static const char intro[] =
+		"kfence: KFENCE_OPTIONS is name=value items separated by spaces, commas, colons, "
+		"tabs or newlines; a value that holds one goes in quotes ('...' or \"...\").\n"
+		"kfence: name=value in force (default; values; when it takes effect), then what it "
+		"does:\n";
+	kf_os_write_all(2, intro, sizeof(intro) - 1);
+	for (size_t i = 0; i < KF_NUM_OPTIONS; i++) {
+		const struct kf_option *d = &kf_options_table[i];
+		char line[768], value[272], expect[96];
+		struct kf_buf b = { line, 0, sizeof(line) - 1 };
+		kf_expectation(d, expect, sizeof(expect));
+		kf_buf_str(&b, "  ");
+		kf_buf_str(&b, d->pub.name);
+		kf_buf_str(&b, "=");
+		kf_buf_value(&b, kf_format_value(&kf_opt, d, value, sizeof(value)));
+		kf_buf_str(&b, " (default ");
+		kf_buf_str(&b, d->pub.default_value[0] ? d->pub.default_value : "empty");
+		kf_buf_str(&b, "; ");
+		kf_buf_str(&b, expect);
+		kf_buf_str(&b, strcmp(d->pub.when, "RUNTIME") == 0 ? "; at run time)\n      "
+								    : "; at start)\n      ");
+		kf_buf_str(&b, d->pub.description);
+		line[b.len++] = '\n';
+		kf_os_write_all(2, line, b.len);
+	}
 }
 
 /*
@@ -274,6 +379,8 @@ void kf_options_parse(const char *text, const char *origin)
 		memcpy(kf_opt.report_path, first.report_path, sizeof(kf_opt.report_path));
 	kf_parse_into(&kf_opt, text, origin, false);
 	kf_options_check_set();
+	if (kf_opt.help && kf_first_in_tree("help=1"))
+		kf_options_help();
 }
 
 int kfence_options_check(const char *text)
@@ -323,8 +430,7 @@ int kfence_option_normalize(const char *key, const char *value, char *out, size_
 	}
 	struct kf_options scratch;
 	size_t n = strlen(value);
-	/* A separator could not be written in KFENCE_OPTIONS: the item would split there. */
-	if (memchr(value, ':', n) || !kf_set_value(&scratch, d, value, n)) {
+	if (!kf_set_value(&scratch, d, value, n)) {
 		kf_expectation(d, text, sizeof(text));
 		char line[360];
 		struct kf_buf b = { line, 0, sizeof(line) - 1 };
@@ -334,7 +440,33 @@ int kfence_option_normalize(const char *key, const char *value, char *out, size_
 		kf_copy_out(why, why_size, line);
 		return -1;
 	}
+	/* Quoted, a separator can be written; with both quotes in it, nothing holds it. */
+	if (kf_value_quote(value, n) < 0) {
+		kf_copy_out(why, why_size, "expected a value KFENCE_OPTIONS can hold: one with a "
+			    "separator is quoted, so it cannot have both ' and \"");
+		return -1;
+	}
 	kf_copy_out(out, out_size, kf_format_value(&scratch, d, text, sizeof(text)));
+	return 0;
+}
+
+int kfence_option_item(const char *key, const char *value, char *out, size_t out_size,
+		       char *why, size_t why_size)
+{
+	char canonical[272];
+	if (kfence_option_normalize(key, value, canonical, sizeof(canonical), why, why_size))
+		return -1;
+	char line[560];
+	struct kf_buf b = { line, 0, sizeof(line) - 1 };
+	kf_buf_str(&b, key);
+	kf_buf_str(&b, "=");
+	kf_buf_value(&b, canonical);
+	line[b.len] = '\0';
+	if (b.len >= out_size) {
+		kf_copy_out(why, why_size, "no room for the item");
+		return -1;
+	}
+	kf_copy_out(out, out_size, line);
 	return 0;
 }
 

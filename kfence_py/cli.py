@@ -4,15 +4,16 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import logging
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, NoReturn, TypeVar
 from urllib.parse import urlencode
 
 from . import __version__, protocol, render
@@ -20,8 +21,8 @@ from ._native import DEMO_PATH, LIB_PATH
 from .client import request
 from .exitcodes import CliError, ExitCode
 from .governor import Bounds
-from .options import format_options, markdown_table, option_specs, runtime_options
-from .protocol import MAX_CLIENTS, SocketError
+from .options import OptionSpec, format_options, markdown_table, option_specs, runtime_options
+from .protocol import MAX_CLIENTS, MAX_CLIENTS_LIMIT, SocketError
 from .reports import parse_reports
 from .retention import KEEP_CLEAN
 from .run import Runner, add_option_flags, options_from_args
@@ -36,7 +37,7 @@ from .sources import (
     apply_changes,
     sweep,
 )
-from .state import StateError, StateVersionError
+from .state import StateError, StatePermissionError, StateVersionError
 from .symbolize import BACKENDS, Symbolizer, symbolize_lines
 
 log = logging.getLogger("kfence_py")
@@ -110,6 +111,7 @@ class RunCommand(Command):
     help = "run a command under the preload: symbolized reports, statistics socket"
 
     def prepare_parser(self, parser: argparse.ArgumentParser) -> None:
+        specs = option_specs()
         parser.usage = "%(prog)s [options] -- command [args...]"
         parser.add_argument("--socket", metavar="PATH",
                             help="serve statistics over HTTP on this Unix socket while it runs")
@@ -122,10 +124,12 @@ class RunCommand(Command):
             "(a larger sample_rate or sample_interval), back to the options' once it has room")
         gate.add_argument("--no-adapt", dest="adapt", action="store_false",
                           help="leave sample_rate and sample_interval as the options set them")
-        gate.add_argument("--max-sample-rate", type=_count, metavar="N",
+        gate.add_argument("--max-sample-rate", type=_option_range(specs["sample_rate"]),
+                          metavar="N",
                           default=Bounds.max_sample_rate,
                           help="widen sample_rate up to N (default: %(default)s)")
-        gate.add_argument("--max-sample-interval", type=_count, metavar="MS",
+        gate.add_argument("--max-sample-interval", metavar="MS",
+                          type=_option_range(specs["sample_interval"]),
                           default=Bounds.max_sample_interval,
                           help="widen sample_interval up to MS (default: %(default)s)")
         add_option_flags(parser)
@@ -146,6 +150,31 @@ def _count(text: str) -> int:
     if not (text.isascii() and text.isdigit()):
         raise argparse.ArgumentTypeError(f"expected a count (0 or more), not {text!r}")
     return int(text)
+
+
+def _int_in(low: int, high: int, what: str = "an integer",
+            unit: str = "") -> Callable[[str], int]:
+    """An argparse type: an integer in low..high, the range named when refused."""
+    def check(text: str) -> int:
+        digits = text[1:] if text[:1] in "+-" else text
+        if not (digits.isascii() and digits.isdigit()) or not low <= int(text) <= high:
+            raise argparse.ArgumentTypeError(
+                f"expected {what} in {low}..{high}{unit}, not {text!r}")
+        return int(text)
+    check.__name__ = what  # argparse names the type in some messages
+    return check
+
+
+def _option_range(spec: OptionSpec) -> Callable[[str], int]:
+    """The range of a flag that bounds an option: the option table's (csrc/options.inc)."""
+    return _int_in(spec.minimum, spec.maximum, unit=" ms" if spec.type == "MS" else "")
+
+
+def _pid_max() -> int:
+    try:
+        return int(Path("/proc/sys/kernel/pid_max").read_text())
+    except (OSError, ValueError):
+        return 4194304  # the kernel's PID_MAX_LIMIT on 64-bit
 
 
 def _keep_clean_argument(parser: argparse.ArgumentParser, when: str) -> None:
@@ -174,7 +203,8 @@ class ServeCommand(Command):
                             help="the state_dir the processes were started with")
         parser.add_argument("--socket", metavar="PATH", required=True,
                             help="the Unix socket to create (in a private 0700 directory)")
-        parser.add_argument("--max-clients", type=int, default=MAX_CLIENTS, metavar="N",
+        parser.add_argument("--max-clients", type=_int_in(1, MAX_CLIENTS_LIMIT),
+                            default=MAX_CLIENTS, metavar="N",
                             help=f"connections served at once (default {MAX_CLIENTS})")
         _keep_clean_argument(parser, "at start and then every minute")
         _symbolizer_arguments(parser)
@@ -191,7 +221,7 @@ class ServeCommand(Command):
             symbolizer = None if args.no_symbolize else Symbolizer(args.symbolizer)
             try:
                 server = StatsServer(args.socket, DirectorySource(args.state_dir),
-                                     symbolizer=symbolizer, max_clients=max(1, args.max_clients),
+                                     symbolizer=symbolizer, max_clients=args.max_clients,
                                      keep_clean=args.keep_clean)
             except SocketError as exc:
                 raise CliError(str(exc), ExitCode.RUN_FAILED) from None
@@ -227,7 +257,7 @@ class _ViewCommand(Command):
 def _source_arguments(parser: argparse.ArgumentParser) -> None:
     where = parser.add_argument_group("where the state is (one of --socket, --pid, --state-dir)")
     where.add_argument("--socket", metavar="PATH", help="ask the server on this Unix socket")
-    where.add_argument("--pid", type=int, metavar="N",
+    where.add_argument("--pid", type=_int_in(1, _pid_max(), "a process id"), metavar="N",
                        help="read the state file of process N (found in --state-dir, or "
                        "in its memory maps while it runs)")
     where.add_argument("--state-dir", metavar="DIR", type=Path,
@@ -256,6 +286,8 @@ def _state_call(fn: Callable[..., T], *args: object) -> T:
         raise CliError(str(exc), ExitCode.VERSION_MISMATCH) from None
     except StateNotFound as exc:
         raise CliError(str(exc), ExitCode.NO_SERVER) from None
+    except StatePermissionError as exc:
+        raise CliError(str(exc), ExitCode.PERMISSION) from None
     except StateError as exc:
         raise CliError(str(exc), ExitCode.BAD_STATE) from None
 
@@ -441,24 +473,75 @@ COMMANDS: tuple[type[Command], ...] = (
     ReportsCommand, RunCommand, ServeCommand, StatsCommand, SymbolizeCommand)
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
-    parser = argparse.ArgumentParser(
+def close_flags(unknown: str, known: Iterable[str]) -> list[str]:
+    """The known option strings that a misspelled flag (``--sample_rate=1``) may have meant."""
+    name = unknown.partition("=")[0]
+    if not name.startswith("-"):
+        return []
+    known = sorted(set(known))
+    dashed = name.replace("_", "-")
+    if dashed != name and dashed in known:
+        return [dashed]
+    long_only = [k for k in known if k.startswith("--")] if name.startswith("--") else known
+    return difflib.get_close_matches(name, long_only, n=1, cutoff=0.6)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's, with a hint for a misspelled flag (Python 3.11's has no suggest_on_error)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.commands: dict[str, ArgumentParser] = {}  # the subcommands' parsers, by name
+
+    def parse(self, argv: list[str] | None) -> argparse.Namespace:
+        """parse_args, with a close-match hint for each unknown flag, in its command's usage."""
+        argv = sys.argv[1:] if argv is None else argv
+        args, extras = self.parse_known_args(argv)
+        if extras:
+            name = getattr(args, "command", None) or ""
+            command = self.commands.get(name)
+            # Unknown flags after the command name are the command's to explain.
+            after = argv[argv.index(name) + 1:] if name in argv else []
+            if command is not None and all(arg in after for arg in extras):
+                command.unrecognized(extras, self.option_strings())
+            self.unrecognized(extras)
+        return args
+
+    def option_strings(self) -> list[str]:
+        return [s for action in self._actions for s in action.option_strings]
+
+    def unrecognized(self, extras: list[str], also_known: Iterable[str] = ()) -> NoReturn:
+        known = [*self.option_strings(), *also_known]
+        hints = [f"{arg.partition('=')[0]}: did you mean {match[0]}?"
+                 for arg in extras if (match := close_flags(arg, known))]
+        self.error(f"unrecognized arguments: {' '.join(extras)}"
+                   + "".join(f"\n  {hint}" for hint in hints))
+
+
+def build_parser() -> tuple[ArgumentParser, dict[str, Command]]:
+    parser = ArgumentParser(
         prog="kfence-py", description="KFENCE for Linux userspace: a sampling guard-page "
         "detector of heap out-of-bounds, use-after-free and invalid frees.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)
     commands = {}
     for cls in COMMANDS:
         command = cls()
-        command.prepare_parser(sub.add_parser(cls.name, help=cls.help, description=cls.help))
+        subparser: ArgumentParser = sub.add_parser(cls.name, help=cls.help,
+                                                   description=cls.help)
+        # Before or after the command; SUPPRESS: not given here, the main parser's value stays.
+        subparser.add_argument("-v", "--verbose", action="store_true",
+                               default=argparse.SUPPRESS, help="log more")
+        command.prepare_parser(subparser)
         commands[cls.name] = command
+        parser.commands[cls.name] = subparser
     return parser, commands
 
 
 def main(argv: list[str] | None = None) -> int:
     parser, commands = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="kfence-py: %(message)s")
     if args.command is None:

@@ -66,15 +66,84 @@ def runtime_options() -> dict[str, OptionSpec]:
     return {spec.name: spec for spec in _table() if spec.runtime}
 
 
-def format_options(values: Mapping[str, object]) -> str:
-    """Validated ``key=value:key=value`` text for KFENCE_OPTIONS."""
+def _check_name(key: str) -> OptionSpec:
     specs = option_specs()
+    if key not in specs:
+        raise ValueError(f"unknown option {key!r}; known: {', '.join(specs)}")
+    return specs[key]
+
+
+def format_options(values: Mapping[str, object]) -> str:
+    """Validated ``key=value:key=value`` text for KFENCE_OPTIONS.
+
+    Each item is written by the library (a value holding a separator is
+    quoted), so the library reads back exactly these values.
+    """
     parts = []
     for key, value in values.items():
-        if key not in specs:
-            raise ValueError(f"unknown option {key!r}; known: {', '.join(specs)}")
-        parts.append(f"{key}={specs[key].normalize(value)}")
+        _check_name(key)
+        raw = str(int(value) if isinstance(value, bool) else value).strip()
+        out, why = ffi.new("char[]", 1024), ffi.new("char[]", 512)
+        if lib.kfence_option_item(key.encode(), raw.encode(), out, len(out), why, len(why)):
+            raise ValueError(f"{key}: {text(why)}, not {value!r}")
+        parts.append(text(out))
     return ":".join(parts)
+
+
+@dataclass(frozen=True)
+class OptionItem:
+    """One item of a KFENCE_OPTIONS text, as the library's tokenizer reads it."""
+
+    text: str  # the whole item, as written
+    key: str
+    value: str  # without its quotes
+    status: int  # lib.KFENCE_ITEM_OK, _NOT_KEY_VALUE or _UNTERMINATED
+
+    def problem(self) -> str | None:
+        """Why the library would refuse this item, or None."""
+        if self.status == lib.KFENCE_ITEM_NOT_KEY_VALUE:
+            return f"{self.text!r} is not key=value"
+        if self.status == lib.KFENCE_ITEM_UNTERMINATED:
+            return f"{self.text!r} has no closing quote"
+        try:
+            _check_name(self.key).normalize(self.value)
+        except ValueError as exc:
+            return str(exc)
+        return None
+
+
+def split_options(options: str) -> list[OptionItem]:
+    """The items of a KFENCE_OPTIONS text, split by the library's own tokenizer.
+
+    The sanitizers' grammar: key=value items separated by any run of spaces,
+    commas, colons, tabs or newlines; a value may be quoted ('...' or "...").
+    """
+    raw = options.encode()
+    buf = ffi.new("char[]", raw)
+    pos, item = ffi.new("size_t *"), ffi.new("struct kfence_options_item *")
+    items = []
+    while lib.kfence_options_next(buf, pos, item):
+        items.append(OptionItem(
+            raw[item.start:item.start + item.len].decode(errors="replace"),
+            raw[item.key:item.key + item.key_len].decode(errors="replace"),
+            raw[item.value:item.value + item.value_len].decode(errors="replace"),
+            item.status))
+    return items
+
+
+def parse_options(options: str) -> dict[str, str]:
+    """A KFENCE_OPTIONS text as option name to canonical value (later items win).
+
+    ValueError, saying which item and why (with the values the option takes),
+    for any item the library would refuse with a warning.
+    """
+    values: dict[str, str] = {}
+    for item in split_options(options):
+        problem = item.problem()
+        if problem is not None:
+            raise ValueError(problem)
+        values[item.key] = option_specs()[item.key].normalize(item.value)
+    return values
 
 
 def markdown_table() -> str:

@@ -9,6 +9,7 @@ server nor prometheus_client nor the library's state readers to ask.
 from __future__ import annotations
 
 import os
+import tempfile
 from typing import Any
 
 PROTOCOL = 1  # of the JSON documents and the HTTP interface; bump on incompatible change
@@ -28,6 +29,7 @@ SUN_PATH_MAX = 107  # sockaddr_un.sun_path is 108 bytes, the last one a NUL
 MAX_BODY = 16 * 1024  # a /config body is a few key=value pairs
 READ_TIMEOUT = 10.0  # seconds a client may take to send a whole request
 MAX_CLIENTS = 16  # connections served at once; more get 503
+MAX_CLIENTS_LIMIT = 1024  # the most --max-clients may ask for: a thread each
 CLIENT_TIMEOUT = 30.0  # seconds a client waits for an answer
 
 
@@ -46,6 +48,20 @@ def document(**body: Any) -> dict[str, Any]:
 
 class SocketError(Exception):
     """The socket cannot be created or reached where asked; the message says why."""
+
+
+def suggested_socket_path() -> str:
+    """A socket path to suggest to the user, built only from what is set.
+
+    $XDG_RUNTIME_DIR (private to the user, made by the login manager) when
+    it is set; else a directory named after the uid in the temporary
+    directory, as tmux's /tmp/tmux-UID (the server creates it 0700, or
+    refuses it if someone else made it first).
+    """
+    runtime = os.environ.get("XDG_RUNTIME_DIR", "")
+    if os.path.isabs(runtime):
+        return os.path.join(runtime, "kfence", "stats.sock")
+    return os.path.join(tempfile.gettempdir(), f"kfence-{os.geteuid()}", "stats.sock")
 
 
 def check_socket_path(path: str | os.PathLike[str]) -> bytes:

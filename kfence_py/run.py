@@ -37,7 +37,7 @@ from ._native import LIB_PATH, lib
 from .elf import NotElf, elf_info
 from .exitcodes import CliError, ExitCode
 from .governor import DEFAULT_BOUNDS, Bounds, Governor
-from .options import OptionSpec, format_options, option_specs
+from .options import OptionSpec, format_options, option_specs, split_options
 from .protocol import SocketError
 from .render import bucket, report_doc
 from .reports import RULE, parse_reports
@@ -63,6 +63,10 @@ _RESTORED = (signal.SIGPIPE, signal.SIGXFSZ)
 
 # --- options as flags ------------------------------------------------------
 
+# Options with no flag: help=1 prints the table at start-up (KFENCE_OPTIONS=help=1 asks
+# for it; `kfence-py options` prints the same), and --help is argparse's.
+NO_FLAG = frozenset({"help"})
+
 
 def _flag(spec: OptionSpec) -> str:
     return "--" + spec.name.replace("_", "-")
@@ -84,6 +88,8 @@ def add_option_flags(parser: argparse.ArgumentParser) -> None:
         "KFENCE options", "each sets the KFENCE_OPTIONS key of the same name; "
         "KFENCE_OPTIONS from the environment applies first")
     for spec in option_specs().values():
+        if spec.name in NO_FLAG:
+            continue
         kwargs: dict[str, Any] = {"dest": f"option_{spec.name}", "type": _checker(spec),
                                      "default": None}
         default = spec.default or "(empty)"
@@ -333,11 +339,10 @@ def effective_option(kfence_options: str, name: str) -> str:
     """The value of option name the library takes from a KFENCE_OPTIONS text (last wins)."""
     spec = option_specs()[name]
     value = spec.default
-    for item in kfence_options.split(":"):
-        key, sep, text = item.partition("=")
-        if sep and key == name:
+    for item in split_options(kfence_options):
+        if item.status == lib.KFENCE_ITEM_OK and item.key == name:
             with suppress(ValueError):  # the library warns and keeps what it had
-                value = spec.normalize(text)
+                value = spec.normalize(item.value)
     return value
 
 
@@ -386,7 +391,7 @@ class Runner:
         inherited = env.get("KFENCE_OPTIONS", "")
         rate = self.options.get("sample_rate") or effective_option(inherited, "sample_rate")
         if rate != "0":
-            given = {*self.options, *(item.partition("=")[0] for item in inherited.split(":"))}
+            given = {*self.options, *(item.key for item in split_options(inherited))}
             managed = {**{k: v for k, v in TEST_SUITE_OPTIONS.items() if k not in given},
                        **managed}
         try:

@@ -53,6 +53,7 @@ from .protocol import (
     SocketError,
     check_socket_path,
     document,
+    suggested_socket_path,
 )
 from .render import VIEWS, Snapshot, check_doc, check_text
 from .retention import PRUNE_INTERVAL, prune
@@ -90,7 +91,7 @@ def _private_dir(directory: Path) -> None:
         raise SocketError(
             f"socket directory {directory} must be private (yours, mode 0700), it is mode "
             f"{stat.S_IMODE(st.st_mode):04o} of uid {st.st_uid}: put the socket in a "
-            "directory of its own, e.g. $XDG_RUNTIME_DIR/kfence/stats.sock")
+            f"directory of its own, e.g. {suggested_socket_path()}")
 
 
 def bind_unix_socket(path: str | os.PathLike[str]) -> socket.socket:

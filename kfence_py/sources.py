@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Protocol
 
 from ._native import lib
-from .elf import ProcessMaps
+from .elf import ProcessMaps, parse_maps
 from .options import runtime_options
-from .state import ReportRecord, StateError, StateView, write_control
+from .state import ReportRecord, StateError, StatePermissionError, StateView, write_control
 
 log = logging.getLogger("kfence_py")
 
@@ -158,6 +158,8 @@ class DirectorySource:
             names = os.listdir(self.state_dir)
         except FileNotFoundError:
             raise StateNotFound(f"{self.state_dir}: no such state directory") from None
+        except PermissionError as exc:
+            raise StatePermissionError(f"{self.state_dir}: {exc.strerror}") from None
         except OSError as exc:
             raise StateError(f"{self.state_dir}: {exc.strerror}") from None
         found = [(int(m["pid"]), self.state_dir / name)
@@ -302,14 +304,21 @@ def find_state_file(pid: int, state_dir: str | os.PathLike[str] | None) -> Path:
         if not path.exists():
             raise StateNotFound(f"{path}: no state file for pid {pid}")
         return path
-    maps = ProcessMaps.read(pid)
-    if maps is not None:
-        for m in maps.mappings:
-            if m.path.endswith(f"/{pid}.state"):
-                return Path(m.path)
-        raise StateNotFound(f"pid {pid} has no state file mapped: start it with "
-                         "KFENCE_OPTIONS=state_dir=DIR, or give --state-dir")
-    raise StateNotFound(f"no process {pid}; give --state-dir DIR to read the state it left")
+    try:
+        maps = ProcessMaps(list(parse_maps(Path(f"/proc/{pid}/maps").read_text())))
+    except PermissionError:
+        # Another user's process: it exists, and its maps are not ours to read.
+        raise StatePermissionError(
+            f"pid {pid}: permission denied reading /proc/{pid}/maps (another user's "
+            "process?); give --state-dir DIR to read its state file there") from None
+    except OSError:
+        raise StateNotFound(
+            f"no process {pid}; give --state-dir DIR to read the state it left") from None
+    for m in maps.mappings:
+        if m.path.endswith(f"/{pid}.state"):
+            return Path(m.path)
+    raise StateNotFound(f"pid {pid} has no state file mapped: start it with "
+                        "KFENCE_OPTIONS=state_dir=DIR, or give --state-dir")
 
 
 class FileSource(DirectorySource):

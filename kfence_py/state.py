@@ -56,6 +56,10 @@ class StateError(Exception):
     """A state that cannot be read: wrong magic or version, truncated."""
 
 
+class StatePermissionError(StateError):
+    """A state the file system (or /proc) does not let us read or write."""
+
+
 class StateVersionError(StateError):
     """A state written by a kfence_py with another state version or layout."""
 
@@ -296,6 +300,8 @@ def _state_fd(path: Path, flags: int) -> Iterator[int]:
     """A descriptor of a state file, never through a link or a blocking FIFO."""
     try:
         fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except PermissionError as exc:
+        raise StatePermissionError(f"{path}: {exc.strerror}") from None
     except OSError as exc:
         raise StateError(f"{path}: {exc.strerror}") from None
     try:

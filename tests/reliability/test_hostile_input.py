@@ -11,13 +11,14 @@ from hypothesis import strategies as st
 
 import kfence_py
 from kfence_py._native import lib
-from kfence_py.options import option_specs
+from kfence_py.options import OptionItem, option_specs, split_options
 
 NAMES = list(option_specs())
 VALUES = st.one_of(
     st.integers(min_value=-(2**70), max_value=2**70).map(str),
     st.sampled_from(["", "0", "1", "yes", "off", "random", "left", "right", "16", "4097",
-                     "18446744073709551616", "-1", "0x10", " 1", "1 ", "/tmp/x", "=", "a=b"]),
+                     "18446744073709551616", "-1", "0x10", " 1", "1 ", "/tmp/x", "=", "a=b",
+                     "'/tmp/a b'", '"x', "'", "\"'\"", "a,b", "\t"]),
     st.text(max_size=40),
 )
 ITEM = st.one_of(
@@ -25,11 +26,14 @@ ITEM = st.one_of(
     st.text(max_size=30),
     st.sampled_from(["", "=", "==", "sample_rate", "unknown=1", "enabled=1=1"]),
 )
-OPTIONS = st.lists(ITEM, max_size=12).map(":".join)
+SEPARATORS = st.text(alphabet=" ,:\t\n\r", min_size=1, max_size=3)
+OPTIONS = st.lists(st.tuples(ITEM, SEPARATORS), max_size=12).map(
+    lambda pairs: "".join(item + sep for item, sep in pairs))
 
 
-def items(text: str) -> list[str]:
-    return [x for x in text.split(":") if x]
+def items(text: str) -> list[OptionItem]:
+    """The items as the library's tokenizer reads them."""
+    return split_options(text)
 
 
 @pytest.mark.slow
@@ -58,9 +62,10 @@ def test_defaults_are_accepted(capfd):
 def test_host_program_runs_whatever_the_options(text):
     text = text.replace("\0", "")
     env = {**os.environ, "LD_PRELOAD": str(kfence_py.lib_path()), "KFENCE_OPTIONS": text}
-    # state_dir would create directories where the fuzzer says: keep it out
-    env["KFENCE_OPTIONS"] = ":".join(x for x in items(text) if not x.startswith("state_dir")
-                                     and not x.startswith("report_path"))
+    # state_dir would create directories where the fuzzer says: keep it out; help=1 prints
+    # a table, not warnings (test_options_grammar.py)
+    env["KFENCE_OPTIONS"] = ":".join(x.text for x in items(text)
+                                     if x.key not in ("state_dir", "report_path", "help"))
     proc = subprocess.run(["/bin/echo", "alive"], env=env, capture_output=True, text=True,
                           timeout=30, check=False)
     assert proc.returncode == 0 and proc.stdout == "alive\n", proc.stderr
