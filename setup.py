@@ -2,7 +2,8 @@
 
 libkfence.so is a plain C shared library (no Python in it) used both by
 LD_PRELOAD and by the cffi module, so it is compiled here with the C compiler
-directly, before the cffi extension that links it.
+directly, before the cffi extension that links it. The version, written once
+in kfence_py/__init__.py, is compiled into it (``kfence_version()``).
 """
 
 import os
@@ -38,6 +39,39 @@ def compiler() -> list[str]:
     return shlex.split(os.environ.get("CC", "cc"))
 
 
+def without_rpath(command: list[str]) -> list[str]:
+    """A link command less its run-time search paths (``-Wl,-rpath,DIR``, ``-Wl,-R,DIR``, ...).
+
+    Python's own link command can carry the run path of its build (pyenv's has
+    ``-Wl,-rpath,<prefix>/lib``): an extension needs no libpython, and a wheel
+    must not name a directory of the machine that built it. The extensions add
+    their own ``$ORIGIN`` afterwards, per extension.
+    """
+    kept: list[str] = []
+    value_next = False  # "-Wl,-rpath" whose directory is in the next -Wl argument
+    for arg in command:
+        if not arg.startswith("-Wl,"):
+            kept.append(arg)
+            continue
+        parts = arg.split(",")[1:]
+        if value_next and parts:
+            parts, value_next = parts[1:], False
+        rest: list[str] = []
+        i = 0
+        while i < len(parts):
+            part = parts[i]
+            if part in ("-rpath", "--rpath", "-R"):
+                value_next = i + 1 == len(parts)
+                i += 2
+                continue
+            if not part.startswith(("-rpath=", "--rpath=")):
+                rest.append(part)
+            i += 1
+        if rest:
+            kept.append(",".join(["-Wl", *rest]))
+    return kept
+
+
 class BuildNative(build_ext):
     """Compile libkfence.so and the demo program next to the cffi module."""
 
@@ -46,13 +80,22 @@ class BuildNative(build_ext):
         outdir.mkdir(parents=True, exist_ok=True)
         lib = outdir / "libkfence.so"
         sources = [str(CSRC / s) for s in LIB_SOURCES]
-        self._cc([*CFLAGS, *sources, *LDFLAGS, "-o", str(lib), "-ldl", "-lpthread"])
+        version = self.distribution.get_version()
+        self._cc([*CFLAGS, f'-DKF_VERSION="{version}"', *sources, *LDFLAGS,
+                  "-o", str(lib), "-ldl", "-lpthread"])
         demo = outdir / "kfence-demo"
         self._cc(["-O0", "-g", str(CSRC / "demo.c"), "-o", str(demo)])
         self._native_outputs = [str(lib), str(demo)]
         for ext in self.extensions:
             ext.library_dirs.append(str(outdir))
         super().run()
+
+    def build_extensions(self) -> None:
+        for name in ("linker_so", "linker_so_cxx"):
+            command = getattr(self.compiler, name, None)
+            if command:
+                self.compiler.set_executable(name, without_rpath(command))
+        super().build_extensions()
 
     def _cc(self, args: list[str]) -> None:
         cmd = [*compiler(), *args]

@@ -9,7 +9,10 @@
 
 #include "kf_internal.h"
 
-#define KF_VERSION "0.1.0"
+/* Written once, in kfence_py/__init__.py: setup.py passes it to the compiler. */
+#ifndef KF_VERSION
+#error "KF_VERSION comes from setup.py (python setup.py build_ext, or pip install)"
+#endif
 
 _Static_assert(sizeof(struct kfence_stack) == 8 + 8 * KFENCE_STACK_MAX, "stack layout");
 _Static_assert(sizeof(struct kfence_slot) == 56 + 2 * sizeof(struct kfence_stack) +

@@ -8,6 +8,11 @@ allocation and free stacks.
 
 from __future__ import annotations
 
+from ._checkout import stand_aside_if_unbuilt
+
+# First: an unbuilt source tree (a fresh clone on sys.path) loads the installed package instead.
+stand_aside_if_unbuilt(__name__, __file__)
+
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,6 +38,8 @@ from .state import ObjectInfo, ReportRecord, StateError, Stats
 if TYPE_CHECKING:
     from .server import StatsServer
 
+# The one place the version is written: pyproject.toml reads it (setuptools' dynamic
+# version) and setup.py compiles it into libkfence.so (kfence_version()).
 __version__ = "0.1.0"
 __all__ = [
     "GuardedBuffer",

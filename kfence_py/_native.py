@@ -6,10 +6,10 @@ from pathlib import Path
 
 try:
     from ._kfence import ffi, lib
-except ImportError as exc:  # the source tree, not an installed package
+except ImportError as exc:  # an unbuilt source tree, and no kfence-py installed (_checkout)
     raise ImportError(
-        f"kfence_py's native part is not built in {Path(__file__).parent}: "
-        "`pip install .` and run from outside the source tree, "
+        f"kfence_py's native part is not built in {Path(__file__).parent} and no other "
+        "kfence-py is installed: `pip install .`, "
         "or build it in place with `python setup.py build_ext --inplace`") from exc
 
 __all__ = ["DEMO_PATH", "LIB_PATH", "ffi", "lib", "text"]

@@ -1,5 +1,10 @@
 # Types of csrc/pyext.c, the CPython glue module (its methods and getters).
+# tests/unit/test_lint.py checks them against the built module with mypy's stubtest.
 
+from typing_extensions import disjoint_base
+
+# A C type with an instance layout of its own: no class can derive from it and another such.
+@disjoint_base
 class GuardedBufferBase:
     """One guarded object with the buffer protocol."""
 

@@ -38,6 +38,11 @@ MACHINE_OPT_IN = "KFENCE_TEST_MACHINE"
 pytest_plugins = ["pytester"]
 
 
+def pytest_report_header() -> str:
+    """The kfence_py under test: an unbuilt checkout defers to the installed one (_checkout.py)."""
+    return f"kfence_py {kfence_py.__version__} from {Path(kfence_py.__file__).parent}"
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """Skip a test marked ``machine`` before any of its fixtures runs, unless opted in."""

