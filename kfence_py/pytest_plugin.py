@@ -21,8 +21,9 @@ Works beside pytest's faulthandler plugin: ours is installed after it, so pool
 faults reach us first and everything else still reaches faulthandler.
 kfence_py's warnings (tracemalloc restarted, allocator hooked by another tool)
 are repeated in a "kfence_py" section of the terminal summary, as pytest
-captures logging per test.  Nothing here loads the native library until a
-test is to be sampled.
+captures logging per test.  Each pytest-xdist worker samples its own tests;
+a usage error in a worker is raised again by the controller.  Nothing here
+loads the native library until sampling or options are asked for.
 """
 
 from __future__ import annotations
@@ -268,8 +269,8 @@ def _prepare(session: pytest.Session) -> None:
     state = session.config.stash.get(_SESSION, None)
     if state is None or not session.items:
         return
-    marked = [item for item in session.items if item.get_closest_marker("kfence")]
-    if not marked and not state.every_test:
+    if not state.every_test and not any(item.get_closest_marker("kfence")
+                                        for item in session.items):
         return
     options = _native("options")
     specs = options.option_specs()
