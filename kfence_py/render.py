@@ -9,9 +9,11 @@ collected carry module+offset even after the process is gone.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import os
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -152,18 +154,51 @@ def config_text(snap: Snapshot) -> str:
 # --- frames ----------------------------------------------------------------
 
 
+def _is_c_library(module: str | None) -> bool:
+    return os.path.basename(module or "").startswith(("libc.so", "ld-linux"))
+
+
+def fold_interpreter(modules: list[str | None], interpreter: frozenset[str]
+                     ) -> list[tuple[int, int]]:
+    """Index ranges [start, end) of a stack to show as one "... N interpreter frames" line.
+
+    A range is two or more frames in a row in the interpreter's modules; when
+    nothing but the interpreter and the C library follows it (the process's or
+    the thread's start-up), it runs to the end of the stack.
+    """
+    ranges = []
+    i, n = 0, len(modules)
+    while i < n:
+        if modules[i] not in interpreter:
+            i += 1
+            continue
+        end = i
+        while end < n and modules[end] in interpreter:
+            end += 1
+        if all(m in interpreter or _is_c_library(m) for m in modules[end:]):
+            end = n
+        if end - i >= 2:
+            ranges.append((i, end))
+        i = end
+    return ranges
+
+
 class _Frames:
     """Raw pcs or parsed frames to frame records and text, for one process.
 
     maps places raw pcs in their modules; symbols, when given, names the
-    symbol at a raw pc (possible in this process only).
+    symbol at a raw pc (possible in this process only); the text shows runs of
+    frames in the interpreter's modules as one line each (the records keep
+    every frame).
     """
 
     def __init__(self, maps: ProcessMaps | None, symbolizer: Symbolizer | None,
-                 symbols: Callable[[int], str | None] | None = None) -> None:
+                 symbols: Callable[[int], str | None] | None = None,
+                 interpreter: frozenset[str] = frozenset()) -> None:
         self.maps = maps
         self.symbolizer = symbolizer
         self.symbols = symbols
+        self.interpreter = interpreter
 
     def _sources(self, module: str | None, offset: int | None,
                  exact: bool) -> list[SourceFrame]:
@@ -180,14 +215,18 @@ class _Frames:
 
     def from_pcs(self, pcs: tuple[int, ...], *,
                  first_exact: bool = False) -> tuple[list[Doc], list[str]]:
-        docs, lines = [], []
+        docs, texts = [], []
         for i, pc in enumerate(pcs):
             where = self.maps.resolve(pc) if self.maps else None
             module, offset = where if where else (None, None)
             symbol = self.symbols(pc) if self.symbols else None
             doc, text = self._record(i, pc, symbol, module, offset, first_exact and i == 0)
             docs.append(doc)
-            lines += text
+            texts.append(text)
+        for start, end in reversed(fold_interpreter([d["module"] for d in docs],
+                                                    self.interpreter)):
+            texts[start:end] = [[f" ... {end - start} interpreter frames (#{start}..#{end - 1})"]]
+        lines = [line for text in texts for line in text]
         return docs, lines or [" (no stack)"]
 
     def from_parsed(self, frames: list[Frame], *, first_exact: bool = False) -> list[Doc]:
@@ -355,13 +394,27 @@ def _record_doc(rec: ReportRecord, pid: int, frames: _Frames) -> Doc:
     return doc
 
 
-def own_reports_text(records: Iterable[ReportRecord]) -> str:
+def _own_interpreter(maps: ProcessMaps | None) -> frozenset[str]:
+    """The modules of this process's interpreter: its executable and its libpython, if any."""
+    modules = {os.path.realpath(sys.executable)}
+    # The C API is in libpython when the interpreter is linked with it, else in the executable.
+    api = ctypes.cast(ctypes.pythonapi.Py_IncRef, ctypes.c_void_p).value
+    where = maps.resolve(api) if maps is not None and api else None
+    if where is not None:
+        modules.add(where[0])
+    return frozenset(modules)
+
+
+def own_reports_text(records: Iterable[ReportRecord],
+                     symbolizer: Symbolizer | None = None) -> str:
     """Reports of this process's ring as ``kfence-py reports`` prints them (pytest plugin).
 
-    Frames are named by the dynamic symbol at each pc; no symbolizer runs.
+    Frames are named by the symbolizer, when given, else by the dynamic symbol
+    at each pc; each run of the interpreter's own frames is one line.
     """
     pid = os.getpid()
-    frames = _Frames(ProcessMaps.read(pid), None, own_symbol)
+    maps = ProcessMaps.read(pid)
+    frames = _Frames(maps, symbolizer, own_symbol, _own_interpreter(maps))
     return "".join(_record_doc(rec, pid, frames)["text"] for rec in records)
 
 

@@ -355,7 +355,12 @@ def format_frame(index: int, pc: int, symbol: str | None, module: str | None, of
     where = f"({module}+{offset:#x})" if module is not None and offset is not None else ""
     sources = [s for s in sources if s.function or s.location]
     if symbol and not any(s.location for s in sources):
-        sources = []  # symbol+offset says more than a bare function name
+        named = next((s.function for s in sources if s.function), None)
+        # symbol+offset says more than the same bare name; a name that differs is
+        # the symbolizer's demangled one (llvm-symbolizer --demangle, addr2line -C),
+        # or the function's own where symbol is the nearest exported one (dladdr).
+        if named is None or named == symbol.rsplit("+", 1)[0]:
+            sources = []
     if not sources:
         return [f" #{index} {pc:#014x} in {symbol or '<unknown>'} {where}".rstrip()]
     lines = []
