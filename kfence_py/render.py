@@ -20,6 +20,7 @@ from typing import Any
 
 from ._native import lib
 from .contract import BUG_KINDS, CACHE_FAMILIES, CACHES, COUNTERS, DETAILS, FAMILIES
+from .demangle import demangle_symbol
 from .elf import ProcessMaps, own_symbol
 from .governor import last_decision
 from .options import OptionSpec, runtime_options
@@ -209,8 +210,8 @@ class _Frames:
     def _record(self, index: int, pc: int, symbol: str | None, module: str | None,
                 offset: int | None, exact: bool) -> tuple[Doc, list[str]]:
         sources = self._sources(module, offset, exact)
-        doc = {"index": index, "pc": pc, "symbol": symbol, "module": module, "offset": offset,
-               "source": [s.as_dict() for s in sources]}
+        doc = {"index": index, "pc": pc, "symbol": demangle_symbol(symbol), "module": module,
+               "offset": offset, "source": [s.as_dict() for s in sources]}
         return doc, format_frame(index, pc, symbol, module, offset, sources)
 
     def from_pcs(self, pcs: tuple[int, ...], *,
@@ -313,7 +314,7 @@ def report_doc(report: Report, pid: int | None, symbolizer: Symbolizer | None) -
         obj = {"index": report.object_index, "start": report.object_start, "size": report.size,
                "cache": report.cache}
     return {"pid": pid, "kind": report.kind, "access": report.access,
-            "function": report.function, "address": report.address,
+            "function": demangle_symbol(report.function), "address": report.address,
             "distance": report.distance, "explanation": report.explanation, "object": obj,
             "stack": frames.from_parsed(report.stack, first_exact=report.kind in FAULT_KINDS),
             "allocated": side(report.alloc_thread, report.alloc_stack, report.alloc_python),
@@ -436,7 +437,7 @@ def _reports(snap: Snapshot, symbolizer: Symbolizer | None
                 for r in parsed:
                     doc = _with_bucket(report_doc(r, p.pid, symbolizer),
                                        repeats.get((r.kind, r.address), 0))
-                    text = symbolize_text(r.text, symbolizer) if symbolizer else r.text
+                    text = symbolize_text(r.text, symbolizer)
                     if doc["repeats"]:
                         text += (f"repeated {doc['repeats']} more time(s), not printed "
                                  f"(bucket {doc['bucket']})\n")

@@ -35,7 +35,8 @@ _ACCESS = _either([access for access in ACCESSES if access])
 _HEADLINE = _either([kind.headline.rstrip() for kind in BUG_KINDS])
 
 TITLE = re.compile(
-    rf"^{re.escape(TITLE_PREFIX)}(?P<kind>{_KIND})(?: (?P<access>{_ACCESS}))? in (?P<where>\S+)")
+    rf"^{re.escape(TITLE_PREFIX)}(?P<kind>{_KIND})(?: (?P<access>{_ACCESS}))? in "
+    r"(?P<where>\S.*?)\s*$")  # a demangled C++ name has spaces
 FRAME = re.compile(
     r"^ #(?P<index>\d+) (?P<pc>0x[0-9a-f]+) in (?P<symbol>\S+) "
     r"\((?P<module>.*)\+(?P<offset>0x[0-9a-f]+)\)$")

@@ -235,7 +235,7 @@ class ReportPrinter:
 
     def __call__(self, pid: int, text: str) -> None:
         self.printed += 1
-        shown = symbolize_text(text, self.symbolizer) if self.symbolizer else text
+        shown = symbolize_text(text, self.symbolizer)
         sys.stderr.write(shown)
         sys.stderr.flush()
         if self.json_out is not None:

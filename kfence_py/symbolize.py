@@ -29,6 +29,7 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
+from .demangle import demangle, demangle_symbol
 from .reports import FAULT_KINDS, FRAME, RULE, TITLE
 
 log = logging.getLogger("kfence_py")
@@ -57,7 +58,8 @@ class SourceFrame:
         return f"{where}:{self.column}" if self.line and self.column else where
 
     def as_dict(self) -> dict[str, object]:
-        return {"function": self.function, "file": self.file, "line": self.line,
+        return {"function": demangle(self.function) if self.function else None,
+                "file": self.file, "line": self.line,
                 "column": self.column}
 
 
@@ -353,6 +355,7 @@ def format_frame(index: int, pc: int, symbol: str | None, module: str | None, of
                  sources: Iterable[SourceFrame] = ()) -> list[str]:
     """A frame as report lines; several when calls were inlined into it."""
     where = f"({module}+{offset:#x})" if module is not None and offset is not None else ""
+    symbol = demangle_symbol(symbol)
     sources = [s for s in sources if s.function or s.location]
     if symbol and not any(s.location for s in sources):
         named = next((s.function for s in sources if s.function), None)
@@ -365,15 +368,17 @@ def format_frame(index: int, pc: int, symbol: str | None, module: str | None, of
         return [f" #{index} {pc:#014x} in {symbol or '<unknown>'} {where}".rstrip()]
     lines = []
     for k, src in enumerate(sources):
-        name = src.function or symbol or "<unknown>"
+        name = demangle(src.function) if src.function else symbol or "<unknown>"
         at = f" {src.location}" if src.location else ""
         tail = where if k == len(sources) - 1 else "(inlined)"
         lines.append(f" #{index} {pc:#014x} in {name}{at} {tail}".rstrip())
     return lines
 
 
-def symbolize_lines(lines: Iterable[str], symbolizer: Symbolizer) -> Iterator[str]:
+def symbolize_lines(lines: Iterable[str], symbolizer: Symbolizer | None) -> Iterator[str]:
     """Report text with every module+offset frame symbolized; other lines unchanged.
+
+    C++ names are demangled in frames and titles, also without a symbolizer (None).
 
     Frames are recognised only between the rules of a report.  In a report of
     a fault, frame #0 of the access stack (the one under the "... at 0x...:"
@@ -391,6 +396,9 @@ def symbolize_lines(lines: Iterable[str], symbolizer: Symbolizer) -> Iterator[st
         if match is None:
             if in_report and (header := TITLE.match(bare)):
                 fault = header["kind"] in FAULT_KINDS
+                where = header["where"]
+                if (readable := demangle_symbol(where)) != where:
+                    line = line[:header.start("where")] + str(readable) + line[header.end("where"):]
             elif in_report and bare.endswith(":") and not bare.startswith(" "):
                 access_stack = not bare.startswith(("allocated by", "freed by"))
             yield line
@@ -398,13 +406,14 @@ def symbolize_lines(lines: Iterable[str], symbolizer: Symbolizer) -> Iterator[st
         index = int(match["index"])
         exact = fault and access_stack and index == 0
         module, offset = match["module"], int(match["offset"], 16)
-        sources = symbolizer.lookup(module, offset, return_address=not exact)
+        sources = (symbolizer.lookup(module, offset, return_address=not exact)
+                   if symbolizer else [])
         symbol = None if match["symbol"] == "<unknown>" else match["symbol"]
         newline = "\n" if line.endswith("\n") else ""
         for out in format_frame(index, int(match["pc"], 16), symbol, module, offset, sources):
             yield out + newline
 
 
-def symbolize_text(text: str, symbolizer: Symbolizer) -> str:
+def symbolize_text(text: str, symbolizer: Symbolizer | None) -> str:
     """symbolize_lines() over a whole text."""
     return "".join(symbolize_lines(text.splitlines(keepends=True), symbolizer))

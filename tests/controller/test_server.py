@@ -407,3 +407,37 @@ def test_a_server_of_another_protocol_is_a_version_mismatch(short_dir):
     finally:
         thread.join(timeout=CAP)
         listener.close()
+
+
+# --- POST /check: the canaries of live objects -------------------------------------
+
+
+def test_post_check_has_the_processes_look_and_answers_what_they_found(start_target,
+                                                                        short_dir):
+    driven, pid, state_dir = start_target({"sample_rate": 1, "placement": "left"})
+    assert driven.ask("hold 3") == "ok"
+    assert driven.ask("smash") == "ok"
+    with StatsServer(short_dir / "sock" / "s", DirectorySource(state_dir)).start() as srv:
+        answer: dict[str, object] = {}
+
+        def post() -> None:
+            answer["reply"] = request(srv.path, "POST", "/check", query={"format": "json"},
+                                      body=b"")
+
+        poster = threading.Thread(target=post)
+        poster.start()
+        # The process looks at its next sampled allocation.
+        while poster.is_alive():
+            assert driven.ask("churn 10") == "ok"
+            poster.join(0.05)
+        doc = answer["reply"].json()
+        (check,) = doc["checks"]
+        assert check["pid"] == pid and check["done"] and check["live"] >= 3
+        (report,) = check["reports"]
+        assert report["kind"] == "memory corruption"
+        assert report["explanation"].startswith("A canary check of live objects found this")
+        assert report["object"]["size"] == 48
+        assert report["address"] == report["object"]["address"] + 48
+        # Only a POST asks.
+        get = raw(srv.path, b"GET /check HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert status_of(get) == 405 and b"Allow: POST" in get

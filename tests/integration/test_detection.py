@@ -259,3 +259,35 @@ def test_check_of_a_process_that_makes_no_allocation_says_so(programs, live, tmp
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+# --- readable names ---------------------------------------------------------------
+
+DEMANGLE = r"""
+#include <cstdlib>
+namespace app {
+struct Cache {
+	__attribute__((noinline)) static void drop(char *p, int n) { free(p); (void)n; }
+};
+}
+int main() { char *p = new char[8]; app::Cache::drop(p, 1); return 0; }
+"""
+
+
+@pytest.mark.parametrize("symbolize", [True, False])
+def test_cxx_names_are_demangled_where_reports_are_rendered(programs, tmp_path, symbolize):
+    import json
+    src = tmp_path / "names.cpp"
+    src.write_text(DEMANGLE)
+    exe = programs.build(src, cxx=True)
+    jsonl = tmp_path / "reports.jsonl"
+    out = _kfence_py("run", "--sample-rate", "1", "--json-reports", str(jsonl),
+                     *([] if symbolize else ["--no-symbolize"]), "--", str(exe), cwd=tmp_path)
+    assert out.returncode == 66, out.stderr
+    assert "BUG: KFENCE: invalid free in app::Cache::drop(char*, int)" in out.stderr
+    assert " in app::Cache::drop(char*, int)" in out.stderr.split("Invalid free of")[1]
+    assert "_ZN3app" not in out.stderr
+    (record,) = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert record["function"].startswith("app::Cache::drop(char*, int)")
+    assert record["explanation"] == ("The object was allocated by operator new[] and is "
+                                     "freed by free().")

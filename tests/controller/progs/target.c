@@ -95,6 +95,9 @@ int main(void)
 			char *volatile p = malloc(24);
 			free(p);
 			p[2] = 1;
+		} else if (!strcmp(cmd, "smash") && nheld) {
+			/* One byte past the last held object: its page's canary (placement=left). */
+			((char *volatile)held[nheld - 1])[48] = 'x';
 		} else if (!strcmp(cmd, "exit")) {
 			exit((int)n);
 		} else if (!strcmp(cmd, "raise")) {
