@@ -262,7 +262,7 @@ static int kf_start(const char *options, const char *origin)
 	kf_resolve_libc();
 	kf_cxx_resolve();
 	if (kf_opt.check_free)
-		kf_images_refresh();
+		kf_nonheap_init();
 	kf_libc_exit = (kf_exit_fn *)dlsym(RTLD_NEXT, "_exit");
 	kf_libc_quick_exit = (kf_exit_fn *)dlsym(RTLD_NEXT, "quick_exit");
 	kf_libc_prctl = (int (*)(int, unsigned long, unsigned long, unsigned long, unsigned long))

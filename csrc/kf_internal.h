@@ -293,6 +293,8 @@ KF_HIDDEN bool kf_family_mismatch(int alloc, int dealloc);
 KF_HIDDEN bool kf_nonheap_free(void *p, uintptr_t caller);
 /* The table of module images, (re)read now. */
 KF_HIDDEN void kf_images_refresh(void);
+/* At start, with check_free: where the heap starts, and the first table. */
+KF_HIDDEN void kf_nonheap_init(void);
 /* Find glibc's malloc_usable_size and aligned_alloc (no __libc_ names). */
 KF_HIDDEN void kf_resolve_libc(void);
 

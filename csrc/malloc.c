@@ -115,15 +115,13 @@ void kf_free_filter_init(void)
 
 void kf_free_slow(void *p, uintptr_t caller, int family, size_t size)
 {
-	int saved = errno;
 	if (kf_is_pool_address(p)) {
+		int saved = errno;
 		kf_pool_free(p, caller, family, size);
-	} else if (p && !kf_nonheap_free(p, caller)) {
 		errno = saved;
+	} else if (p && !kf_nonheap_free(p, caller)) {
 		__libc_free(p);
-		return;
 	}
-	errno = saved;
 }
 
 void free(void *p)

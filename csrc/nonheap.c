@@ -8,18 +8,25 @@
  * inside a loaded module's image (its code, read-only data, .data or .bss).
  *
  * Every free pays for this when the option is on (the free filter sends
- * all of them here), so the common case is a few compares: the thread's
- * stack bounds are kept in its TLS, the module images in a sorted table
+ * all of them here), so the common case is a few compares: an address in
+ * glibc's main heap (between the break at start and now) is let through at
+ * once; for the others (thread arenas, mmapped chunks), the thread's stack
+ * bounds are kept in its TLS and the module images in a sorted table
  * searched without a lock.  The table is only a filter: a hit is confirmed
  * with a fresh walk of the loaded modules before anything is reported, so a
  * table made stale by dlclose() never accuses; a module loaded since the
  * last refresh is missed until the next one (every 64Ki frees of a thread).
  */
 #define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
 #include <link.h>
 #include <pthread.h>
 #include <stdalign.h>
 #include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 
 #include "kf_internal.h"
 
@@ -156,9 +163,25 @@ static bool kf_stack_bounds(uintptr_t *lo, uintptr_t *hi)
 	return true;
 }
 
+/* The program break at start: [kf_heap_lo, sbrk(0)) is glibc's main heap. */
+static uintptr_t kf_heap_lo;
+
 /* Why a (passed to free) is plainly not heap memory, with the detail's value; NONE if it may be. */
 static int kf_nonheap_detail(uintptr_t a, uint64_t *value)
 {
+	const uintptr_t align = alignof(max_align_t);
+	if (KF_UNLIKELY(a & (align - 1))) {
+		/* Never an allocation's start; a literal or a function says more, though. */
+		int detail = kf_images_may_hold(a) ? kf_image_detail(a, value) : KFENCE_DETAIL_NONE;
+		if (!detail) {
+			*value = align;
+			detail = KFENCE_DETAIL_MISALIGNED;
+		}
+		return detail;
+	}
+	/* Most frees: glibc's main heap (sbrk(0) reads a variable, no system call). */
+	if (a >= kf_heap_lo && a < (uintptr_t)sbrk(0))
+		return KFENCE_DETAIL_NONE;
 	if ((a >= (uintptr_t)kf_state && a - (uintptr_t)kf_state < kf_state->total_size) ||
 	    (a >= kf_private.lo && a < kf_private.hi))
 		return KFENCE_DETAIL_METADATA;
@@ -173,15 +196,35 @@ static int kf_nonheap_detail(uintptr_t a, uint64_t *value)
 		*value = kf_tid();
 		return KFENCE_DETAIL_STACK;
 	}
-	if (++kf_self.frees % KF_IMAGES_REFRESH == 0)
+	if (KF_UNLIKELY(++kf_self.frees % KF_IMAGES_REFRESH == 0))
 		kf_images_refresh();
-	int detail = kf_images_may_hold(a) ? kf_image_detail(a, value) : KFENCE_DETAIL_NONE;
-	const uintptr_t align = alignof(max_align_t);
-	if (!detail && (a & (align - 1))) {
-		*value = align;
-		detail = KFENCE_DETAIL_MISALIGNED;
-	}
-	return detail;
+	return kf_images_may_hold(a) ? kf_image_detail(a, value) : KFENCE_DETAIL_NONE;
+}
+
+/* The program break the process started with: field 47 (start_brk) of /proc/self/stat. */
+static uintptr_t kf_start_brk(void)
+{
+	char buf[1024];
+	int fd = open("/proc/self/stat", O_RDONLY | O_CLOEXEC);
+	ssize_t n = fd < 0 ? -1 : read(fd, buf, sizeof(buf) - 1);
+	if (fd >= 0)
+		close(fd);
+	if (n <= 0)
+		return 0;
+	buf[n] = '\0';
+	char *s = strrchr(buf, ')');  /* the command's name may hold anything */
+	for (int field = 2; s && field < 47; field++)
+		s = strchr(s + 1, ' ');
+	return s ? (uintptr_t)strtoull(s + 1, NULL, 10) : 0;
+}
+
+void kf_nonheap_init(void)
+{
+	/* Unknown (an old kernel, no /proc): the break now, which heap growth starts from. */
+	kf_heap_lo = kf_start_brk();
+	if (!kf_heap_lo)
+		kf_heap_lo = (uintptr_t)sbrk(0);
+	kf_images_refresh();
 }
 
 bool kf_nonheap_free(void *p, uintptr_t caller)
@@ -193,6 +236,7 @@ bool kf_nonheap_free(void *p, uintptr_t caller)
 	if (detail == KFENCE_DETAIL_NONE)
 		return false;
 	KF_ENTER();
+	int saved = errno;
 	struct kfence_stack st = { .depth = 1, .pc = { caller } };
 	if (kf_unwind_safe(caller))
 		kf_capture_stack(&st);
@@ -201,5 +245,6 @@ bool kf_nonheap_free(void *p, uintptr_t caller)
 		.addr = (uintptr_t)p, .slot = -1, .stack = &st, .detail = detail, .value = value,
 	};
 	kf_report(&in);
+	errno = saved;
 	return true;
 }
