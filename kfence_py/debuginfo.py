@@ -23,8 +23,6 @@ import logging
 import os
 import re
 import tempfile
-import urllib.error
-import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,6 +116,9 @@ class DebugFiles:
         return None
 
     def _download(self, url: str, wanted: str, kept: Path) -> bool:
+        import urllib.error  # only when a debuginfod server is asked: not at every start
+        import urllib.request
+
         address = f"{url.rstrip('/')}/buildid/{wanted}/debuginfo"
         request = urllib.request.Request(address, headers={"User-Agent": "kfence_py"})
         try:

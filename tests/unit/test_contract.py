@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 
@@ -26,6 +27,8 @@ def _stats() -> Stats:
 
 
 class _View:
+    header = SimpleNamespace(start_realtime_ns=1, start_ns=1)  # who the process is
+
     def stats(self) -> Stats:
         return _stats()
 
@@ -84,17 +87,17 @@ def test_the_client_loads_no_server(tmp_path):
     assert out.strip() == "[]"
 
 
-# The control block's words as state version 2 has them.  A controller of version 2
-# writes these offsets: a RUNTIME option goes after them (options.inc's order makes the
-# fields), or KFENCE_STATE_VERSION is bumped and this table with it.
-CONTROL_V2 = {"enabled": 0, "sample_interval": 4, "sample_rate": 8, "burst": 12,
+# The control block's words as state version 3 has them (as version 2 had).  A controller
+# of version 3 writes these offsets: a RUNTIME option goes after them (options.inc's order
+# makes the fields), or KFENCE_STATE_VERSION is bumped and this table with it.
+CONTROL_V3 = {"enabled": 0, "sample_interval": 4, "sample_rate": 8, "burst": 12,
               "skip_covered_thresh": 16}
 
 
 def test_the_control_block_keeps_its_words_within_a_version():
     from kfence_py._native import lib
-    if lib.KFENCE_STATE_VERSION != 2:
-        pytest.skip("pinned for state version 2")
-    found = {name: ffi.offsetof("struct kfence_control", name) for name in CONTROL_V2}
-    assert found == CONTROL_V2, "a RUNTIME option was inserted before others: append it, " \
+    if lib.KFENCE_STATE_VERSION != 3:
+        pytest.skip("pinned for state version 3")
+    found = {name: ffi.offsetof("struct kfence_control", name) for name in CONTROL_V3}
+    assert found == CONTROL_V3, "a RUNTIME option was inserted before others: append it, " \
         "or bump KFENCE_STATE_VERSION"
