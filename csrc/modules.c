@@ -7,9 +7,10 @@
  *
  * Filled from /proc/self/maps, every executable file mapping of a pass:
  *  - on the slow path, when a captured stack has a pc no entry holds (a
- *    library dlopen()ed since): at most once a second, since a JIT's
- *    anonymous code is in no file and would ask again at every sample, and
- *    the maps of a process with a big pool take the kernel ~17 ms to print;
+ *    library dlopen()ed since): the first KF_MAPS_FREE_READS times at once,
+ *    then at most once a second, since a JIT's anonymous code is in no file
+ *    and would ask again at every sample, and the maps of a process with a
+ *    big pool take the kernel ~17 ms to print;
  *  - on the report path, which reads the maps anyway for its frames.
  * Entries are appended, never changed: readers take no lock.  One writer at
  * a time, by a flag that is tried, never waited for (the report path runs
@@ -27,7 +28,8 @@
 
 #include "kf_internal.h"
 
-/* The slow path reads the maps at most this often: see above. */
+/* The slow path's reads of the maps: so many at once, then one a second at most. */
+#define KF_MAPS_FREE_READS 16
 #define KF_MAPS_READ_INTERVAL_NS 1000000000ull
 /* Program headers read from a module; real ones have about a dozen. */
 #define KF_MAX_PHDRS 64
@@ -39,6 +41,7 @@ static _Atomic uint32_t kf_mod_paths_len = 1;
 static _Atomic bool kf_mod_full;  /* no room for one more: nothing more to learn */
 static _Atomic uint32_t kf_mod_writer;  /* 1 while a thread appends */
 static _Atomic uint64_t kf_mod_next_read;  /* kf_now_ns() before which the slow path waits */
+static uint32_t kf_mod_free_reads = KF_MAPS_FREE_READS;  /* the slow path's, left (writer's) */
 static _Atomic bool kf_mod_sealed;  /* a sandbox is coming: the slow path opens nothing */
 
 /* === Reading === */
@@ -229,12 +232,19 @@ KF_SIGSAFE void kf_modules_atfork_child(void)
 
 /* === The slow path === */
 
-/* One pass over the maps for the table alone. */
-static void kf_modules_read(void)
+/* One pass over the maps for the table alone; throttled: the slow path's, not a seal's. */
+static void kf_modules_read(bool throttled)
 {
 	static char buf[4096];  /* the writer's */
 	if (!kf_modules_begin())
 		return;
+	if (throttled && !kf_mod_free_reads &&
+	    kf_now_ns() < atomic_load_explicit(&kf_mod_next_read, memory_order_relaxed)) {
+		atomic_store_explicit(&kf_mod_writer, 0, memory_order_release);
+		return;
+	}
+	if (throttled && kf_mod_free_reads)
+		kf_mod_free_reads--;
 	kf_maps_read(buf, sizeof(buf), false, true);
 	kf_modules_end();
 }
@@ -258,13 +268,12 @@ void kf_modules_note(const struct kfence_stack *st)
 				unknown = false;
 			}
 	}
-	if (unknown &&
-	    kf_now_ns() >= atomic_load_explicit(&kf_mod_next_read, memory_order_relaxed))
-		kf_modules_read();
+	if (unknown)
+		kf_modules_read(true);
 }
 
 void kf_modules_seal(void)
 {
-	kf_modules_read();
+	kf_modules_read(false);
 	atomic_store(&kf_mod_sealed, true);
 }
