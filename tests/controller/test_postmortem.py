@@ -53,16 +53,15 @@ def built(programs, tmp_path_factory) -> Built:
     return Built(host, plugin, stripped, debug, found)
 
 
-def run_to_exit(programs, built: Built, plugin: Path, state_dir: Path, *,
-                bug: bool = True) -> int:
-    """Run the host with plugin until it exits; its pid (its state file stays)."""
+def run_to_exit(programs, built: Built, plugin: Path, state_dir: Path, mode: str = "") -> int:
+    """Run the host with plugin until it exits; its pid (its state file stays).
+    mode: "" (a use-after-free), "keep" (no report) or "fork" (a child too, no report)."""
     state_dir.mkdir(mode=0o700, exist_ok=True)
-    run = programs.run(built.host, str(plugin), *([] if bug else ["keep"]),
+    run = programs.run(built.host, str(plugin), *([mode] if mode else []),
                        options={"sample_rate": 1, "state_dir": state_dir})
-    assert run.returncode == (66 if bug else 0), run.stderr[-3000:]
-    assert (f"BUG: KFENCE: {UAF} read in plugin_uaf" in run.stderr) == bug
-    [state] = state_dir.glob("*.state")
-    return int(state.stem)
+    assert run.returncode == (0 if mode else 66), run.stderr[-3000:]
+    assert (f"BUG: KFENCE: {UAF} read in plugin_uaf" in run.stderr) == (not mode)
+    return min(int(state.stem) for state in state_dir.glob("*.state"))
 
 
 def no_debuginfod() -> dict[str, str]:
@@ -82,7 +81,7 @@ def source_line(frame: dict) -> tuple[str, int] | None:
 def test_objects_of_an_exited_process_are_symbolized(programs, built, short_dir):
     """No report read the maps: the allocation's own stack recorded the module."""
     state_dir = short_dir / "state"
-    pid = run_to_exit(programs, built, built.plugin, state_dir, bug=False)
+    pid = run_to_exit(programs, built, built.plugin, state_dir, "keep")
     objects = kfence_cli("objects", "--state-dir", str(state_dir), "--json", cwd=short_dir,
                          env=no_debuginfod())
     assert objects.returncode == 0, objects.stderr
@@ -93,6 +92,19 @@ def test_objects_of_an_exited_process_are_symbolized(programs, built, short_dir)
     assert frame["module"] == str(built.plugin) and frame["build_id"] == built.build_id
     assert source_line(frame) == ("plugin.c", line_of("plugin_keep", PLUGIN))
     assert frame["offset"] != frame["pc"]  # placed: the link-time address, not the raw pc
+
+
+def test_a_forked_child_keeps_the_modules_it_inherited(programs, built, short_dir):
+    """The child's own state file starts with the table as its memory had it at the fork."""
+    state_dir = short_dir / "state"
+    parent = run_to_exit(programs, built, built.plugin, state_dir, "fork")
+    objects = kfence_cli("objects", "--state-dir", str(state_dir), "--json", cwd=short_dir,
+                         env=no_debuginfod())
+    found = {(o["pid"], o["size"]): o for o in json.loads(objects.stdout)["objects"]}
+    [child] = {pid for pid, _ in found} - {parent}
+    frame = found[(child, 48)]["allocated"]["stack"][0]
+    assert frame["build_id"] == built.build_id
+    assert source_line(frame) == ("plugin.c", line_of("plugin_keep", PLUGIN))
 
 
 def test_reports_of_an_exited_process_are_symbolized(programs, built, short_dir):
