@@ -1,7 +1,8 @@
 /*
  * The contract between libkfence.so and everything that reads its state: the
- * layout of the state (counters, per-slot metadata, recent reports and the
- * control block, in one versioned mapping), and every enum with its names.
+ * layout of the state (counters, per-slot metadata, recent reports, the
+ * control block and the module table, in one versioned mapping), and every
+ * enum with its names.
  * It is stated here once; Python reads it through cffi (build_ffi.py runs
  * the C preprocessor over this file with KFENCE_CDEF defined and hands the
  * result to cdef), and the C side builds its name tables from the same lists.
