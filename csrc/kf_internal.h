@@ -355,6 +355,8 @@ KF_SIGSAFE KF_HIDDEN int kf_map_open(const char *path, uint64_t lo, uint64_t hi)
  */
 /* pc (or pc - 1) lies in a module of the table, or the table has no room to learn more. */
 KF_SIGSAFE KF_HIDDEN bool kf_modules_known(uintptr_t pc);
+/* The path of the module holding pc (its bias in *bias), or NULL. */
+KF_SIGSAFE KF_HIDDEN const char *kf_modules_find(uintptr_t pc, uint64_t *bias);
 /* Slow path, after a stack is captured: learn the modules of pcs the table lacks. */
 KF_HIDDEN void kf_modules_note(const struct kfence_stack *st);
 /* The table may be written: true when this thread is its one writer until kf_modules_end(). */

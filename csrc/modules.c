@@ -63,6 +63,17 @@ KF_SIGSAFE bool kf_modules_known(uintptr_t pc)
 	return false;
 }
 
+KF_SIGSAFE const char *kf_modules_find(uintptr_t pc, uint64_t *bias)
+{
+	uint32_t n = atomic_load_explicit(&kf_nmods, memory_order_acquire);
+	for (uint32_t i = 0; i < n; i++)
+		if (pc >= kf_mods[i].start && pc < kf_mods[i].end) {
+			*bias = kf_mods[i].bias;
+			return kf_mod_paths + kf_mods[i].path;
+		}
+	return NULL;
+}
+
 KF_SIGSAFE const struct kfence_module *kf_modules_table(uint32_t *count, const char **paths,
 							 uint32_t *paths_len)
 {

@@ -398,8 +398,19 @@ KF_SIGSAFE void kf_describe(uintptr_t pc, bool exact, struct kf_frame *f)
 	for (size_t i = 0; i < kf_nwhere && !w; i++)
 		if (kf_where[i].addr == look && kf_where[i].module)
 			w = &kf_where[i];
-	if (!w)
+	if (!w) {
+		/*
+		 * The maps could not be read (a sandbox refuses open): the module
+		 * table, filled before it, still places the frame, without a name.
+		 */
+		uint64_t bias;
+		const char *path = kf_modules_find(look, &bias);
+		if (path) {
+			f->module = path;
+			f->module_off = pc - bias;
+		}
 		return;
+	}
 	const struct kf_module *mod = &kf_modules[w->module - 1];
 	uint64_t file_off = mod->off + (look - mod->lo);
 	f->module = kf_paths + mod->path;
