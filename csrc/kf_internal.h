@@ -11,8 +11,11 @@
  * slow path     gate.c and pool.c, when a countdown runs out or a pool
  *               pointer is freed: may take the pool lock (kf_pool_lock),
  *               mprotect, read the clock, unwind (unless the caller is the
- *               unwinder: kf_unwind_safe) and grow the state file.  Runs
- *               inside KF_ENTER(), so any malloc it causes goes to glibc.
+ *               unwinder: kf_unwind_safe), grow the state file, and read
+ *               /proc/self/maps and module headers for a module it has not
+ *               seen (modules.c: throttled, and not once a sandbox is
+ *               announced).  Runs inside KF_ENTER(), so any malloc it causes
+ *               goes to glibc.
  * signal        the SIGSEGV/SIGBUS handler and what it calls (fault.c, the
  *               report path: report.c, format.c, symbols.c): only
  *               KF_SIGSAFE functions.  No malloc, no stdio, no dladdr or
