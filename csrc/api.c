@@ -17,7 +17,8 @@
 _Static_assert(sizeof(struct kfence_stack) == 8 + 8 * KFENCE_STACK_MAX, "stack layout");
 _Static_assert(sizeof(struct kfence_slot) == 56 + 2 * sizeof(struct kfence_stack) +
 		       2 * KFENCE_NOTE_SIZE, "slot layout");
-_Static_assert(sizeof(struct kfence_state) == 296, "state header layout");
+_Static_assert(sizeof(struct kfence_state) == 328, "state header layout");
+_Static_assert(sizeof(struct kfence_module) == 40 + KFENCE_BUILD_ID_MAX, "module layout");
 _Static_assert(sizeof(struct kfence_control) <= sizeof(((struct kfence_state *)0)->control_room),
 	       "more RUNTIME options than KFENCE_CONTROL_SLOTS");
 _Static_assert((int)KFENCE_COUNTER_COUNT <= (int)KFENCE_COUNTER_SLOTS, "counters[] too small");

@@ -75,6 +75,7 @@ KF_SIGSAFE bool kf_become_owner(void)
 	/* After a raw clone the lock may be held by a thread this process does not have. */
 	kf_pool_lock_reset();
 	kf_report_atfork_child();
+	kf_modules_atfork_child();
 	kf_self.tid = 0;
 	kf_self.rng = 0;
 	struct kfence_state *s = kf_state;
@@ -164,6 +165,7 @@ int prctl(int option, ...)
 	va_end(ap);
 	if ((option == PR_SET_SECCOMP || option == PR_SET_NO_NEW_PRIVS) &&
 	    kf_ready() && kf_check_owner()) {
+		kf_modules_seal();
 		kf_pool_lock();
 		kf_state_seal();
 		kf_pool_unlock();

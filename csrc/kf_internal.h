@@ -11,8 +11,11 @@
  * slow path     gate.c and pool.c, when a countdown runs out or a pool
  *               pointer is freed: may take the pool lock (kf_pool_lock),
  *               mprotect, read the clock, unwind (unless the caller is the
- *               unwinder: kf_unwind_safe) and grow the state file.  Runs
- *               inside KF_ENTER(), so any malloc it causes goes to glibc.
+ *               unwinder: kf_unwind_safe), grow the state file, and read
+ *               /proc/self/maps and module headers for a module it has not
+ *               seen (modules.c: throttled, and not once a sandbox is
+ *               announced).  Runs inside KF_ENTER(), so any malloc it causes
+ *               goes to glibc.
  * signal        the SIGSEGV/SIGBUS handler and what it calls (fault.c, the
  *               report path: report.c, format.c, symbols.c): only
  *               KF_SIGSAFE functions.  No malloc, no stdio, no dladdr or
@@ -377,6 +380,50 @@ KF_SIGSAFE KF_HIDDEN void kf_symbols_load(void);
 KF_SIGSAFE KF_HIDDEN void kf_describe(uintptr_t pc, bool exact, struct kf_frame *f);
 KF_SIGSAFE KF_HIDDEN void kf_symbols_end(void);
 
+/* An executable mapping of a file, from a line of /proc/self/maps (path not NUL-terminated). */
+struct kf_map {
+	uint64_t lo, hi, off;  /* [lo, hi) maps the file from offset off */
+	const char *path;
+	size_t path_len;
+};
+/*
+ * One pass over /proc/self/maps, a line at a time in buf: the executable
+ * file mappings go to the report's addresses (report: report lock held)
+ * and to the module table (modules: kf_modules_begin() said yes).
+ */
+KF_SIGSAFE KF_HIDDEN bool kf_maps_read(char *buf, size_t cap, bool report, bool modules);
+/* The file of the mapping [lo, hi) of path (through /proc/self/map_files if deleted); -1. */
+KF_SIGSAFE KF_HIDDEN int kf_map_open(const char *path, uint64_t lo, uint64_t hi);
+
+/* === The module table (modules.c) === */
+
+/*
+ * Every executable file mapping a recorded stack reached, with its load
+ * bias and build-id, kept in private memory and copied into the state.
+ */
+/* pc (or pc - 1) lies in a module of the table, or the table has no room to learn more. */
+KF_SIGSAFE KF_HIDDEN bool kf_modules_known(uintptr_t pc);
+/* The path of the module holding pc (its bias in *bias), or NULL. */
+KF_SIGSAFE KF_HIDDEN const char *kf_modules_find(uintptr_t pc, uint64_t *bias);
+/* Slow path, after a stack is captured: learn the modules of pcs the table lacks. */
+KF_HIDDEN void kf_modules_note(const struct kfence_stack *st);
+/* The table may be written: true when this thread is its one writer until kf_modules_end(). */
+KF_SIGSAFE KF_HIDDEN bool kf_modules_begin(void);
+/* A mapping of the maps (kf_maps_read): recorded if new. */
+KF_SIGSAFE KF_HIDDEN void kf_modules_map(const struct kf_map *map);
+/* The new entries go into the state; the writer's turn ends. */
+KF_SIGSAFE KF_HIDDEN void kf_modules_end(void);
+/* Copy into s the entries it does not have (reserving file space first). */
+KF_SIGSAFE KF_HIDDEN void kf_modules_publish(struct kfence_state *s);
+/* The table as this process has it: *count entries, *paths_len bytes of paths. */
+KF_SIGSAFE KF_HIDDEN const struct kfence_module *kf_modules_table(uint32_t *count,
+								   const char **paths,
+								   uint32_t *paths_len);
+/* Before a sandbox: every module now, and no more reads of the maps from the slow path. */
+KF_HIDDEN void kf_modules_seal(void);
+/* In a new process: the writer that held the table may be a thread it does not have. */
+KF_SIGSAFE KF_HIDDEN void kf_modules_atfork_child(void);
+
 /* === Fault handler (fault.c) === */
 
 KF_HIDDEN int kf_install_fault_handler(void);
@@ -475,6 +522,8 @@ KF_HIDDEN extern bool kf_state_shared;
  * rest reserved on first use): 0 or an errno.
  */
 KF_SIGSAFE KF_HIDDEN int kf_state_publish(struct kfence_state *s, const char *dir);
+/* Reserve [off, off + len) of the state file before writing it there (true in private memory). */
+KF_SIGSAFE KF_HIDDEN bool kf_state_reserve(uint64_t off, uint64_t len);
 /* Reserve report ring entry i before writing it; false if impossible. */
 KF_SIGSAFE KF_HIDDEN bool kf_state_back_report(size_t i);
 /* Report ring entry i may be read (it is reserved, or the state is private). */

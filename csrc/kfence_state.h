@@ -1,7 +1,8 @@
 /*
  * The contract between libkfence.so and everything that reads its state: the
- * layout of the state (counters, per-slot metadata, recent reports and the
- * control block, in one versioned mapping), and every enum with its names.
+ * layout of the state (counters, per-slot metadata, recent reports, the
+ * control block and the module table, in one versioned mapping), and every
+ * enum with its names.
  * It is stated here once; Python reads it through cffi (build_ffi.py runs
  * the C preprocessor over this file with KFENCE_CDEF defined and hands the
  * result to cdef), and the C side builds its name tables from the same lists.
@@ -29,7 +30,10 @@ enum kfence_layout {
 	KFENCE_MAX_REPORTS = 64,       /* the report ring */
 	KFENCE_COUNTER_SLOTS = 16,     /* room in counters[] (KFENCE_COUNTER_COUNT used) */
 	KFENCE_CONTROL_SLOTS = 16,     /* room in the control block (uint32_t fields) */
-	KFENCE_CORRUPTION_WINDOW = 16  /* bytes shown of a corrupted canary */
+	KFENCE_CORRUPTION_WINDOW = 16, /* bytes shown of a corrupted canary */
+	KFENCE_MAX_MODULES = 512,      /* the module table */
+	KFENCE_MODULE_PATHS = 65536,   /* bytes for the module table's paths */
+	KFENCE_BUILD_ID_MAX = 32       /* bytes kept of a GNU build-id (SHA-1's are 20) */
 };
 
 /* X(ID, name): the life of a pool slot. */
@@ -208,6 +212,23 @@ struct kfence_report {
 };
 
 /*
+ * An executable mapping of a file that a recorded stack reached, as
+ * /proc/self/maps showed it: a reader in another process, or on another
+ * machine after this one has exited, turns a recorded pc into module+offset
+ * (pc - bias, the link-time address that symbolizers take) and finds the
+ * module's debug information by its build-id.  Entries are only appended.
+ */
+struct kfence_module {
+	uint64_t start;          /* [start, end): the mapping */
+	uint64_t end;
+	uint64_t bias;           /* load address: pc - bias is the address in the ELF file */
+	uint64_t file_offset;    /* of start in the file */
+	uint32_t path;           /* offset of its NUL-terminated path in the state's paths */
+	uint32_t build_id_size;  /* 0: none found (not ELF, unreadable, or no NT_GNU_BUILD_ID) */
+	uint8_t build_id[KFENCE_BUILD_ID_MAX];
+};
+
+/*
  * The options marked RUNTIME in options.inc, in its order: written by the
  * controller, read by the data plane on its slow path.
  */
@@ -244,6 +265,13 @@ struct kfence_state {
 	};
 	uint64_t counters[KFENCE_COUNTER_SLOTS];   /* enum kfence_counter */
 	uint64_t reports_written;
+	/* The module table, after the reports: max_modules entries of module_size bytes. */
+	uint64_t modules_offset;
+	uint64_t paths_offset;   /* paths_size bytes: "\0", then each module's path */
+	uint32_t module_size;    /* sizeof(struct kfence_module) */
+	uint32_t max_modules;
+	uint32_t paths_size;
+	uint32_t num_modules;    /* entries in use, each whole before it is counted (release) */
 };
 
 /*

@@ -76,6 +76,7 @@ void kf_capture_stack(struct kfence_stack *st)
 	for (int i = skip; i < n && depth < kf_opt.stack_depth; i++)
 		st->pc[depth++] = (uintptr_t)pcs[i];
 	st->depth = depth;
+	kf_modules_note(st);  /* so that a reader can place these pcs after we exit */
 }
 
 /* The executable range of the module containing data[0], into data[1..2]. */

@@ -42,6 +42,7 @@ static int kf_state_fd = -1;
 static ino_t kf_state_ino;
 static dev_t kf_state_dev;
 static _Atomic bool kf_state_full;  /* a slot could not be reserved: use no new ones */
+static _Atomic bool kf_state_sealed;  /* the whole file is reserved: no more fallocate */
 /* Bit i: report ring entry i is reserved in the file (all of them in private memory). */
 static _Atomic uint64_t kf_ring_backed = ~0ull;
 _Static_assert(KFENCE_MAX_REPORTS <= 64, "kf_ring_backed has a bit per ring entry");
@@ -158,9 +159,24 @@ KF_SIGSAFE static int kf_fill_file(int fd, const struct kfence_state *s)
 	if (getrlimit(RLIMIT_FSIZE, &lim) == 0 && lim.rlim_cur != RLIM_INFINITY &&
 	    lim.rlim_cur < s->total_size)
 		return EFBIG;
+	/* The module table as this process has it (a parent's may have grown since the fork). */
+	uint32_t modules, paths_len;
+	const char *paths;
+	const struct kfence_module *table = kf_modules_table(&modules, &paths, &paths_len);
+	if (modules > s->max_modules || paths_len > s->paths_size)
+		modules = paths_len = 0;
+	struct kfence_state header;
+	memcpy(&header, s, sizeof(header));
+	header.num_modules = modules;
 	if (ftruncate(fd, (off_t)s->total_size) != 0 ||
 	    kf_reserve(fd, 0, s->slots_offset) != 0 ||
-	    kf_pwrite_all(fd, s, s->header_size, 0) != 0)
+	    kf_pwrite_all(fd, &header, sizeof(header), 0) != 0)
+		return errno;
+	if (modules &&
+	    (kf_reserve(fd, s->modules_offset, modules * sizeof(*table)) != 0 ||
+	     kf_reserve(fd, s->paths_offset, paths_len) != 0 ||
+	     kf_pwrite_all(fd, table, modules * sizeof(*table), (off_t)s->modules_offset) != 0 ||
+	     kf_pwrite_all(fd, paths, paths_len, (off_t)s->paths_offset) != 0))
 		return errno;
 	/*
 	 * The live objects, a run of slots at a time, straight from the
@@ -255,6 +271,7 @@ KF_SIGSAFE int kf_state_publish(struct kfence_state *s, const char *dir)
 	kf_state_dev = st.st_dev;
 	kf_state_shared = true;
 	atomic_store(&kf_state_full, false);
+	atomic_store(&kf_state_sealed, false);
 	return 0;
 }
 
@@ -336,6 +353,23 @@ KF_SIGSAFE void kf_state_privatize(struct kfence_state *s)
 	atomic_store(&kf_ring_backed, ~0ull);
 	kf_state_shared = false;
 	kf_state_fd_drop();
+	/* The module table was not copied: this process's own, whole. */
+	s->num_modules = 0;
+	kf_modules_publish(s);
+}
+
+/*
+ * On the report path too (the module table), so without a lock: two threads
+ * may reserve the same pages, which is harmless.
+ */
+KF_SIGSAFE bool kf_state_reserve(uint64_t off, uint64_t len)
+{
+	if (!kf_state_shared || len == 0 || atomic_load(&kf_state_sealed))
+		return true;
+	if (atomic_load_explicit(&kf_state_full, memory_order_relaxed))
+		return false;
+	int fd = kf_state_file();
+	return fd >= 0 && kf_reserve(fd, off, len) == 0;
 }
 
 /*
@@ -375,6 +409,7 @@ void kf_state_seal(void)
 				  kf_state->total_size - kf_state->slots_offset) == 0) {
 		memset(kf_slot_backed, 1, n);
 		atomic_store(&kf_ring_backed, ~0ull);
+		atomic_store(&kf_state_sealed, true);
 		return;
 	}
 	/* No new slots then: growing the file later may be forbidden. */
@@ -385,9 +420,10 @@ void kf_state_seal(void)
 
 struct kfence_state *kf_state_new(size_t n, uintptr_t pool, size_t pool_size)
 {
-	size_t size = sizeof(struct kfence_state) + n * sizeof(struct kfence_slot) +
-		      KFENCE_MAX_REPORTS * sizeof(struct kfence_report);
-	size = (size + kf_page - 1) & ~(kf_page - 1);
+	size_t reports = sizeof(struct kfence_state) + n * sizeof(struct kfence_slot);
+	size_t modules = reports + KFENCE_MAX_REPORTS * sizeof(struct kfence_report);
+	size_t paths = modules + KFENCE_MAX_MODULES * sizeof(struct kfence_module);
+	size_t size = (paths + KFENCE_MODULE_PATHS + kf_page - 1) & ~(kf_page - 1);
 	struct kfence_state *s = kf_os_map(size);
 	if (!s)
 		return NULL;
@@ -400,7 +436,12 @@ struct kfence_state *kf_state_new(size_t n, uintptr_t pool, size_t pool_size)
 	s->max_reports = KFENCE_MAX_REPORTS;
 	s->total_size = size;
 	s->slots_offset = sizeof(struct kfence_state);
-	s->reports_offset = sizeof(struct kfence_state) + n * sizeof(struct kfence_slot);
+	s->reports_offset = reports;
+	s->modules_offset = modules;
+	s->paths_offset = paths;
+	s->module_size = sizeof(struct kfence_module);
+	s->max_modules = KFENCE_MAX_MODULES;
+	s->paths_size = KFENCE_MODULE_PATHS;
 	s->pid = (uint32_t)getpid();
 	s->page_size = (uint32_t)kf_page;
 	s->pool_start = pool;

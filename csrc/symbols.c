@@ -75,13 +75,13 @@ KF_SIGSAFE static bool kf_in_file(uint64_t off, uint64_t len, size_t size)
 }
 
 /*
- * The file of a module.  One deleted or replaced since it was loaded (an
- * upgrade under a running program, a memfd) is still there through
- * /proc/self/map_files, which opens the very file mapped.
+ * The file of the mapping [lo, hi) of path, as /proc/self/maps names it.
+ * One deleted or replaced since it was loaded (an upgrade under a running
+ * program, a memfd) is still there through /proc/self/map_files, which
+ * opens the very file mapped.
  */
-KF_SIGSAFE static int kf_module_open(const struct kf_module *mod)
+KF_SIGSAFE int kf_map_open(const char *path, uint64_t lo, uint64_t hi)
 {
-	const char *path = kf_paths + mod->path;
 	size_t n = strlen(path);
 	const char deleted[] = " (deleted)";
 	bool gone = n >= sizeof(deleted) - 1 && !strcmp(path + n - (sizeof(deleted) - 1), deleted);
@@ -91,7 +91,7 @@ KF_SIGSAFE static int kf_module_open(const struct kf_module *mod)
 	char by_range[64] = "/proc/self/map_files/";
 	size_t at = strlen(by_range);
 	for (int half = 0; half < 2; half++) {
-		uint64_t v = half ? mod->hi : mod->lo;
+		uint64_t v = half ? hi : lo;
 		int digits = 1;
 		while (digits < 16 && v >> (4 * digits))
 			digits++;
@@ -107,7 +107,8 @@ KF_SIGSAFE static const uint8_t *kf_elf_open(uint32_t module)
 	if (kf_elf.map && kf_elf.module == module)
 		return kf_elf.map;
 	kf_elf_close();
-	int fd = kf_module_open(&kf_modules[module - 1]);
+	const struct kf_module *mod = &kf_modules[module - 1];
+	int fd = kf_map_open(kf_paths + mod->path, mod->lo, mod->hi);
 	if (fd < 0)
 		return NULL;
 	struct stat st;
@@ -222,12 +223,36 @@ KF_SIGSAFE static uint32_t kf_path_intern(const char *path, size_t n)
 	return at;
 }
 
-/* One line of /proc/self/maps: "lo-hi perms offset dev inode   path". */
-KF_SIGSAFE static void kf_maps_line(const char *s, const char *end)
+/* An executable file mapping holds addresses of the report: keep it for them. */
+KF_SIGSAFE static void kf_where_map(const struct kf_map *map)
 {
-	uint64_t lo = kf_hex(&s, end);
+	uint32_t module = 0;
+	for (size_t i = 0; i < kf_nwhere; i++) {
+		struct kf_where *w = &kf_where[i];
+		if (w->module || w->addr < map->lo || w->addr >= map->hi)
+			continue;
+		if (!module) {
+			uint32_t interned = kf_path_intern(map->path, map->path_len);
+			if (!interned || kf_nmodules == KF_MAX_MODULES)
+				return;
+			kf_modules[kf_nmodules] = (struct kf_module){ map->lo, map->hi, map->off, interned };
+			module = (uint32_t)++kf_nmodules;
+		}
+		w->module = module;
+	}
+}
+
+/*
+ * One line of /proc/self/maps: "lo-hi perms offset dev inode   path".  An
+ * executable mapping of a file goes to the report's addresses (report) and
+ * to the module table (modules).
+ */
+KF_SIGSAFE static void kf_maps_line(const char *s, const char *end, bool report, bool modules)
+{
+	struct kf_map map;
+	map.lo = kf_hex(&s, end);
 	s++;
-	uint64_t hi = kf_hex(&s, end);
+	map.hi = kf_hex(&s, end);
 	/*
 	 * The permissions: code runs only from executable mappings.  A pc
 	 * anywhere else is no frame (a stale one: its module unloaded, the
@@ -240,7 +265,7 @@ KF_SIGSAFE static void kf_maps_line(const char *s, const char *end)
 	if (s - perms < 3 || perms[2] != 'x')
 		return;
 	s++;
-	uint64_t off = kf_hex(&s, end);
+	map.off = kf_hex(&s, end);
 	/*
 	 * Then the device and the inode, and after spaces the path, if the
 	 * mapping has one: a file's starts with '/'.  Anonymous memory has none,
@@ -256,21 +281,47 @@ KF_SIGSAFE static void kf_maps_line(const char *s, const char *end)
 		s++;
 	if (s >= end || *s != '/')
 		return;
-	const char *path = s;
-	uint32_t module = 0;
-	for (size_t i = 0; i < kf_nwhere; i++) {
-		struct kf_where *w = &kf_where[i];
-		if (w->module || w->addr < lo || w->addr >= hi)
-			continue;
-		if (!module) {
-			uint32_t interned = kf_path_intern(path, (size_t)(end - path));
-			if (!interned || kf_nmodules == KF_MAX_MODULES)
-				return;
-			kf_modules[kf_nmodules] = (struct kf_module){ lo, hi, off, interned };
-			module = (uint32_t)++kf_nmodules;
+	map.path = s;
+	map.path_len = (size_t)(end - s);
+	if (report)
+		kf_where_map(&map);
+	if (modules)
+		kf_modules_map(&map);
+}
+
+/*
+ * Read /proc/self/maps, a line at a time into buf, for the report's
+ * addresses and/or the module table.  A line longer than buf (a huge path)
+ * is skipped.  False when the file cannot be read.
+ */
+KF_SIGSAFE bool kf_maps_read(char *buf, size_t cap, bool report, bool modules)
+{
+	int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return false;
+	size_t have = 0;
+	bool skipping = false;  /* inside a line too long for buf: up to its end */
+	for (;;) {
+		ssize_t got = read(fd, buf + have, cap - have);
+		if (got <= 0)
+			break;
+		have += (size_t)got;
+		char *start = buf, *nl;
+		while ((nl = memchr(start, '\n', have - (size_t)(start - buf)))) {
+			if (!skipping)
+				kf_maps_line(start, nl, report, modules);
+			skipping = false;
+			start = nl + 1;
 		}
-		w->module = module;
+		have -= (size_t)(start - buf);
+		memmove(buf, start, have);
+		if (have == cap) {
+			have = 0;
+			skipping = true;
+		}
 	}
+	close(fd);
+	return true;
 }
 
 /* Addresses of the report in a known mapping; false if one is in none. */
@@ -282,7 +333,8 @@ KF_SIGSAFE static bool kf_where_known(void)
 		for (size_t k = 0; k < kf_nmodules && !w->module; k++)
 			if (w->addr >= kf_modules[k].lo && w->addr < kf_modules[k].hi)
 				w->module = (uint32_t)k + 1;
-		all &= w->module != 0;
+		/* The state's module table must have it too, for a reader after our exit. */
+		all &= w->module != 0 && kf_modules_known(w->addr);
 	}
 	return all;
 }
@@ -320,37 +372,13 @@ KF_SIGSAFE void kf_symbols_load(void)
 {
 	if (kf_where_known())
 		return;
-	int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return;
-	/*
-	 * Lines are read into buf whole; a line longer than buf (a huge path) is
-	 * skipped.  Static (the report lock is held): this may run on a small
-	 * alternate signal stack.
-	 */
+	/* Static (the report lock is held): this may run on a small alternate signal stack. */
 	static char buf[4096];
-	size_t have = 0;
-	bool skipping = false;  /* inside a line too long for buf: up to its end */
-	for (;;) {
-		ssize_t got = read(fd, buf + have, sizeof(buf) - have);
-		if (got <= 0)
-			break;
-		have += (size_t)got;
-		char *start = buf, *nl;
-		while ((nl = memchr(start, '\n', have - (size_t)(start - buf)))) {
-			if (!skipping)
-				kf_maps_line(start, nl);
-			skipping = false;
-			start = nl + 1;
-		}
-		have -= (size_t)(start - buf);
-		memmove(buf, start, have);
-		if (have == sizeof(buf)) {
-			have = 0;
-			skipping = true;
-		}
-	}
-	close(fd);
+	/* The same pass fills the module table, unless another thread is at it. */
+	bool modules = kf_modules_begin();
+	kf_maps_read(buf, sizeof(buf), true, modules);
+	if (modules)
+		kf_modules_end();
 }
 
 KF_SIGSAFE void kf_symbols_end(void)
@@ -370,8 +398,19 @@ KF_SIGSAFE void kf_describe(uintptr_t pc, bool exact, struct kf_frame *f)
 	for (size_t i = 0; i < kf_nwhere && !w; i++)
 		if (kf_where[i].addr == look && kf_where[i].module)
 			w = &kf_where[i];
-	if (!w)
+	if (!w) {
+		/*
+		 * The maps could not be read (a sandbox refuses open): the module
+		 * table, filled before it, still places the frame, without a name.
+		 */
+		uint64_t bias;
+		const char *path = kf_modules_find(look, &bias);
+		if (path) {
+			f->module = path;
+			f->module_off = pc - bias;
+		}
 		return;
+	}
 	const struct kf_module *mod = &kf_modules[w->module - 1];
 	uint64_t file_off = mod->off + (look - mod->lo);
 	f->module = kf_paths + mod->path;

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import suppress
 from pathlib import Path
 from typing import Any, ClassVar, NoReturn, TypeVar
 from urllib.parse import urlencode
@@ -19,6 +20,7 @@ from urllib.parse import urlencode
 from . import __version__, protocol, render
 from ._native import DEMO_PATH, LIB_PATH
 from .client import request
+from .debuginfo import DebugFiles
 from .exitcodes import CliError, ExitCode
 from .governor import Bounds
 from .options import OptionSpec, format_options, markdown_table, option_specs, runtime_options
@@ -38,7 +40,7 @@ from .sources import (
     sweep,
 )
 from .state import StateError, StatePermissionError, StateVersionError
-from .symbolize import BACKENDS, Symbolizer, symbolize_lines
+from .symbolize import BACKENDS, ReportRewriter, Symbolizer
 
 log = logging.getLogger("kfence_py")
 
@@ -208,12 +210,24 @@ class ServeCommand(Command):
                             help=f"connections served at once (default {MAX_CLIENTS})")
         _keep_clean_argument(parser, "at start and then every minute")
         _symbolizer_arguments(parser)
+        fleet = parser.add_argument_group("for node_exporter's textfile collector")
+        fleet.add_argument("--textfile-dir", metavar="DIR", type=Path,
+                           help="write the metrics to DIR/kfence.prom (whole: written under "
+                           "another name, then renamed) now and every --textfile-interval; "
+                           "DIR is node_exporter's --collector.textfile.directory")
+        fleet.add_argument("--textfile-interval", metavar="SECONDS", type=_interval,
+                           default=TEXTFILE_INTERVAL,
+                           help=f"seconds between writes (default {TEXTFILE_INTERVAL:g})")
 
     def run(self, args: argparse.Namespace) -> int:
+        from .metrics import write_textfile
         from .server import StatsServer  # the server's imports only for the server
 
         if not args.state_dir.is_dir():
             raise CliError(f"{args.state_dir}: no such state directory", ExitCode.NO_SERVER)
+        if args.textfile_dir is not None and not args.textfile_dir.is_dir():
+            raise CliError(f"--textfile-dir {args.textfile_dir}: no such directory",
+                           ExitCode.USAGE)
         stop = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
         # Blocked before the server's threads start, so that only sigwait() takes them.
         old = signal.pthread_sigmask(signal.SIG_BLOCK, stop)
@@ -228,11 +242,51 @@ class ServeCommand(Command):
             with server.start():
                 print(f"kfence-py: serving {args.state_dir} on {server.path}", file=sys.stderr,
                       flush=True)
-                signo = signal.sigwait(stop)
+                if args.textfile_dir is None:
+                    signo = signal.sigwait(stop)
+                else:
+                    signo = _write_textfiles(args.textfile_dir, args.textfile_interval, stop,
+                                             lambda d: write_textfile(d, server.registry))
                 log.info("stopping on signal %d", signo)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
         return ExitCode.OK
+
+
+TEXTFILE_INTERVAL = 15.0  # seconds: node_exporter is scraped every 15 s to 1 min
+
+
+def _interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 1 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"expected seconds from 1 to 3600, not {text!r}")
+    return value
+
+
+def _write_textfiles(directory: Path, interval: float, stop: tuple[signal.Signals, ...],
+                     write: Callable[[Path], Path]) -> int:
+    """Write the textfile now and every interval until a stop signal; that signal.
+
+    A failed write (a full disk) is said and tried again next time; on the way
+    out the file is removed, so node_exporter does not serve a stopped host's
+    last numbers as current."""
+    written: Path | None = None
+    try:
+        while True:
+            try:
+                written = write(directory)
+            except OSError as exc:
+                log.warning("cannot write the metrics in %s: %s", directory, exc.strerror)
+            info = signal.sigtimedwait(stop, interval)
+            if info is not None:
+                return info.si_signo
+    finally:
+        if written is not None:
+            with suppress(FileNotFoundError):
+                written.unlink()
 
 
 class _ViewCommand(Command):
@@ -439,21 +493,47 @@ class CheckCommand(Command):
 
 class SymbolizeCommand(Command):
     name = "symbolize"
-    help = "rewrite reports read from stdin (or files) with function, file:line frames"
+    help = ("rewrite reports read from stdin (or files) with function, file:line frames; "
+            "JSON-lines records (run --json-reports) come out as records, symbolized by the "
+            "build-ids they carry")
 
     def prepare_parser(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("files", nargs="*", type=Path, metavar="FILE",
-                            help="report text to read (default: stdin)")
+                            help="report text or JSON records to read (default: stdin)")
         parser.add_argument("--symbolizer", choices=BACKENDS, default="auto",
                             help="llvm-symbolizer, addr2line or DWARF read with pyelftools "
-                            "(default: the first installed)")
+                            "(default: the first installed, or the one KFENCE_SYMBOLIZER_PATH "
+                            "or LLVM_SYMBOLIZER_PATH names)")
+        parser.add_argument("--debug-file-directory", metavar="DIR", type=Path,
+                            action="append", dest="debug_dirs",
+                            help="look for debug files by build-id in DIR/.build-id/ "
+                            "(repeatable; default /usr/lib/debug); then debuginfod, when "
+                            "DEBUGINFOD_URLS is set")
 
     def run(self, args: argparse.Namespace) -> int:
-        with Symbolizer(args.symbolizer) as symbolizer:
-            for line in symbolize_lines(_input_lines(args.files), symbolizer):
-                sys.stdout.write(line)
+        debug_files = DebugFiles.from_environment(args.debug_dirs)
+        with Symbolizer(args.symbolizer, debug_files=debug_files) as symbolizer:
+            rewriter = ReportRewriter(symbolizer)
+            for line in _input_lines(args.files):
+                record = _json_record(line)
+                if record is not None:
+                    out = [json.dumps(render.symbolize_doc(record, symbolizer)) + "\n"]
+                else:
+                    out = rewriter.feed(line)
+                sys.stdout.writelines(out)
                 sys.stdout.flush()  # a report piped in as it happens comes out at once
         return ExitCode.OK
+
+
+def _json_record(line: str) -> dict[str, Any] | None:
+    """A report record of a JSON-lines file, or None for a line of text."""
+    if not line.lstrip().startswith("{"):
+        return None
+    try:
+        doc = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return doc if isinstance(doc, dict) and "kind" in doc and "stack" in doc else None
 
 
 def _input_lines(paths: list[Path]) -> Iterator[str]:

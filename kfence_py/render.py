@@ -21,7 +21,7 @@ from typing import Any
 from ._native import lib
 from .contract import BUG_KINDS, CACHE_FAMILIES, CACHES, COUNTERS, DETAILS, FAMILIES
 from .demangle import demangle_symbol
-from .elf import ProcessMaps, own_symbol
+from .elf import Module, ModuleTable, Placer, ProcessMaps, build_id, own_symbol
 from .governor import last_decision
 from .options import OptionSpec, runtime_options
 from .protocol import CONFIG, OBJECTS, REPORTS, STATS, document
@@ -187,41 +187,64 @@ def fold_interpreter(modules: list[str | None], interpreter: frozenset[str]
 class _Frames:
     """Raw pcs or parsed frames to frame records and text, for one process.
 
-    maps places raw pcs in their modules; symbols, when given, names the
-    symbol at a raw pc (possible in this process only); the text shows runs of
-    frames in the interpreter's modules as one line each (the records keep
-    every frame).
+    maps places raw pcs in their modules (the state's module table, then the
+    maps of a process that still runs); table gives the build-id and load
+    address of the modules that parsed frames name; symbols, when given,
+    names the symbol at a raw pc (possible in this process only); the text
+    shows runs of frames in the interpreter's modules as one line each (the
+    records keep every frame).
     """
 
-    def __init__(self, maps: ProcessMaps | None, symbolizer: Symbolizer | None,
+    def __init__(self, maps: Placer | None, symbolizer: Symbolizer | None,
                  symbols: Callable[[int], str | None] | None = None,
+                 table: ModuleTable | None = None,
                  interpreter: frozenset[str] = frozenset()) -> None:
         self.maps = maps
         self.symbolizer = symbolizer
         self.symbols = symbols
+        self.table = table
         self.interpreter = interpreter
+        self._modules: dict[str, Doc] = {}  # path: what is known of the module
 
-    def _sources(self, module: str | None, offset: int | None,
+    def _sources(self, module: str | None, offset: int | None, build_id: str | None,
                  exact: bool) -> list[SourceFrame]:
         if self.symbolizer is None or module is None or offset is None:
             return []
-        return self.symbolizer.lookup(module, offset, return_address=not exact)
+        return self.symbolizer.lookup(module, offset, return_address=not exact,
+                                      build_id=build_id)
+
+    def _module(self, path: str | None, placed: Module | None) -> str | None:
+        """The build-id of the module at path (placed: where a raw pc put it)."""
+        if path is None:
+            return None
+        if path not in self._modules:
+            if placed is None and self.table is not None:
+                placed = self.table.by_path(path)
+            if placed is not None:
+                self._modules[path] = placed.as_dict()
+            else:  # a parsed frame the state does not place: the file here, if any
+                self._modules[path] = {"path": path, "build_id": build_id(path),
+                                       "load_address": None, "start": None, "end": None}
+        return self._modules[path]["build_id"]
 
     def _record(self, index: int, pc: int, symbol: str | None, module: str | None,
-                offset: int | None, exact: bool) -> tuple[Doc, list[str]]:
-        sources = self._sources(module, offset, exact)
+                offset: int | None, exact: bool,
+                placed: Module | None = None) -> tuple[Doc, list[str]]:
+        build = self._module(module, placed)
+        sources = self._sources(module, offset, build, exact)
         doc = {"index": index, "pc": pc, "symbol": demangle_symbol(symbol), "module": module,
-               "offset": offset, "source": [s.as_dict() for s in sources]}
+               "offset": offset, "build_id": build, "source": [s.as_dict() for s in sources]}
         return doc, format_frame(index, pc, symbol, module, offset, sources)
 
     def from_pcs(self, pcs: tuple[int, ...], *,
                  first_exact: bool = False) -> tuple[list[Doc], list[str]]:
         docs, texts = [], []
         for i, pc in enumerate(pcs):
-            where = self.maps.resolve(pc) if self.maps else None
-            module, offset = where if where else (None, None)
+            placed = self.maps.module_at(pc) if self.maps else None
+            module, offset = (placed.path, placed.offset(pc)) if placed else (None, None)
             symbol = self.symbols(pc) if self.symbols else None
-            doc, text = self._record(i, pc, symbol, module, offset, first_exact and i == 0)
+            doc, text = self._record(i, pc, symbol, module, offset, first_exact and i == 0,
+                                     placed)
             docs.append(doc)
             texts.append(text)
         for start, end in reversed(fold_interpreter([d["module"] for d in docs],
@@ -234,6 +257,13 @@ class _Frames:
         return [self._record(i, f.pc, f.symbol, f.module, f.module_offset,
                              first_exact and i == 0)[0]
                 for i, f in enumerate(frames)]
+
+    def modules(self, doc: Doc) -> list[Doc]:
+        """The modules the frames of a record name: path, build-id, load address."""
+        stacks = [doc.get("stack") or []]
+        stacks += [(doc.get(side) or {}).get("stack") or [] for side in ("allocated", "freed")]
+        paths = dict.fromkeys(f["module"] for stack in stacks for f in stack if f["module"])
+        return [self._modules[path] for path in paths if path in self._modules]
 
 
 def _first_function(frames: list[Doc]) -> str | None:
@@ -299,9 +329,14 @@ def objects_text(snap: Snapshot, symbolizer: Symbolizer | None = None) -> str:
 # --- reports ---------------------------------------------------------------
 
 
-def report_doc(report: Report, pid: int | None, symbolizer: Symbolizer | None) -> Doc:
-    """One printed (parsed) report as a JSON record."""
-    frames = _Frames(None, symbolizer)
+def report_doc(report: Report, pid: int | None, symbolizer: Symbolizer | None,
+               table: ModuleTable | None = None) -> Doc:
+    """One printed (parsed) report as a JSON record.
+
+    table: the module table of the process (its state), for the build-id and
+    load address of each module; without it, the build-id of the file here.
+    """
+    frames = _Frames(None, symbolizer, table=table)
 
     def side(thread: int | None, stack: list[Frame], python: list[str]) -> Doc | None:
         if thread is None:
@@ -313,13 +348,15 @@ def report_doc(report: Report, pid: int | None, symbolizer: Symbolizer | None) -
     if report.object_index is not None:
         obj = {"index": report.object_index, "start": report.object_start, "size": report.size,
                "cache": report.cache}
-    return {"pid": pid, "kind": report.kind, "access": report.access,
-            "function": demangle_symbol(report.function), "address": report.address,
-            "distance": report.distance, "explanation": report.explanation, "object": obj,
-            "stack": frames.from_parsed(report.stack, first_exact=report.kind in FAULT_KINDS),
-            "allocated": side(report.alloc_thread, report.alloc_stack, report.alloc_python),
-            "freed": side(report.free_thread, report.free_stack, report.free_python),
-            "text": report.text}
+    doc = {"pid": pid, "kind": report.kind, "access": report.access,
+           "function": demangle_symbol(report.function), "address": report.address,
+           "distance": report.distance, "explanation": report.explanation, "object": obj,
+           "stack": frames.from_parsed(report.stack, first_exact=report.kind in FAULT_KINDS),
+           "allocated": side(report.alloc_thread, report.alloc_stack, report.alloc_python),
+           "freed": side(report.free_thread, report.free_stack, report.free_python),
+           "text": report.text}
+    doc["modules"] = frames.modules(doc)
+    return doc
 
 
 _OUT_OF_BOUNDS = BUG_KINDS[lib.KFENCE_BUG_OOB].name  # the kind with a distance
@@ -348,24 +385,54 @@ def bucket(doc: Doc) -> str:
     return hashlib.sha1(key.encode()).hexdigest()[:16]
 
 
+def _build_ids(doc: Doc) -> dict[str, str]:
+    """The build-id of each module of a record, by path."""
+    return {m["path"]: m["build_id"] for m in doc.get("modules") or () if m.get("build_id")}
+
+
+def symbolize_doc(doc: Doc, symbolizer: Symbolizer) -> Doc:
+    """A JSON record (``run --json-reports``, ``reports --json``) with every frame's
+    source looked up, by the build-ids it carries, and its text rewritten likewise:
+    off the machine that ran it, debug information comes from debuginfod."""
+    build_ids = _build_ids(doc)
+    fault = doc.get("kind") in FAULT_KINDS
+    stacks = [(doc.get("stack") or [], fault)]
+    stacks += [((doc.get(side) or {}).get("stack") or [], False)
+               for side in ("allocated", "freed")]
+    for stack, first_exact in stacks:
+        for i, frame in enumerate(stack):
+            module, offset = frame.get("module"), frame.get("offset")
+            if not module or offset is None:
+                continue
+            sources = symbolizer.lookup(
+                module, offset, return_address=not (first_exact and i == 0),
+                build_id=frame.get("build_id") or build_ids.get(module))
+            frame["source"] = [s.as_dict() for s in sources]
+    if isinstance(doc.get("text"), str):
+        doc["text"] = symbolize_text(doc["text"], symbolizer, build_ids)
+    if doc.get("function") in (None, "<unknown>") and stacks[0][0]:
+        doc["function"] = _first_function(stacks[0][0]) or doc.get("function")
+    return doc
+
+
 def _with_bucket(doc: Doc, repeats: int) -> Doc:
     doc["bucket"] = bucket(doc)
     doc["repeats"] = repeats
     return doc
 
 
-def _explanation(rec: ReportRecord, maps: ProcessMaps | None) -> str | None:
+def _explanation(rec: ReportRecord, maps: Placer | None) -> str | None:
     """The sentence under a recorded report's first line, as the library prints it."""
     detail = DETAILS[rec.detail]
     if not detail.text:
         return None
     # {module}: the detail value of an address in a module's image is an address of its code.
-    where = maps.resolve(rec.detail_value) if maps and "{module}" in detail.text else None
+    where = maps.module_at(rec.detail_value) if maps and "{module}" in detail.text else None
     obj = rec.object
     return detail.explain(
         allocator=CACHE_FAMILIES[CACHES.index(obj.cache)].allocator if obj else None,
         deallocator=FAMILIES[rec.dealloc].deallocator, value=rec.detail_value,
-        size=obj.size if obj else None, module=where[0] if where else None)
+        size=obj.size if obj else None, module=where.path if where else None)
 
 
 def _record_doc(rec: ReportRecord, pid: int, frames: _Frames) -> Doc:
@@ -387,6 +454,7 @@ def _record_doc(rec: ReportRecord, pid: int, frames: _Frames) -> Doc:
         doc["object"] = {k: obj_doc[k] for k in ("index", "address", "size", "cache")}
         doc["allocated"], doc["freed"] = obj_doc["allocated"], obj_doc["freed"]
         lines += ["", *obj_lines]
+    doc["modules"] = frames.modules(doc)
     _with_bucket(doc, rec.repeats)
     if rec.repeats:
         lines += ["", f"repeated {rec.repeats} more time(s), not printed (bucket {doc['bucket']})"]
@@ -415,7 +483,7 @@ def own_reports_text(records: Iterable[ReportRecord],
     """
     pid = os.getpid()
     maps = ProcessMaps.read(pid)
-    frames = _Frames(maps, symbolizer, own_symbol, _own_interpreter(maps))
+    frames = _Frames(maps, symbolizer, own_symbol, interpreter=_own_interpreter(maps))
     return "".join(_record_doc(rec, pid, frames)["text"] for rec in records)
 
 
@@ -434,10 +502,11 @@ def _reports(snap: Snapshot, symbolizer: Symbolizer | None
                 repeats: dict[tuple[str, int | None], int] = {
                     (rec.kind, rec.address): rec.repeats for rec in p.view.reports()}
                 items = []
+                table = p.view.module_table()
                 for r in parsed:
-                    doc = _with_bucket(report_doc(r, p.pid, symbolizer),
+                    doc = _with_bucket(report_doc(r, p.pid, symbolizer, table),
                                        repeats.get((r.kind, r.address), 0))
-                    text = symbolize_text(r.text, symbolizer)
+                    text = symbolize_text(r.text, symbolizer, _build_ids(doc))
                     if doc["repeats"]:
                         text += (f"repeated {doc['repeats']} more time(s), not printed "
                                  f"(bucket {doc['bucket']})\n")

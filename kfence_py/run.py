@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ._native import LIB_PATH, lib
-from .elf import NotElf, elf_info
+from .elf import ModuleTable, NotElf, elf_info
 from .exitcodes import CliError, ExitCode
 from .governor import DEFAULT_BOUNDS, Bounds, Governor
 from .options import OptionSpec, format_options, option_specs, split_options
@@ -226,21 +226,38 @@ class ReportTailer:
 
 
 class ReportPrinter:
-    """Prints each report symbolized and writes its JSON record."""
+    """Prints each report symbolized and writes its JSON record.
 
-    def __init__(self, symbolizer: Symbolizer | None, json_out: IO[str] | None) -> None:
+    The module table of the process's state (in state_dir) gives each
+    record the build-id and load address of its modules.
+    """
+
+    def __init__(self, symbolizer: Symbolizer | None, json_out: IO[str] | None,
+                 state_dir: Path | None = None) -> None:
         self.symbolizer = symbolizer
         self.json_out = json_out
+        self.state_dir = state_dir
         self.printed = 0
+
+    def _modules(self, pid: int) -> ModuleTable | None:
+        if self.state_dir is None:
+            return None
+        try:
+            return StateView.open(self.state_dir / f"{pid}.state").module_table()
+        except StateError as exc:
+            log.debug("no module table for pid %d: %s", pid, exc)
+            return None
 
     def __call__(self, pid: int, text: str) -> None:
         self.printed += 1
-        shown = symbolize_text(text, self.symbolizer)
+        table = self._modules(pid)
+        build_ids = {m.path: m.build_id for m in table.modules if m.build_id} if table else {}
+        shown = symbolize_text(text, self.symbolizer, build_ids)
         sys.stderr.write(shown)
         sys.stderr.flush()
         if self.json_out is not None:
             for report in parse_reports(text):
-                record = report_doc(report, pid, self.symbolizer)
+                record = report_doc(report, pid, self.symbolizer, table)
                 record["bucket"] = bucket(record)
                 self.json_out.write(json.dumps(record) + "\n")
             self.json_out.flush()
@@ -429,7 +446,7 @@ class Runner:
                 except OSError as exc:
                     raise CliError(f"{self.json_reports}: {exc.strerror}",
                                    ExitCode.RUN_FAILED) from None
-            printer = ReportPrinter(symbolizer, json_out)
+            printer = ReportPrinter(symbolizer, json_out, state_dir)
             tailer = ReportTailer(report_prefix, printer)
 
             # Blocked before any thread starts, so that every thread inherits it.

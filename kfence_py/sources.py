@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ._native import lib
-from .elf import ProcessMaps, parse_maps
+from .elf import Placers, ProcessMaps, parse_maps
 from .options import runtime_options
 from .state import ReportRecord, StateError, StatePermissionError, StateView, write_control
 
@@ -42,9 +42,11 @@ class Process:
         """Its runtime options in force, by name."""
         return self.view.control()
 
-    def maps(self) -> ProcessMaps | None:
-        """Its file mappings while it runs, to place raw pcs in modules."""
-        return ProcessMaps.read(self.pid) if self.running else None
+    def maps(self) -> Placers:
+        """Where its raw pcs lie: the module table of its state (which outlives it),
+        then, for a pc the table lacks, its memory maps while it runs."""
+        return Placers(self.view.module_table(),
+                       ProcessMaps.read(self.pid) if self.running else None)
 
 
 @dataclass(frozen=True)

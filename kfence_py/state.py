@@ -40,16 +40,22 @@ from .contract import (
     STATE_VERSION,
     Counter,
 )
+from .elf import DELETED, Module, ModuleTable
 from .options import OptionSpec, option_specs, runtime_options
 
 MAGIC = b"KFENCE\0\0"
 HEADER_SIZE = ffi.sizeof("struct kfence_state")
 SLOT_SIZE = ffi.sizeof("struct kfence_slot")
 REPORT_SIZE = ffi.sizeof("struct kfence_report")
+MODULE_SIZE = ffi.sizeof("struct kfence_module")
+MAX_MODULES: int = lib.KFENCE_MAX_MODULES
+MODULE_PATHS: int = lib.KFENCE_MODULE_PATHS  # bytes of the module table's paths
+BUILD_ID_MAX: int = lib.KFENCE_BUILD_ID_MAX
 # The largest state a library can publish: as many slots as num_objects allows,
-# the report ring, and room for the header to grow.
+# the report ring, the module table, and room for the header to grow.
 MAX_SLOTS = option_specs()["num_objects"].maximum
-MAX_STATE_SIZE = HEADER_SIZE + MAX_SLOTS * SLOT_SIZE + MAX_REPORTS * REPORT_SIZE + (1 << 16)
+MAX_STATE_SIZE = (HEADER_SIZE + MAX_SLOTS * SLOT_SIZE + MAX_REPORTS * REPORT_SIZE
+                  + MAX_MODULES * MODULE_SIZE + MODULE_PATHS + (1 << 16))
 
 
 class StateError(Exception):
@@ -232,8 +238,20 @@ def check_layout(buffer: Any, source: str) -> None:
         if offset % 8 or offset < HEADER_SIZE or offset + count * stride > total:
             raise StateError(f"{source}: bad state ({name} at {offset}, {count} of {stride} "
                              f"bytes, do not fit in {total} bytes after the header)")
+    if int(h.module_size) != MODULE_SIZE:
+        raise StateVersionError(f"{source}: state layout differs from this kfence_py's")
+    max_modules, num_modules = int(h.max_modules), int(h.num_modules)
+    modules, paths, paths_size = int(h.modules_offset), int(h.paths_offset), int(h.paths_size)
+    if max_modules > MAX_MODULES or num_modules > max_modules or paths_size > MODULE_PATHS:
+        raise StateError(f"{source}: bad state ({num_modules} of {max_modules} modules, "
+                         f"{paths_size} bytes of paths)")
+    if modules % 8 or modules < HEADER_SIZE or modules + max_modules * MODULE_SIZE > total \
+            or paths < HEADER_SIZE or paths + paths_size > total:
+        raise StateError(f"{source}: bad state (the module table at {modules} and its paths "
+                         f"at {paths} do not fit in {total} bytes after the header)")
     slots, reports = int(h.slots_offset), int(h.reports_offset)
     del h
+    _check_modules(view, source, modules, num_modules, paths, paths_size)
     _check_enum(source, "slot state",
                 _column(view, slots, num_slots, SLOT_SIZE, _SLOT["state"]), SLOT_STATES)
     _check_enum(source, "slot cache",
@@ -257,6 +275,20 @@ def check_layout(buffer: Any, source: str) -> None:
     if bad is not None:
         raise StateError(f"{source}: bad state (report of slot {bad}, the pool has "
                          f"{num_slots})")
+
+
+def _check_modules(view: memoryview, source: str, offset: int, count: int, paths: int,
+                   paths_size: int) -> None:
+    """Every module entry in use names a path inside the paths, ended by a NUL."""
+    table = ffi.from_buffer("struct kfence_module[]", view[offset:offset + count * MODULE_SIZE])
+    names = view[paths:paths + paths_size]
+    for i in range(count):
+        m = table[i]
+        at = int(m.path)
+        if m.build_id_size > BUILD_ID_MAX or at >= paths_size or \
+                bytes(names[at:]).find(b"\0") < 0:
+            raise StateError(f"{source}: bad state (module {i}: path at {at} of {paths_size} "
+                             f"bytes, build-id of {m.build_id_size} bytes)")
 
 
 def _read_state(fd: int, source: str) -> bytearray:
@@ -409,6 +441,29 @@ class StateView:
             if slot.state != lib.KFENCE_SLOT_UNUSED or include_unused:
                 out.append(self._object(i, slot))
         return out
+
+    def modules(self) -> list[Module]:
+        """The module table: each executable file mapping a recorded stack reached.
+
+        Entries caught half-written in a running process (no range yet) are
+        left out.
+        """
+        h = self.header
+        table = ffi.cast("struct kfence_module *", self._base + h.modules_offset)
+        paths = self._base + h.paths_offset
+        out = []
+        for i in range(h.num_modules):
+            m = table[i]
+            if m.end <= m.start:
+                continue
+            path = ffi.string(paths + m.path).decode(errors="replace").removesuffix(DELETED)
+            build_id = bytes(ffi.buffer(m.build_id, m.build_id_size)).hex() or None
+            out.append(Module(start=int(m.start), end=int(m.end), bias=int(m.bias), path=path,
+                              build_id=build_id))
+        return out
+
+    def module_table(self) -> ModuleTable:
+        return ModuleTable(self.modules())
 
     def reports(self) -> list[ReportRecord]:
         """The recent reports still in the ring, oldest first."""

@@ -3,7 +3,16 @@
 Three back ends, best first: llvm-symbolizer (one long-lived process for every
 module, JSON output), binutils' addr2line (one long-lived process per module)
 and, when neither tool is installed, the DWARF line table read with pyelftools
-(no inlined frames).  Answers are cached per (module, address).
+(no inlined frames).  Answers are cached per (module, build-id, address).
+The tool can be named, as the sanitizers' ASAN_SYMBOLIZER_PATH does:
+KFENCE_SYMBOLIZER_PATH (an llvm-symbolizer, or an addr2line if its name says
+so), else LLVM_SYMBOLIZER_PATH (an llvm-symbolizer).
+
+The file looked up is the module itself when it carries its line table;
+else its debug file, found by build-id (debuginfo.py: /usr/lib/debug, then
+debuginfod).  A build-id from the state or a JSON record also finds the
+debug file of a module that is not on this machine, and keeps a module
+rebuilt since the process ran from being read for it.
 
 Frames other than the faulting instruction are return addresses: the call is
 the instruction before, so those are looked up at offset - 1 (as the report
@@ -21,7 +30,7 @@ import selectors
 import shutil
 import subprocess
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -29,6 +38,8 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
+from . import elf
+from .debuginfo import DebugFiles
 from .demangle import demangle, demangle_symbol
 from .reports import FAULT_KINDS, FRAME, RULE, TITLE
 
@@ -276,7 +287,36 @@ class DwarfLines:
         self._modules.clear()
 
 
+# The environment variables that name a symbolizer tool, first found first.
+TOOL_VARIABLES = ("KFENCE_SYMBOLIZER_PATH", "LLVM_SYMBOLIZER_PATH")
+
+
+def named_tool(env: Mapping[str, str] = os.environ) -> tuple[str, str] | None:
+    """(back end, executable) named by KFENCE_SYMBOLIZER_PATH, else LLVM_SYMBOLIZER_PATH.
+
+    KFENCE_SYMBOLIZER_PATH speaks addr2line's protocol when its name says
+    addr2line, else llvm-symbolizer's; LLVM_SYMBOLIZER_PATH is an
+    llvm-symbolizer.  A name that is no executable is warned about and skipped.
+    """
+    for variable in TOOL_VARIABLES:
+        value = env.get(variable)
+        if not value:
+            continue
+        tool = shutil.which(value)
+        if tool is None:
+            log.warning("%s=%s is not an executable file; ignored", variable, value)
+            continue
+        addr2line = variable == "KFENCE_SYMBOLIZER_PATH" and \
+            "addr2line" in os.path.basename(tool)
+        return ("addr2line" if addr2line else "llvm-symbolizer"), tool
+    return None
+
+
 def _make_backend(name: str) -> Backend:
+    named = named_tool() if name != "dwarf" else None
+    if named is not None and name in ("auto", named[0]):
+        kind, path = named
+        return LlvmSymbolizer(path) if kind == "llvm-symbolizer" else Addr2Line(path)
     if name in ("auto", "llvm-symbolizer") and (tool := shutil.which("llvm-symbolizer")):
         return LlvmSymbolizer(tool)
     if name in ("auto", "addr2line") and (tool := shutil.which("addr2line")):
@@ -292,14 +332,18 @@ class Symbolizer:
 
     A tool that fails is dropped for the next back end (addr2line, then
     pyelftools), so a report is never lost to a broken symbolizer.
+    debug_files finds debug information by build-id (default: /usr/lib/debug
+    and the environment's debuginfod servers).
     """
 
-    def __init__(self, backend: str = "auto") -> None:
+    def __init__(self, backend: str = "auto", *, debug_files: DebugFiles | None = None) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"unknown symbolizer {backend!r}; one of {', '.join(BACKENDS)}")
         self._wanted = backend
         self._backend: Backend | None = None  # started at the first lookup
-        self._cache: dict[tuple[str, int], list[SourceFrame]] = {}
+        self._debug = debug_files if debug_files is not None else DebugFiles.from_environment()
+        self._cache: dict[tuple[str, str | None, int], list[SourceFrame]] = {}
+        self._files: dict[tuple[str, str | None], str | None] = {}  # module to file read
         self._lock = threading.Lock()
 
     @property
@@ -312,20 +356,50 @@ class Symbolizer:
             self._backend = _make_backend(self._wanted)
         return self._backend
 
-    def lookup(self, module: str, offset: int, *, return_address: bool) -> list[SourceFrame]:
-        """Source frames of module+offset, innermost first; [] when unknown."""
+    def lookup(self, module: str, offset: int, *, return_address: bool,
+               build_id: str | None = None) -> list[SourceFrame]:
+        """Source frames of module+offset, innermost first; [] when unknown.
+
+        build_id: the module's, as the process that ran it had it (state,
+        JSON record); None to read it from the file here.
+        """
         address = offset - 1 if return_address and offset else offset
-        key = (module, address)
+        key = (module, build_id, address)
         with self._lock:
             if key in self._cache:
                 return self._cache[key]
-            frames = self._lookup(module, address)
+            target = self._file(module, build_id)
+            frames = self._lookup(target, address) if target else []
             self._cache[key] = frames
             return frames
 
+    def file_for(self, module: str, build_id: str | None = None) -> str | None:
+        """The file read for module: itself, its debug file, or None."""
+        with self._lock:
+            return self._file(module, build_id)
+
+    def _file(self, module: str, build_id: str | None) -> str | None:
+        key = (module, build_id)
+        if key not in self._files:
+            self._files[key] = self._find_file(module.removesuffix(elf.DELETED), build_id)
+        return self._files[key]
+
+    def _find_file(self, path: str, build_id: str | None) -> str | None:
+        local = path if path.startswith("/") and os.path.isfile(path) else None
+        if local is not None and build_id is not None:
+            here = elf.build_id(local)
+            if here is not None and here != build_id:
+                log.warning("%s is not the file the process ran (build-id %s, not %s): "
+                            "looking for its debug information by build-id", local, here,
+                            build_id)
+                local = None
+        if local is not None and elf.has_debug_info(local):
+            return local
+        wanted = build_id or (elf.build_id(local) if local else None)
+        found = self._debug.find(wanted) if wanted else None
+        return str(found) if found is not None else local
+
     def _lookup(self, module: str, address: int) -> list[SourceFrame]:
-        if not module.startswith("/") or not os.path.isfile(module):
-            return []
         backend = self._started()
         try:
             return backend.lookup(module, address)
@@ -375,45 +449,62 @@ def format_frame(index: int, pc: int, symbol: str | None, module: str | None, of
     return lines
 
 
-def symbolize_lines(lines: Iterable[str], symbolizer: Symbolizer | None) -> Iterator[str]:
-    """Report text with every module+offset frame symbolized; other lines unchanged.
+class ReportRewriter:
+    """Report text, a line at a time, with every module+offset frame symbolized.
 
     C++ names are demangled in frames and titles, also without a symbolizer (None).
 
     Frames are recognised only between the rules of a report.  In a report of
     a fault, frame #0 of the access stack (the one under the "... at 0x...:"
     line) is the faulting instruction; every other frame is a return address.
+    build_ids: the build-id of a module by path, when the text came with them.
     """
-    in_report = fault = access_stack = False
-    for line in lines:
+
+    def __init__(self, symbolizer: Symbolizer | None,
+                 build_ids: Mapping[str, str] | None = None) -> None:
+        self.symbolizer = symbolizer
+        self.build_ids = build_ids or {}
+        self._in_report = self._fault = self._access_stack = False
+
+    def feed(self, line: str) -> list[str]:
+        """The lines line becomes (one, or one per inlined frame)."""
         bare = line.rstrip("\n")
         if bare == RULE:
-            in_report = not in_report
-            fault = access_stack = False
-            yield line
-            continue
-        match = FRAME.match(bare) if in_report else None
+            self._in_report = not self._in_report
+            self._fault = self._access_stack = False
+            return [line]
+        match = FRAME.match(bare) if self._in_report else None
         if match is None:
-            if in_report and (header := TITLE.match(bare)):
-                fault = header["kind"] in FAULT_KINDS
+            if self._in_report and (header := TITLE.match(bare)):
+                self._fault = header["kind"] in FAULT_KINDS
                 where = header["where"]
                 if (readable := demangle_symbol(where)) != where:
                     line = line[:header.start("where")] + str(readable) + line[header.end("where"):]
-            elif in_report and bare.endswith(":") and not bare.startswith(" "):
-                access_stack = not bare.startswith(("allocated by", "freed by"))
-            yield line
-            continue
+            elif self._in_report and bare.endswith(":") and not bare.startswith(" "):
+                self._access_stack = not bare.startswith(("allocated by", "freed by"))
+            return [line]
         index = int(match["index"])
-        exact = fault and access_stack and index == 0
+        exact = self._fault and self._access_stack and index == 0
         module, offset = match["module"], int(match["offset"], 16)
-        sources = (symbolizer.lookup(module, offset, return_address=not exact)
-                   if symbolizer else [])
+        sources = (self.symbolizer.lookup(module, offset, return_address=not exact,
+                                          build_id=self.build_ids.get(module))
+                   if self.symbolizer else [])
         symbol = None if match["symbol"] == "<unknown>" else match["symbol"]
         newline = "\n" if line.endswith("\n") else ""
-        for out in format_frame(index, int(match["pc"], 16), symbol, module, offset, sources):
-            yield out + newline
+        return [out + newline
+                for out in format_frame(index, int(match["pc"], 16), symbol, module, offset,
+                                        sources)]
 
 
-def symbolize_text(text: str, symbolizer: Symbolizer | None) -> str:
+def symbolize_lines(lines: Iterable[str], symbolizer: Symbolizer | None,
+                    build_ids: Mapping[str, str] | None = None) -> Iterator[str]:
+    """Report text with every module+offset frame symbolized; other lines unchanged."""
+    rewriter = ReportRewriter(symbolizer, build_ids)
+    for line in lines:
+        yield from rewriter.feed(line)
+
+
+def symbolize_text(text: str, symbolizer: Symbolizer | None,
+                   build_ids: Mapping[str, str] | None = None) -> str:
     """symbolize_lines() over a whole text."""
-    return "".join(symbolize_lines(text.splitlines(keepends=True), symbolizer))
+    return "".join(symbolize_lines(text.splitlines(keepends=True), symbolizer, build_ids))

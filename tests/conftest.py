@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from debian_packages import apt_lists_updated, debian  # noqa: F401 (fixtures for every test)
 
 import kfence_py
 from kfence_py.options import format_options

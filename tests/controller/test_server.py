@@ -16,7 +16,9 @@ import pytest
 from ctl import CAP, Driven
 from prometheus_client.parser import text_string_to_metric_families
 
+import kfence_py
 from kfence_py.client import UnixHTTPConnection, request
+from kfence_py.contract import STATE_VERSION
 from kfence_py.exitcodes import CliError, ExitCode
 from kfence_py.server import MAX_BODY, SocketError, StatsServer
 from kfence_py.sources import DirectorySource
@@ -194,7 +196,9 @@ def test_metrics_are_prometheus_text(server, live):
     assert samples[("kfence_allocated_objects", me)] == expected["currently_allocated"] >= 5
     assert samples[("kfence_pool_objects", me)] == 255
     assert samples[("kfence_skipped_allocations_total", (*me, ("reason", "capacity")))] == 0
-    assert samples[("kfence_process_running", me)] == 1
+    assert samples[("kfence_processes", (("state", "running"),))] == 1
+    assert samples[("kfence_info", (("state_version", str(STATE_VERSION)),
+                                    ("version", kfence_py.__version__)))] == 1
     assert samples[("kfence_sample_interval_seconds", me)] == 0.01
     doc = request(server.path, "GET", "/metrics", query={"format": "json"}).json()
     assert "kfence_bugs" in {m["name"] for m in doc["metrics"]}

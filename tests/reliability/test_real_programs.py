@@ -4,62 +4,16 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
+from debian_packages import needs_debian
 
 import kfence_py
 
 EVERY = "sample_rate=1:num_objects=4096"
-T = TypeVar("T")
-
-
-def needs_debian(program: str, package: str) -> Callable[[T], T]:
-    """For a test that runs `program`, found on PATH. Where it is missing, the `debian`
-    fixture installs Debian `package` with apt-get, a change to the machine: the test is
-    then marked `machine`, and runs only with the opt-in (see tests/conftest.py)."""
-    def mark(test: T) -> T:
-        if shutil.which(program) is None:
-            why = (f"{program} is missing, and installing Debian package {package} "
-                   "with apt-get changes the machine")
-            test = pytest.mark.machine(why)(test)
-        return test
-
-    return mark
-
-
-APT_ENV = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-
-
-@pytest.fixture(scope="session")
-def apt_lists_updated() -> None:
-    """apt-get update, once, before the first package is installed."""
-    subprocess.run(["apt-get", "update", "-qq"], env=APT_ENV, check=False,
-                   capture_output=True, timeout=600)
-
-
-@pytest.fixture
-def debian(request: pytest.FixtureRequest):
-    """The path of a program; a missing one is installed from Debian (root and apt-get
-    only), and only for a test marked `machine`, which runs only with the opt-in."""
-    def need(program: str, package: str) -> str:
-        path = shutil.which(program)
-        if (path is None and request.node.get_closest_marker("machine") is not None
-                and os.geteuid() == 0 and shutil.which("apt-get")):
-            request.getfixturevalue("apt_lists_updated")
-            subprocess.run(["apt-get", "install", "-y", "-qq", package], env=APT_ENV,
-                           check=False, capture_output=True, timeout=600)
-            path = shutil.which(program)
-        if path is None:
-            pytest.skip(f"{program} is not installed and could not be (Debian package {package})")
-        return path
-
-    return need
 
 
 def same_with_and_without(cmd: list[str], tmp_path: Path, *, env: dict[str, str] | None = None,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 
@@ -26,6 +27,8 @@ def _stats() -> Stats:
 
 
 class _View:
+    header = SimpleNamespace(start_realtime_ns=1, start_ns=1)  # who the process is
+
     def stats(self) -> Stats:
         return _stats()
 

@@ -150,3 +150,45 @@ def test_only_executable_mappings_are_modules(harness, lib, tmp_path):
     maps.write_text(line.replace(" r-xp ", " rw-p "))
     [[module, _, sym, _]] = describe(harness, maps, addr)
     assert (module, sym) == ("?", "-")
+
+
+def modules(harness: Path, maps: Path, *addrs: int) -> list[list[str]]:
+    """The state's module table after one report's pass: start|end|bias|path|build-id."""
+    out = subprocess.run([str(harness), str(maps), *(hex(a) for a in addrs)],
+                         capture_output=True, text=True, timeout=30, check=True).stderr
+    return [line.split("|") for line in out.splitlines() if not line.startswith("kfence:")]
+
+
+def test_the_module_table_has_every_executable_file_mapping_with_bias_and_build_id(
+        harness, lib, tmp_path):
+    other = tmp_path / "libother.so"
+    shutil.copy(lib, other)
+    line, addr = text_line(BASE + 0x1000, str(lib), lib)
+    unused, _ = text_line(BASE + 0x100000, str(other), lib)
+    data = BASE + 0x200000
+    jit = BASE + 0x300000
+    maps = tmp_path / "maps"
+    maps.write_text(line + unused
+                    + f"{data:x}-{data + 0x1000:x} rw-p 00002000 08:01 1234    {lib}\n"
+                    + f"{jit:x}-{jit + 0x1000:x} r-xp 00000000 00:00 0    [anon:jit]\n")
+    table = modules(harness, maps, addr)
+    assert [row[3] for row in table] == [str(lib), str(other)]
+    start, end, bias, _, build = table[0]
+    assert (int(start, 16), int(end, 16)) == (BASE + 0x1000, BASE + 0x11000)
+    # pc - bias is the link-time address, what symbolizers take (module+offset).
+    assert addr - int(bias, 16) == symbol_value(lib, "lib_static_oob") + 4
+    expected = subprocess.run(["readelf", "-n", str(lib)], capture_output=True, text=True,
+                              check=True).stdout.split("Build ID: ")[1].split()[0]
+    assert build == expected and len(build) == 40
+    assert table[1][4] == expected  # a copy: the same build-id
+
+
+def test_a_module_that_is_not_elf_is_placed_by_its_file_offset(harness, tmp_path):
+    blob = tmp_path / "code.bin"
+    blob.write_bytes(b"\x90" * 0x3000)
+    lo = BASE + 0x5000
+    maps = tmp_path / "maps"
+    maps.write_text(f"{lo:x}-{lo + 0x1000:x} r-xp 00002000 08:01 77    {blob}\n")
+    [[start, _, bias, path, build]] = modules(harness, maps, lo + 0x10)
+    assert (int(start, 16), path, build) == (lo, str(blob), "")
+    assert lo + 0x10 - int(bias, 16) == 0x2010
