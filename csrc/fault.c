@@ -9,7 +9,6 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <gnu/lib-names.h>
-#include <execinfo.h>
 #include <signal.h>
 #include <ucontext.h>
 
@@ -49,21 +48,22 @@ KF_SIGSAFE static void kf_fault_stack(uintptr_t pc, struct kfence_stack *st)
 		st->depth = 1;
 		return;
 	}
-	void *pcs[KFENCE_STACK_MAX + 16];
-	int n = backtrace(pcs, (int)kf_opt.stack_depth + 16);
+	/* No unwinder yet (a stray pointer into the pool before any object): the pc alone. */
+	uintptr_t pcs[KFENCE_STACK_MAX + 16];
+	int n = kf_backtrace(pcs, (int)kf_opt.stack_depth + 16);
 	int i = 0;
-	while (i < n && (uintptr_t)pcs[i] != pc)
+	while (i < n && pcs[i] != pc)
 		i++;
 	uint32_t depth = 0;
 	if (i == n) {
 		/* Not found: our frames, then the signal trampoline, then the rest. */
-		for (i = 0; i < n && kf_in_self((uintptr_t)pcs[i]); i++)
+		for (i = 0; i < n && kf_in_self(pcs[i]); i++)
 			;
 		i++;
 		st->pc[depth++] = pc;
 	}
 	for (; i < n && depth < kf_opt.stack_depth; i++)
-		st->pc[depth++] = (uintptr_t)pcs[i];
+		st->pc[depth++] = pcs[i];
 	st->depth = depth;
 }
 

@@ -107,7 +107,8 @@ void *kf_sample_alloc(int32_t *countdown, size_t size, size_t align, int cache, 
 			return NULL;
 	}
 	int saved = errno;
-	if (kf_coverage_skip(c, caller)) {
+	/* The first object of the process loads the unwinder, then the caller is known. */
+	if (kf_coverage_skip(c, caller) || !kf_unwinder_start(caller) || !kf_unwind_safe(caller)) {
 		errno = saved;
 		return NULL;
 	}

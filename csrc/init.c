@@ -76,6 +76,7 @@ KF_SIGSAFE bool kf_become_owner(void)
 	kf_pool_lock_reset();
 	kf_report_atfork_child();
 	kf_modules_atfork_child();
+	kf_unwinder_atfork_child();
 	kf_self.tid = 0;
 	kf_self.rng = 0;
 	struct kfence_state *s = kf_state;
@@ -105,6 +106,7 @@ KF_SIGSAFE bool kf_become_owner(void)
 static void kf_atfork_child(void)
 {
 	kf_pool_unlock();
+	kf_unwinder_atfork_child();
 	kf_self.tid = 0;
 	kf_self.rng = 0;
 	/*
@@ -165,6 +167,7 @@ int prctl(int option, ...)
 	va_end(ap);
 	if ((option == PR_SET_SECCOMP || option == PR_SET_NO_NEW_PRIVS) &&
 	    kf_ready() && kf_check_owner()) {
+		kf_unwinder_start(0);  /* a sandbox may forbid the dlopen later */
 		kf_modules_seal();
 		kf_pool_lock();
 		kf_state_seal();

@@ -11,9 +11,11 @@
  * slow path     gate.c and pool.c, when a countdown runs out or a pool
  *               pointer is freed: may take the pool lock (kf_pool_lock),
  *               mprotect, read the clock, unwind (unless the caller is the
- *               unwinder: kf_unwind_safe), grow the state file, and read
- *               /proc/self/maps and module headers for a module it has not
- *               seen (modules.c: throttled, and not once a sandbox is
+ *               unwinder: kf_unwind_safe), load the unwinder at the first
+ *               stack of the process (a dlopen: not for an allocation of the
+ *               dynamic loader's, kf_unwinder_start), grow the state file,
+ *               and read /proc/self/maps and module headers for a module it
+ *               has not seen (modules.c: throttled, and not once a sandbox is
  *               announced).  Runs inside KF_ENTER(), so any malloc it causes
  *               goes to glibc.
  * signal        the SIGSEGV/SIGBUS handler and what it calls (fault.c, the
@@ -268,13 +270,22 @@ KF_HIDDEN bool kf_coverage_skip(const struct kfence_control *c, uintptr_t caller
 
 /* === Stacks (stack.c) === */
 
-/* Stack of the caller, our own frames left out. */
+/* Stack of the caller, our own frames left out (loading the unwinder if need be). */
 KF_HIDDEN void kf_capture_stack(struct kfence_stack *st);
+/* Up to max return addresses from here, ours included; 0 while the unwinder is not loaded. */
+KF_SIGSAFE KF_HIDDEN int kf_backtrace(uintptr_t *pcs, int max);
+/*
+ * The unwinder is loaded (now, on the first call); false when an allocation
+ * from caller must not be the one to load it (the dynamic loader's own).
+ */
+KF_HIDDEN bool kf_unwinder_start(uintptr_t caller);
+/* In a new process: a load another thread had begun will not finish. */
+KF_SIGSAFE KF_HIDDEN void kf_unwinder_atfork_child(void);
 /* False when code at pc may hold the unwinder's lock: do not unwind from there. */
 KF_SIGSAFE KF_HIDDEN bool kf_unwind_safe(uintptr_t pc);
 /* True for a pc in this library or a module registered as internal. */
 KF_SIGSAFE KF_HIDDEN bool kf_in_self(uintptr_t pc);
-/* At start-up: load the unwinder, find it and ourselves. */
+/* At start-up: where this library, the loader and (if loaded) the unwinder are. */
 KF_HIDDEN void kf_stack_init(void);
 
 /* === Interposition (malloc.c) === */
@@ -557,7 +568,7 @@ KF_SIGSAFE KF_HIDDEN void *kf_os_map(size_t size);
 KF_SIGSAFE KF_HIDDEN int kf_os_protect(uintptr_t addr, size_t size, bool accessible);
 /* Map a readable, writable page at addr (in the pool) as a mapping of its own. */
 KF_SIGSAFE KF_HIDDEN int kf_os_map_own_page(uintptr_t addr, size_t size);
-/* Make pages inaccessible; the system may take their memory back (MADV_FREE). */
+/* Make a freed object's pages inaccessible; their memory stays for the slot's next use. */
 KF_SIGSAFE KF_HIDDEN int kf_os_discard(uintptr_t addr, size_t size);
 KF_SIGSAFE KF_HIDDEN void kf_os_unmap(void *addr, size_t size);
 KF_SIGSAFE KF_HIDDEN void kf_os_write_all(int fd, const void *s, size_t n);

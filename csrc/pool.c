@@ -50,13 +50,41 @@ static void kf_close_guard(size_t g)
 		kf_os_protect(kf_pool.start + 2 * g * kf_page, kf_page, false);
 }
 
-/* The 8-byte canary word for an 8-aligned address. */
+/* === Canaries === */
+
+/*
+ * 16 bytes at a time (SSE2, or the target's vectors), 64 bytes a loop: the
+ * fill and the check of a page were 0.2 us each at 8 bytes a step.  The
+ * pattern's period is 8, so a 16-aligned vector holds it twice.
+ */
+typedef uint64_t kf_vec __attribute__((vector_size(16), may_alias));
+#define KF_VEC_BYTES 16
+
+/* The canary of the 8 bytes at an 8-aligned address, as a word. */
 static uint64_t kf_canary_word(void)
 {
 	uint64_t w = 0;
 	for (int i = 0; i < 8; i++)
 		w |= (uint64_t)kf_canary((uintptr_t)i) << (8 * i);
 	return w;
+}
+
+static kf_vec kf_canary_vec(void)
+{
+	uint64_t w = kf_canary_word();
+	return (kf_vec){ w, w };
+}
+
+/* The whole page at page (page-aligned) canary. */
+static void kf_canary_fill(uintptr_t page)
+{
+	kf_vec v = kf_canary_vec();
+	for (kf_vec *p = (kf_vec *)page; p < (kf_vec *)(page + kf_page); p += 4) {
+		p[0] = v;
+		p[1] = v;
+		p[2] = v;
+		p[3] = v;
+	}
 }
 
 static void kf_freelist_push(uint32_t slot)
@@ -150,9 +178,7 @@ void *kf_guarded_alloc(size_t size, size_t align, int placement, int cache, bool
 		size_t a = align ? align : kf_opt.align;
 		addr = (page + kf_page - (size ? size : 1)) & ~(uintptr_t)(a - 1);
 	}
-	uint64_t word = kf_canary_word();
-	for (uint64_t *w = (uint64_t *)page; w < (uint64_t *)(page + kf_page); w++)
-		*w = word;
+	kf_canary_fill(page);
 	if (zero)
 		memset((void *)addr, 0, size);
 
@@ -190,21 +216,32 @@ bool kf_pool_live(const void *p, size_t *size)
 	return true;
 }
 
-/* First byte in [from, to) that is not canary, or 0. */
-static uintptr_t kf_first_bad_canary(uintptr_t from, uintptr_t to)
+/* First byte in [from, to) that is not canary, scanned a byte at a time, or 0. */
+static uintptr_t kf_first_bad_byte(uintptr_t from, uintptr_t to)
 {
-	uint64_t word = kf_canary_word();
-	uintptr_t a = from;
-	for (; a < to && (a & 7); a++)
-		if (*(uint8_t *)a != kf_canary(a))
-			return a;
-	for (; a + 8 <= to; a += 8)
-		if (*(uint64_t *)a != word)
-			break;
-	for (; a < to; a++)
+	for (uintptr_t a = from; a < to; a++)
 		if (*(uint8_t *)a != kf_canary(a))
 			return a;
 	return 0;
+}
+
+/* First byte in [from, to) that is not canary, or 0. */
+static uintptr_t kf_first_bad_canary(uintptr_t from, uintptr_t to)
+{
+	uintptr_t a = (from + KF_VEC_BYTES - 1) & ~(uintptr_t)(KF_VEC_BYTES - 1);
+	if (a >= to)
+		return kf_first_bad_byte(from, to);
+	uintptr_t bad = kf_first_bad_byte(from, a);
+	if (bad)
+		return bad;
+	kf_vec v = kf_canary_vec();
+	for (; a + 4 * KF_VEC_BYTES <= to; a += 4 * KF_VEC_BYTES) {
+		const kf_vec *p = (const kf_vec *)a;
+		kf_vec diff = (p[0] ^ v) | (p[1] ^ v) | (p[2] ^ v) | (p[3] ^ v);
+		if (diff[0] | diff[1])
+			return kf_first_bad_byte(a, a + 4 * KF_VEC_BYTES);
+	}
+	return kf_first_bad_byte(a, to);
 }
 
 /*

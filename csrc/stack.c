@@ -3,10 +3,14 @@
  * caller's stack with our frames left out.
  */
 #define _GNU_SOURCE
-#include <execinfo.h>
+#include <dlfcn.h>
+#include <gnu/lib-names.h>
 #include <link.h>
 #include <pthread.h>
+#include <sched.h>
 #include <string.h>
+#include <sys/auxv.h>
+#include <unwind.h>
 
 #include "kf_internal.h"
 
@@ -30,52 +34,169 @@ KF_SIGSAFE bool kf_in_self(uintptr_t pc)
 }
 
 /*
- * The unwinder's own code (libgcc_s).  It calls malloc and free while it
- * holds its lock on registered frames (__register_frame_info, used by JITs);
- * unwinding from there would wait on that lock forever.  So what it
- * allocates is never sampled, and what it frees gets no stack.
+ * The unwinder: libgcc's _Unwind_Backtrace, from libgcc_s.so.1.  It is
+ * loaded at the first stack the process takes, not at start-up: loading it
+ * (a dlopen, and libgcc's constructor, which runs cpuid: a trap to the
+ * hypervisor on a virtual machine) was 170 us of the 270 us start-up took
+ * here, paid by every process, sampled or not (bench/startup_bench.py).
+ *
+ * Its own code calls malloc and free while it holds its lock on registered
+ * frames (__register_frame_info, used by JITs); unwinding from there would
+ * wait on that lock forever.  So what it allocates is never sampled, and
+ * what it frees gets no stack (kf_unwind_safe).
+ *
+ * Why libgcc's and not a faster one: libunwind (nongnu, 1.6 in Debian 12)
+ * unwinds a cached stack 20x faster here, but validates addresses by
+ * writing them to a pipe it keeps open in the host: a program that closes
+ * and reuses those descriptor numbers would have bytes read from and
+ * written into its own files.  libgcc costs about 0.4 us a frame here.
  */
-static struct {
+enum kf_unwinder_state {
+	KF_UNWINDER_NONE,     /* not loaded yet */
+	KF_UNWINDER_LOADING,  /* a thread is loading it */
+	KF_UNWINDER_READY,    /* loaded (the functions may still be missing: no stacks then) */
+};
+static _Atomic int kf_unwinder_state;
+static _Unwind_Reason_Code (*kf_gcc_backtrace)(_Unwind_Trace_Fn, void *);
+static _Unwind_Ptr (*kf_gcc_get_ip)(struct _Unwind_Context *);
+
+struct kf_range_pair {
 	uintptr_t lo, hi;
-} kf_unwinder;
+};
+/* libgcc_s's text (known once it is loaded), and the dynamic loader's. */
+static struct kf_range_pair kf_unwinder, kf_loader;
 
 KF_SIGSAFE bool kf_unwind_safe(uintptr_t caller)
 {
 	return !(caller >= kf_unwinder.lo && caller < kf_unwinder.hi);
 }
 
-static int kf_find_unwinder(struct dl_phdr_info *info, size_t size, void *data)
+/* The executable range of a module, from its program headers. */
+static struct kf_range_pair kf_text_of(const struct dl_phdr_info *info)
 {
-	(void)size;
-	(void)data;
-	const char *base = strrchr(info->dlpi_name, '/');
-	if (strncmp(base ? base + 1 : info->dlpi_name, "libgcc_s.so", 11) != 0)
-		return 0;
-	uintptr_t range[3] = { 0, UINTPTR_MAX, 0 };
+	struct kf_range_pair r = { UINTPTR_MAX, 0 };
 	for (int i = 0; i < info->dlpi_phnum; i++) {
 		const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
 		uintptr_t s = info->dlpi_addr + ph->p_vaddr;
 		if (ph->p_type != PT_LOAD || !(ph->p_flags & PF_X))
 			continue;
-		range[1] = s < range[1] ? s : range[1];
-		range[2] = s + ph->p_memsz > range[2] ? s + ph->p_memsz : range[2];
+		r.lo = s < r.lo ? s : r.lo;
+		r.hi = s + ph->p_memsz > r.hi ? s + ph->p_memsz : r.hi;
 	}
-	kf_unwinder.lo = range[1];
-	kf_unwinder.hi = range[2];
-	return 1;
+	return r.lo < r.hi ? r : (struct kf_range_pair){ 0, 0 };
+}
+
+/* The text of libgcc_s (if loaded), of this library and of the dynamic loader. */
+static int kf_find_ranges(struct dl_phdr_info *info, size_t size, void *data)
+{
+	(void)size;
+	(void)data;
+	const char *base = strrchr(info->dlpi_name, '/');
+	struct kf_range_pair text = kf_text_of(info);
+	if (strncmp(base ? base + 1 : info->dlpi_name, "libgcc_s.so", 11) == 0)
+		kf_unwinder = text;
+	if ((uintptr_t)&kf_find_ranges >= text.lo && (uintptr_t)&kf_find_ranges < text.hi) {
+		kf_self_lo = text.lo;
+		kf_self_hi = text.hi;
+	}
+	if (info->dlpi_addr && info->dlpi_addr == getauxval(AT_BASE))
+		kf_loader = text;
+	return 0;
+}
+
+struct kf_trace {
+	uintptr_t *pc;
+	int n, max;
+	bool skip_self;  /* leave out the leading frames of this library */
+};
+
+KF_SIGSAFE static _Unwind_Reason_Code kf_trace_frame(struct _Unwind_Context *ctx, void *arg)
+{
+	struct kf_trace *t = arg;
+	uintptr_t pc = kf_gcc_get_ip(ctx);
+	if (!pc)
+		return _URC_END_OF_STACK;  /* what libgcc reports above _start */
+	if (t->skip_self && kf_in_self(pc))
+		return _URC_NO_REASON;
+	t->skip_self = false;
+	t->pc[t->n++] = pc;
+	return t->n < t->max ? _URC_NO_REASON : _URC_END_OF_STACK;
+}
+
+KF_SIGSAFE static int kf_trace(uintptr_t *pcs, int max, bool skip_self)
+{
+	struct kf_trace t = { pcs, 0, max, skip_self };
+	if (max <= 0 ||
+	    atomic_load_explicit(&kf_unwinder_state, memory_order_acquire) != KF_UNWINDER_READY ||
+	    !kf_gcc_backtrace || !kf_gcc_get_ip)
+		return 0;
+	kf_gcc_backtrace(kf_trace_frame, &t);
+	return t.n;
+}
+
+KF_SIGSAFE int kf_backtrace(uintptr_t *pcs, int max)
+{
+	return kf_trace(pcs, max, false);
+}
+
+/* Load libgcc_s and take one stack, so that its first-use work is done now. */
+static void kf_unwinder_load(void)
+{
+	void *gcc = dlopen(LIBGCC_S_SO, RTLD_NOW | RTLD_LOCAL);  /* never closed, as glibc's */
+	if (gcc) {
+		*(void **)&kf_gcc_backtrace = dlsym(gcc, "_Unwind_Backtrace");
+		*(void **)&kf_gcc_get_ip = dlsym(gcc, "_Unwind_GetIP");
+	}
+	dl_iterate_phdr(kf_find_ranges, NULL);
+	if (!kf_gcc_backtrace || !kf_gcc_get_ip) {
+		kf_gcc_backtrace = NULL;
+		kf_warn("cannot load ", LIBGCC_S_SO, "; objects are recorded without stacks", NULL);
+	}
+}
+
+bool kf_unwinder_start(uintptr_t caller)
+{
+	int st = atomic_load_explicit(&kf_unwinder_state, memory_order_acquire);
+	if (KF_LIKELY(st == KF_UNWINDER_READY))
+		return true;
+	/*
+	 * The loader allocates in the middle of a dlopen, its lock held and its
+	 * list of modules half-updated: not the moment for a dlopen of ours.
+	 * (A malloc from inside a dl_iterate_phdr callback, while another thread
+	 * is in dlopen, could still make the first load wait on that thread for
+	 * good; only the very first stack of a process can meet this.)
+	 */
+	if (caller >= kf_loader.lo && caller < kf_loader.hi)
+		return false;
+	if (atomic_compare_exchange_strong(&kf_unwinder_state, &st, KF_UNWINDER_LOADING)) {
+		KF_ENTER();  /* the loader's mallocs go to glibc */
+		kf_unwinder_load();
+		atomic_store_explicit(&kf_unwinder_state, KF_UNWINDER_READY, memory_order_release);
+		uintptr_t warm[4];
+		kf_trace(warm, 4, false);  /* libgcc's own first-use work, here and not in a fault */
+		return true;
+	}
+	while (atomic_load_explicit(&kf_unwinder_state, memory_order_acquire) == KF_UNWINDER_LOADING)
+		sched_yield();  /* another thread is loading it */
+	return true;
+}
+
+KF_SIGSAFE void kf_unwinder_atfork_child(void)
+{
+	/* The thread that was loading it is not in this process. */
+	int loading = KF_UNWINDER_LOADING;
+	atomic_compare_exchange_strong(&kf_unwinder_state, &loading, KF_UNWINDER_NONE);
 }
 
 void kf_capture_stack(struct kfence_stack *st)
 {
-	void *pcs[KFENCE_STACK_MAX + 16];
-	int n = backtrace(pcs, (int)(kf_opt.stack_depth + 16));
-	int skip = 0;
-	while (skip < n && kf_in_self((uintptr_t)pcs[skip]))
-		skip++;
-	uint32_t depth = 0;
-	for (int i = skip; i < n && depth < kf_opt.stack_depth; i++)
-		st->pc[depth++] = (uintptr_t)pcs[i];
-	st->depth = depth;
+	uintptr_t pcs[KFENCE_STACK_MAX];
+	int max = (int)(kf_opt.stack_depth < KFENCE_STACK_MAX ? kf_opt.stack_depth : KFENCE_STACK_MAX);
+	kf_unwinder_start(0);
+	int n = kf_trace(pcs, max, true);
+	for (int i = 0; i < n; i++)
+		st->pc[i] = pcs[i];
+	st->depth = (uint32_t)n;
 	kf_modules_note(st);  /* so that a reader can place these pcs after we exit */
 }
 
@@ -83,24 +204,13 @@ void kf_capture_stack(struct kfence_stack *st)
 static int kf_find_module(struct dl_phdr_info *info, size_t size, void *data)
 {
 	(void)size;
-	uintptr_t *range = data, target = range[0];
-	uintptr_t lo = UINTPTR_MAX, hi = 0;
-	for (int i = 0; i < info->dlpi_phnum; i++) {
-		const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
-		if (ph->p_type != PT_LOAD || !(ph->p_flags & PF_X))
-			continue;
-		uintptr_t s = info->dlpi_addr + ph->p_vaddr;
-		if (s < lo)
-			lo = s;
-		if (s + ph->p_memsz > hi)
-			hi = s + ph->p_memsz;
-	}
-	if (target >= lo && target < hi) {
-		range[1] = lo;
-		range[2] = hi;
-		return 1;
-	}
-	return 0;
+	uintptr_t *range = data;
+	struct kf_range_pair text = kf_text_of(info);
+	if (range[0] < text.lo || range[0] >= text.hi)
+		return 0;
+	range[1] = text.lo;
+	range[2] = text.hi;
+	return 1;
 }
 
 int kfence_register_internal(const void *addr)
@@ -124,12 +234,6 @@ int kfence_register_internal(const void *addr)
 
 void kf_stack_init(void)
 {
-	/* The unwinder loads libgcc_s and allocates on first use: not in a fault. */
-	void *warm[4];
-	backtrace(warm, 4);
-	dl_iterate_phdr(kf_find_unwinder, NULL);
-	uintptr_t self_range[3] = { (uintptr_t)&kf_stack_init, 0, 0 };
-	dl_iterate_phdr(kf_find_module, self_range);
-	kf_self_lo = self_range[1];
-	kf_self_hi = self_range[2];
+	/* Only where things are: the unwinder itself waits for the first stack. */
+	dl_iterate_phdr(kf_find_ranges, NULL);
 }

@@ -32,10 +32,12 @@ SAFE_SYSTEM = {
 }
 # Not async-signal-safe by the letter, and why each is all right here.
 ACCEPTED = {
-    # libgcc's unwinder, loaded and warmed up at start-up (kf_stack_init): it
-    # takes its lock on registered frames, never from its own code
-    # (kf_unwind_safe), so a fault can wait on it but not deadlock.
-    "backtrace",
+    # libgcc's unwinder (_Unwind_Backtrace, _Unwind_GetIP through pointers),
+    # loaded and warmed up at the first stack of the process, before any
+    # object a fault could be about (kf_unwinder_start; until then the handler
+    # records the pc alone): it takes its lock on registered frames, never from
+    # its own code (kf_unwind_safe), so a fault can wait on it but not deadlock.
+    "kf_gcc_backtrace", "kf_gcc_get_ip",
 }
 NOT_CALLS = {"if", "else", "for", "while", "switch", "return", "sizeof", "defined",
              "__attribute__", "_Static_assert", "alignof", "typeof", "__builtin_expect",
