@@ -9,6 +9,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <gnu/lib-names.h>
+#include <link.h>
 #include <signal.h>
 #include <ucontext.h>
 
@@ -131,14 +132,56 @@ KF_SIGSAFE static void kf_handler(int sig, siginfo_t *si, void *uc)
 
 /* === Installation === */
 
-/* glibc's own definition of name (in libc itself when it is loaded), or NULL. */
+extern void *__libc_malloc(size_t);
+
+/* The span of the module holding data[0], into data[1..2]. */
+static int kf_module_span(struct dl_phdr_info *info, size_t size, void *data)
+{
+	(void)size;
+	uintptr_t *span = data, lo = UINTPTR_MAX, hi = 0;
+	for (int i = 0; i < info->dlpi_phnum; i++) {
+		const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+		uintptr_t s = info->dlpi_addr + ph->p_vaddr;
+		if (ph->p_type != PT_LOAD)
+			continue;
+		lo = s < lo ? s : lo;
+		hi = s + ph->p_memsz > hi ? s + ph->p_memsz : hi;
+	}
+	if (span[0] < lo || span[0] >= hi)
+		return 0;
+	span[1] = lo;
+	span[2] = hi;
+	return 1;
+}
+
+/* True when p is in libc itself (the module that defines __libc_malloc). */
+static bool kf_in_libc(const void *p)
+{
+	static uintptr_t libc[3];
+	if (!libc[2]) {
+		libc[0] = (uintptr_t)&__libc_malloc;
+		dl_iterate_phdr(kf_module_span, libc);  /* dladdr() would scan libc's symbols */
+	}
+	return (uintptr_t)p >= libc[1] && (uintptr_t)p < libc[2];
+}
+
+/*
+ * glibc's own definition of name (in libc itself when it is loaded), or NULL.
+ * Usually libc is the next module after us: dlsym(RTLD_NEXT) finds it there
+ * without a dlopen.  A dlopen of libc (RTLD_NOLOAD) lists its dependencies
+ * with malloc each time: a dozen of them were 20 us of start-up here, and
+ * they set glibc's heap up in programs that never allocate.
+ */
 void *kf_libc_sym(const char *name)
 {
-	void *libc = dlopen(LIBC_SO, RTLD_LAZY | RTLD_NOLOAD);
-	void *sym = dlsym(libc ? libc : RTLD_NEXT, name);
-	if (libc)
-		dlclose(libc);
-	return sym;
+	void *sym = dlsym(RTLD_NEXT, name);
+	if (kf_in_libc(sym))
+		return sym;
+	/* Another interposer between us and libc: ask libc itself. */
+	static void *libc;
+	if (!libc)
+		libc = dlopen(LIBC_SO, RTLD_LAZY | RTLD_NOLOAD);  /* kept: libc is never unloaded */
+	return libc ? dlsym(libc, name) : sym;
 }
 
 /* glibc's own name(sig), for the other signals; -1 (ENOSYS) if it has none. */

@@ -9,7 +9,6 @@
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
-#include <gnu/lib-names.h>
 #include <link.h>
 #include <malloc.h>
 #include <stdlib.h>
@@ -31,12 +30,8 @@ static void *(*kf_libc_aligned_alloc)(size_t, size_t);
 
 void kf_resolve_libc(void)
 {
-	void *libc = dlopen(LIBC_SO, RTLD_LAZY | RTLD_NOLOAD);
-	if (!libc)
-		return;
-	kf_libc_usable_size = (size_t (*)(void *))dlsym(libc, "malloc_usable_size");
-	kf_libc_aligned_alloc = (void *(*)(size_t, size_t))dlsym(libc, "aligned_alloc");
-	dlclose(libc);
+	kf_libc_usable_size = (size_t (*)(void *))kf_libc_sym("malloc_usable_size");
+	kf_libc_aligned_alloc = (void *(*)(size_t, size_t))kf_libc_sym("aligned_alloc");
 }
 
 static inline bool kf_tick(void)
