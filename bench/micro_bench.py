@@ -27,6 +27,14 @@ merged: a slow minute then lands on every mode alike.  Full mode is 5 rounds of
     python bench/micro_bench.py            # full run (~6 minutes on 2 cores)
     python bench/micro_bench.py --quick    # rough figures in about a minute
 
+Then, unless --skip-startup / --skip-cycle, two measurements of their own
+(each also a command: bench/startup_bench.py, bench/cycle_bench.py):
+
+* start-up: the exec of a trivial program under each mode, interleaved rounds
+  paired with glibc (the preload's added milliseconds, and the ratio);
+* the sampled cycle in-process at every pool size, with its breakdown step by
+  step (and a perf profile of it when perf is installed).
+
 The merged pyperf JSON goes to bench/results/micro.json (see --json) and is
 summarised by micro_summary.py.
 """
@@ -44,7 +52,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import cycle_bench
 import pyperf
+import startup_bench
 from micro_summary import BASE_PREFIX, summarize
 
 log = logging.getLogger("micro_bench")
@@ -220,6 +230,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, default=32, help="allocation size in bytes")
     parser.add_argument("--unsampled-iterations", type=int, default=None)
     parser.add_argument("--sampled-iterations", type=int, default=None)
+    parser.add_argument("--skip-startup", action="store_true",
+                        help="leave out the start-up benchmark (startup_bench.py)")
+    parser.add_argument("--skip-cycle", action="store_true",
+                        help="leave out the sampled cycle's breakdown (cycle_bench.py)")
     parser.add_argument("--rounds", type=int, default=None,
                         help="loop rounds to interleave (default: 5, or 2 with --quick)")
     # Internal: set by the driver when it starts one pyperf run of a phase.
@@ -307,6 +321,19 @@ def drive(args: argparse.Namespace, b: Build, plan: Plan) -> int:
     print()
     print(f"Command: {shlex.join(['python', *sys.argv])}")
     print(summarize(args.json))
+    quick = plan is QUICK
+    if not args.skip_startup:
+        print()
+        print("Start-up (bench/startup_bench.py):")
+        print(startup_bench.run(b.kfence, args.build_dir, 100 if quick else 300,
+                                args.json.with_name("startup.json")))
+    if not args.skip_cycle:
+        print()
+        print("Sampled cycle and its steps (bench/cycle_bench.py):")
+        print(cycle_bench.run(b.kfence, args.build_dir, 2 if quick else 5,
+                              2000 if quick else 5000, 1000 if quick else 3000,
+                              [DEFAULT_NUM_OBJECTS, *SAMPLED_NUM_OBJECTS],
+                              args.json.with_name("cycle.json")))
     return 0
 
 

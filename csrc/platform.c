@@ -53,13 +53,12 @@ KF_SIGSAFE int kf_os_protect(uintptr_t addr, size_t size, bool accessible)
 KF_SIGSAFE int kf_os_discard(uintptr_t addr, size_t size)
 {
 	/*
-	 * Protect only: the page keeps its memory (and its canary) for the
-	 * slot's next use, as KFENCE's pool does.  MADV_FREE here, to let the
-	 * kernel take it back under pressure, cost 2 to 3 us a sampled cycle on
-	 * this VM (the third system call of the cycle, an LRU move, and a
-	 * slower first write to the page afterwards), while it never lowered
-	 * the RSS (freed pages are counted until reclaimed) nor the pool's
-	 * bound of num_objects pages.
+	 * Protect only: the page keeps its memory for the slot's next use, as
+	 * KFENCE's pool does.  MADV_FREE here, to let the kernel take it back
+	 * under pressure, was the third system call of every sampled cycle
+	 * (1.2 to 2.3 us on this VM, bench/cycle_bench.py's steps), while it
+	 * never lowered the RSS (freed pages count until reclaimed) nor the
+	 * pool's bound of num_objects pages.
 	 */
 	return mprotect((void *)addr, size, PROT_NONE);
 }

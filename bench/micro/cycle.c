@@ -7,7 +7,9 @@
  *       WARM cycles first (num_objects of them: every slot's first use, its
  *       mapping and page fault, is out of the timing), then REPS rounds of N
  *       malloc(SIZE) + touch + free.  Prints the per-cycle time of each round,
- *       wall clock and thread CPU time:  "round wall_ns=.. cpu_ns=..".
+ *       wall clock and thread CPU time:  "round wall_ns=.. cpu_ns=..", then
+ *       "guarded=1" if one more object is a pool object (the loop measured
+ *       what its name says).
  *
  *   cycle steps SLOTS N REPS FRAMES
  *       Without the preload: the same operations as libkfence's cycle, one
@@ -23,6 +25,7 @@
  * one cycle; the loop's rounds are compared by their minimum.
  */
 #define _GNU_SOURCE
+#include <dlfcn.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -76,6 +79,12 @@ static int run_loop(unsigned long warm, unsigned long n, unsigned long reps, siz
 		printf("round wall_ns=%.1f cpu_ns=%.1f\n", (double)(w1 - w0) / (double)n,
 		       (double)(c1 - c0) / (double)n);
 	}
+	/* The objects were guarded ones: a pool address (the library's own test of it). */
+	int (*is_pool)(const void *) = (int (*)(const void *))dlsym(RTLD_DEFAULT,
+								   "kfence_is_pool_address");
+	void *p = malloc(size);
+	printf("guarded=%d\n", is_pool && is_pool(p));
+	free(p);
 	return 0;
 }
 
