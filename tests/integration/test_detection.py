@@ -126,6 +126,17 @@ def test_a_free_of_memory_that_is_not_heap(programs, families, case, explanation
         assert Path(m[1]).name == families.name, "the module is the program"
 
 
+@pytest.mark.parametrize("case", ["free", "getattr"])
+def test_check_free_in_a_thread_whose_heap_is_above_its_stack(programs, case):
+    # Finding the thread's stack asks pthread_getattr_np, which frees inside (memory above
+    # the stack, so looked at again) and holds the thread's lock while it does: once, it
+    # hung in that recursion; it must neither hang nor report.
+    exe = programs.build("heap_above_stack.c")
+    run = programs.run(exe, case, options=UNSAMPLED, timeout=20)
+    assert run.returncode == 0 and run.reports == [], run.stderr
+    assert run.stdout == "done\n"
+
+
 def test_frees_of_memory_that_is_not_heap_pass_without_check_free(programs, families):
     # glibc gets them as before (and may abort): the check is the option's.
     run = programs.run(families, "free_bss", options={"sample_rate": 0, "sample_interval": 0})
