@@ -180,14 +180,23 @@ bool kf_pool_live(const void *p, size_t *size)
 {
 	kf_check_owner();
 	struct kfence_slot *m = kf_slot_meta(kf_addr_slot((uintptr_t)p));
-	if (!m)
-		return false;
-	if (atomic_load_explicit((_Atomic uint32_t *)&m->state, memory_order_acquire) !=
-		    KFENCE_SLOT_ALLOCATED ||
-	    m->addr != (uintptr_t)p)
-		return false;
-	*size = m->size;
-	return true;
+	/*
+	 * A sweep holds a live object BUSY for a moment: wait for it (bounded,
+	 * as kf_claim_live does), or realloc would take the object for a bad
+	 * pointer and malloc_usable_size give 0.
+	 */
+	for (int tries = 0; m && m->addr == (uintptr_t)p; tries++) {
+		uint32_t state = atomic_load_explicit((_Atomic uint32_t *)&m->state,
+						      memory_order_acquire);
+		if (state == KFENCE_SLOT_ALLOCATED && m->addr == (uintptr_t)p) {
+			*size = m->size;
+			return true;
+		}
+		if (state != KFENCE_SLOT_BUSY || tries > 100000)
+			return false;
+		sched_yield();
+	}
+	return false;
 }
 
 /* First byte in [from, to) that is not canary, or 0. */

@@ -272,6 +272,21 @@ def test_check_of_a_process_that_makes_no_allocation_says_so(programs, live, tmp
         sleeper.wait()
 
 
+@pytest.mark.slow
+def test_realloc_and_usable_size_wait_out_a_sweep(programs, tmp_path):
+    # A sweep holds each live object BUSY while it reads its canaries.  realloc took such
+    # an object for a bad pointer (freed it and returned NULL, and false use-after-free
+    # and invalid-free reports followed) and malloc_usable_size said 0.
+    exe = programs.build("sweep_realloc.c")
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    run = programs.run(exe, str(state), "1000", options={**GUARD, "state_dir": str(state)})
+    assert run.returncode == 0 and run.reports == [], run.stderr
+    counts = dict(kv.split("=") for kv in run.stdout.split())
+    assert int(counts["rounds"]) > 100 and int(counts["asked"]) > 1000
+    assert (counts["bad_realloc"], counts["bad_usable"]) == ("0", "0"), run.stdout
+
+
 # --- readable names ---------------------------------------------------------------
 
 DEMANGLE = r"""
