@@ -90,6 +90,17 @@ def test_a_program_with_its_own_operator_new_is_not_judged(programs, tmp_path):
     assert "done" in run.stdout
 
 
+@pytest.mark.parametrize("options", [{}, GUARD, {**GUARD, "check_free": 1}])
+def test_a_program_that_replaces_only_the_basic_operators(programs, options):
+    # The standard lets a program replace operator new(size_t) and delete(void*) alone:
+    # the runtime's sized delete, new[] and nothrow new call them.  Ours went around
+    # them: glibc's free() got the program's memory and aborted the process.
+    exe = programs.build("own_operators.cpp", cxx=True)
+    run = programs.run(exe, options=options)
+    assert run.returncode == 0 and run.reports == [], run.stderr
+    assert run.stdout == "done live=0\n"
+
+
 def test_operator_new_keeps_the_standard_semantics(programs, families):
     for options in (GUARD, UNSAMPLED):
         run = programs.run(families, "new_semantics", options=options)
