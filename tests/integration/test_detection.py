@@ -298,6 +298,30 @@ def test_realloc_and_usable_size_wait_out_a_sweep(programs, tmp_path):
     assert (counts["bad_realloc"], counts["bad_usable"]) == ("0", "0"), run.stdout
 
 
+@pytest.mark.slow
+def test_a_free_while_a_sweep_report_waits_on_stderr_is_no_invalid_free(programs, tmp_path):
+    # The sweep held the object BUSY while its report waited on a full stderr; the free
+    # waited only so long, then called itself invalid ("no object") and leaked the slot.
+    exe = programs.build("sweep_slow_stderr.c")
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "KFENCE_OPTIONS")}
+    env.update(LD_PRELOAD=str(programs.lib),
+               KFENCE_OPTIONS=f"sample_rate=1:placement=left:state_dir={state}")
+    proc = subprocess.Popen([str(exe), str(state)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(2)  # stderr unread: the report is stuck, the free comes meanwhile
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert out == "freed\n" and proc.returncode == 66
+    listed = _kfence_py("reports", "--state-dir", str(state), cwd=tmp_path)
+    kinds = re.findall(r"^BUG: KFENCE: (.+?) in ", listed.stdout, re.M)
+    assert kinds == ["memory corruption"], listed.stdout + listed.stderr
+
+
 # --- readable names ---------------------------------------------------------------
 
 DEMANGLE = r"""
