@@ -66,6 +66,14 @@ def test_right_families_and_sizes_are_not_reported(programs, families, options):
     assert "done" in run.stdout
 
 
+def test_a_double_free_after_a_mismatch_is_reported_too(programs, families):
+    run = programs.run(families, "mismatch_then_double_free", options=GUARD)
+    assert run.returncode == 66 and "done" in run.stdout, run.stderr
+    assert [r.explanation for r in run.reports] == [
+        "The object was allocated by operator new[] and is freed by free().",
+        "The object was already freed."]
+
+
 def test_mismatches_can_be_switched_off(programs, families):
     run = programs.run(families, "new_array_free",
                        options={**GUARD, "alloc_dealloc_mismatch": 0})
