@@ -105,101 +105,222 @@ static inline void kf_cxx_delete(void *p, int family, size_t size, uintptr_t cal
 #define KF_ALIGN_T size_t  /* std::align_val_t: an enum class of size_t */
 struct kf_nothrow;           /* std::nothrow_t, passed by reference, never read */
 
+/* Every operator we define, by its symbol. */
+#define KF_CXX_OPERATORS(X) \
+	X(_Znwm) X(_Znam) X(_ZnwmRKSt9nothrow_t) X(_ZnamRKSt9nothrow_t) \
+	X(_ZnwmSt11align_val_t) X(_ZnamSt11align_val_t) \
+	X(_ZnwmSt11align_val_tRKSt9nothrow_t) X(_ZnamSt11align_val_tRKSt9nothrow_t) \
+	X(_ZdlPv) X(_ZdaPv) X(_ZdlPvm) X(_ZdaPvm) X(_ZdlPvSt11align_val_t) X(_ZdaPvSt11align_val_t) \
+	X(_ZdlPvmSt11align_val_t) X(_ZdaPvmSt11align_val_t) X(_ZdlPvRKSt9nothrow_t) \
+	X(_ZdaPvRKSt9nothrow_t) X(_ZdlPvSt11align_val_tRKSt9nothrow_t) \
+	X(_ZdaPvSt11align_val_tRKSt9nothrow_t)
+
+#define KF_CXX_INDEX(name) KF_CXX_##name,
+enum { KF_CXX_OPERATORS(KF_CXX_INDEX) KF_CXX_COUNT };
+
+/*
+ * The program may replace any one operator: the C++ runtime's others then
+ * call its replacement (its sized delete calls the program's delete, its
+ * new[] and nothrow new the program's new).  Ours would go around it, and
+ * give glibc memory the program's allocator made, or the reverse.  So once
+ * the program replaces any of them, each of ours calls the runtime's own
+ * (the next definition), as if we were not there.  Decided at the first
+ * call, which may come from another library's constructor before we start.
+ */
+enum { KF_CXX_UNKNOWN, KF_CXX_OURS, KF_CXX_FORWARD };
+static _Atomic int kf_cxx_mode;
+static void *kf_cxx_next[KF_CXX_COUNT];
+
+
+static void kf_cxx_decide(void)
+{
+	static const char *const names[KF_CXX_COUNT] = {
+#define KF_CXX_NAME(name) #name,
+		KF_CXX_OPERATORS(KF_CXX_NAME)
+	};
+	KF_ENTER();  /* dlsym may allocate: from glibc */
+	/*
+	 * Whose is the process's definition: by module, as &_Znwm here would
+	 * be the program's own when it replaced it (our references go through
+	 * the GOT, which the executable's definition takes over).
+	 */
+	Dl_info self, info;
+	bool replaced = !dladdr((void *)kf_cxx_decide, &self);
+	for (int i = 0; i < KF_CXX_COUNT; i++) {
+		void *f = dlsym(RTLD_DEFAULT, names[i]);
+		replaced |= f != NULL && (!dladdr(f, &info) || info.dli_fbase != self.dli_fbase);
+		kf_cxx_next[i] = dlsym(RTLD_NEXT, names[i]);
+	}
+	/* Racing threads decide alike: the last store wins with the same answer. */
+	atomic_store_explicit(&kf_cxx_mode, replaced ? KF_CXX_FORWARD : KF_CXX_OURS,
+			      memory_order_release);
+}
+
+/* The runtime's own operator i when the program replaced one of them; NULL: ours serves. */
+static inline void *kf_cxx_forward(int i)
+{
+	int mode = atomic_load_explicit(&kf_cxx_mode, memory_order_acquire);
+	if (KF_LIKELY(mode == KF_CXX_OURS))
+		return NULL;
+	if (mode == KF_CXX_UNKNOWN) {
+		kf_cxx_decide();
+		mode = atomic_load_explicit(&kf_cxx_mode, memory_order_acquire);
+	}
+	return mode == KF_CXX_FORWARD ? kf_cxx_next[i] : NULL;
+}
+
+typedef void *(*kf_new_fn)(size_t);
+typedef void *(*kf_new_nt_fn)(size_t, const struct kf_nothrow *);
+typedef void *(*kf_new_al_fn)(size_t, KF_ALIGN_T);
+typedef void *(*kf_new_al_nt_fn)(size_t, KF_ALIGN_T, const struct kf_nothrow *);
+typedef void (*kf_del_fn)(void *);
+typedef void (*kf_del_sz_fn)(void *, size_t);
+typedef void (*kf_del_al_fn)(void *, KF_ALIGN_T);
+typedef void (*kf_del_sz_al_fn)(void *, size_t, KF_ALIGN_T);
+typedef void (*kf_del_nt_fn)(void *, const struct kf_nothrow *);
+typedef void (*kf_del_al_nt_fn)(void *, KF_ALIGN_T, const struct kf_nothrow *);
+
 /* operator new and new[]: plain, nothrow, aligned, aligned nothrow. */
 void *_Znwm(size_t n)
 {
+	kf_new_fn fwd = (kf_new_fn)kf_cxx_forward(KF_CXX__Znwm);
+	if (KF_UNLIKELY(fwd != NULL))
+		return fwd(n);
 	return kf_cxx_new(n, 0, KFENCE_CACHE_NEW, false, KF_CALLER);
 }
 void *_Znam(size_t n)
 {
+	kf_new_fn fwd = (kf_new_fn)kf_cxx_forward(KF_CXX__Znam);
+	if (KF_UNLIKELY(fwd != NULL))
+		return fwd(n);
 	return kf_cxx_new(n, 0, KFENCE_CACHE_NEW_ARRAY, false, KF_CALLER);
 }
 void *_ZnwmRKSt9nothrow_t(size_t n, const struct kf_nothrow *t)
 {
-	(void)t;
+	kf_new_nt_fn fwd = (kf_new_nt_fn)kf_cxx_forward(KF_CXX__ZnwmRKSt9nothrow_t);
+	if (KF_UNLIKELY(fwd != NULL))
+		return fwd(n, t);
 	return kf_cxx_new(n, 0, KFENCE_CACHE_NEW, true, KF_CALLER);
 }
 void *_ZnamRKSt9nothrow_t(size_t n, const struct kf_nothrow *t)
 {
-	(void)t;
+	kf_new_nt_fn fwd = (kf_new_nt_fn)kf_cxx_forward(KF_CXX__ZnamRKSt9nothrow_t);
+	if (KF_UNLIKELY(fwd != NULL))
+		return fwd(n, t);
 	return kf_cxx_new(n, 0, KFENCE_CACHE_NEW_ARRAY, true, KF_CALLER);
 }
 void *_ZnwmSt11align_val_t(size_t n, KF_ALIGN_T a)
 {
+	kf_new_al_fn fwd = (kf_new_al_fn)kf_cxx_forward(KF_CXX__ZnwmSt11align_val_t);
+	if (KF_UNLIKELY(fwd != NULL))
+		return fwd(n, a);
 	return kf_cxx_new(n, a, KFENCE_CACHE_NEW, false, KF_CALLER);
 }
 void *_ZnamSt11align_val_t(size_t n, KF_ALIGN_T a)
 {
+	kf_new_al_fn fwd = (kf_new_al_fn)kf_cxx_forward(KF_CXX__ZnamSt11align_val_t);
+	if (KF_UNLIKELY(fwd != NULL))
+		return fwd(n, a);
 	return kf_cxx_new(n, a, KFENCE_CACHE_NEW_ARRAY, false, KF_CALLER);
 }
 void *_ZnwmSt11align_val_tRKSt9nothrow_t(size_t n, KF_ALIGN_T a, const struct kf_nothrow *t)
 {
-	(void)t;
+	kf_new_al_nt_fn fwd = (kf_new_al_nt_fn)kf_cxx_forward(KF_CXX__ZnwmSt11align_val_tRKSt9nothrow_t);
+	if (KF_UNLIKELY(fwd != NULL))
+		return fwd(n, a, t);
 	return kf_cxx_new(n, a, KFENCE_CACHE_NEW, true, KF_CALLER);
 }
 void *_ZnamSt11align_val_tRKSt9nothrow_t(size_t n, KF_ALIGN_T a, const struct kf_nothrow *t)
 {
-	(void)t;
+	kf_new_al_nt_fn fwd = (kf_new_al_nt_fn)kf_cxx_forward(KF_CXX__ZnamSt11align_val_tRKSt9nothrow_t);
+	if (KF_UNLIKELY(fwd != NULL))
+		return fwd(n, a, t);
 	return kf_cxx_new(n, a, KFENCE_CACHE_NEW_ARRAY, true, KF_CALLER);
 }
 
 /* operator delete and delete[]: plain, sized, aligned, sized aligned, nothrow. */
 void _ZdlPv(void *p)
 {
+	kf_del_fn fwd = (kf_del_fn)kf_cxx_forward(KF_CXX__ZdlPv);
+	if (KF_UNLIKELY(fwd != NULL))
+		return fwd(p);
 	kf_cxx_delete(p, KFENCE_FAMILY_NEW, 0, KF_CALLER);
 }
 void _ZdaPv(void *p)
 {
+	kf_del_fn fwd = (kf_del_fn)kf_cxx_forward(KF_CXX__ZdaPv);
+	if (KF_UNLIKELY(fwd != NULL))
+		return fwd(p);
 	kf_cxx_delete(p, KFENCE_FAMILY_NEW_ARRAY, 0, KF_CALLER);
 }
 void _ZdlPvm(void *p, size_t n)
 {
+	kf_del_sz_fn fwd = (kf_del_sz_fn)kf_cxx_forward(KF_CXX__ZdlPvm);
+	if (KF_UNLIKELY(fwd != NULL))
+		return fwd(p, n);
 	kf_cxx_delete(p, KFENCE_FAMILY_NEW, n, KF_CALLER);
 }
 void _ZdaPvm(void *p, size_t n)
 {
+	kf_del_sz_fn fwd = (kf_del_sz_fn)kf_cxx_forward(KF_CXX__ZdaPvm);
+	if (KF_UNLIKELY(fwd != NULL))
+		return fwd(p, n);
 	kf_cxx_delete(p, KFENCE_FAMILY_NEW_ARRAY, n, KF_CALLER);
 }
 void _ZdlPvSt11align_val_t(void *p, KF_ALIGN_T a)
 {
-	(void)a;
+	kf_del_al_fn fwd = (kf_del_al_fn)kf_cxx_forward(KF_CXX__ZdlPvSt11align_val_t);
+	if (KF_UNLIKELY(fwd != NULL))
+		return fwd(p, a);
 	kf_cxx_delete(p, KFENCE_FAMILY_NEW, 0, KF_CALLER);
 }
 void _ZdaPvSt11align_val_t(void *p, KF_ALIGN_T a)
 {
-	(void)a;
+	kf_del_al_fn fwd = (kf_del_al_fn)kf_cxx_forward(KF_CXX__ZdaPvSt11align_val_t);
+	if (KF_UNLIKELY(fwd != NULL))
+		return fwd(p, a);
 	kf_cxx_delete(p, KFENCE_FAMILY_NEW_ARRAY, 0, KF_CALLER);
 }
 void _ZdlPvmSt11align_val_t(void *p, size_t n, KF_ALIGN_T a)
 {
-	(void)a;
+	kf_del_sz_al_fn fwd = (kf_del_sz_al_fn)kf_cxx_forward(KF_CXX__ZdlPvmSt11align_val_t);
+	if (KF_UNLIKELY(fwd != NULL))
+		return fwd(p, n, a);
 	kf_cxx_delete(p, KFENCE_FAMILY_NEW, n, KF_CALLER);
 }
 void _ZdaPvmSt11align_val_t(void *p, size_t n, KF_ALIGN_T a)
 {
-	(void)a;
+	kf_del_sz_al_fn fwd = (kf_del_sz_al_fn)kf_cxx_forward(KF_CXX__ZdaPvmSt11align_val_t);
+	if (KF_UNLIKELY(fwd != NULL))
+		return fwd(p, n, a);
 	kf_cxx_delete(p, KFENCE_FAMILY_NEW_ARRAY, n, KF_CALLER);
 }
 void _ZdlPvRKSt9nothrow_t(void *p, const struct kf_nothrow *t)
 {
-	(void)t;
+	kf_del_nt_fn fwd = (kf_del_nt_fn)kf_cxx_forward(KF_CXX__ZdlPvRKSt9nothrow_t);
+	if (KF_UNLIKELY(fwd != NULL))
+		return fwd(p, t);
 	kf_cxx_delete(p, KFENCE_FAMILY_NEW, 0, KF_CALLER);
 }
 void _ZdaPvRKSt9nothrow_t(void *p, const struct kf_nothrow *t)
 {
-	(void)t;
+	kf_del_nt_fn fwd = (kf_del_nt_fn)kf_cxx_forward(KF_CXX__ZdaPvRKSt9nothrow_t);
+	if (KF_UNLIKELY(fwd != NULL))
+		return fwd(p, t);
 	kf_cxx_delete(p, KFENCE_FAMILY_NEW_ARRAY, 0, KF_CALLER);
 }
 void _ZdlPvSt11align_val_tRKSt9nothrow_t(void *p, KF_ALIGN_T a, const struct kf_nothrow *t)
 {
-	(void)a;
-	(void)t;
+	kf_del_al_nt_fn fwd = (kf_del_al_nt_fn)kf_cxx_forward(KF_CXX__ZdlPvSt11align_val_tRKSt9nothrow_t);
+	if (KF_UNLIKELY(fwd != NULL))
+		return fwd(p, a, t);
 	kf_cxx_delete(p, KFENCE_FAMILY_NEW, 0, KF_CALLER);
 }
 void _ZdaPvSt11align_val_tRKSt9nothrow_t(void *p, KF_ALIGN_T a, const struct kf_nothrow *t)
 {
-	(void)a;
-	(void)t;
+	kf_del_al_nt_fn fwd = (kf_del_al_nt_fn)kf_cxx_forward(KF_CXX__ZdaPvSt11align_val_tRKSt9nothrow_t);
+	if (KF_UNLIKELY(fwd != NULL))
+		return fwd(p, a, t);
 	kf_cxx_delete(p, KFENCE_FAMILY_NEW_ARRAY, 0, KF_CALLER);
 }
 
@@ -209,19 +330,11 @@ void kf_cxx_resolve(void)
 	 * A program (or a library before us in the search order) that defines
 	 * its own operator new or delete pairs them its own way: its new may
 	 * call malloc, its delete free.  Judge the new/delete families only
-	 * when the process's four basic functions are ours.
+	 * when every operator of the process is ours.
 	 */
-	static const struct {
-		const char *name;
-		void *ours;
-	} fns[] = {
-		{ "_Znwm", (void *)_Znwm }, { "_Znam", (void *)_Znam },
-		{ "_ZdlPv", (void *)_ZdlPv }, { "_ZdaPv", (void *)_ZdaPv },
-	};
-	bool ours = true;
-	for (size_t i = 0; i < sizeof(fns) / sizeof(fns[0]); i++)
-		ours &= dlsym(RTLD_DEFAULT, fns[i].name) == fns[i].ours;
-	kf_cxx_ours = ours;
+	if (atomic_load_explicit(&kf_cxx_mode, memory_order_acquire) == KF_CXX_UNKNOWN)
+		kf_cxx_decide();
+	kf_cxx_ours = atomic_load_explicit(&kf_cxx_mode, memory_order_acquire) == KF_CXX_OURS;
 }
 
 bool kf_family_mismatch(int alloc, int dealloc)

@@ -141,10 +141,23 @@ static int kf_image_detail(uintptr_t a, uint64_t *code)
 	return w.found.detail;
 }
 
-/* This thread's stack, from its attributes, once; false if unknown. */
-static bool kf_stack_bounds(uintptr_t *lo, uintptr_t *hi)
+/*
+ * The code segment of the module that holds pthread_getattr_np (libc, or an
+ * old glibc's libpthread): a free called from there may be made while it
+ * holds the thread's lock, which asking it again would wait on for good.
+ */
+static uintptr_t kf_attr_code_lo, kf_attr_code_hi;
+
+/*
+ * This thread's stack, from its attributes, once; false if unknown.  Not
+ * asked for a free that pthread_getattr_np's module makes (see above): its
+ * own memory, never a stack.
+ */
+static bool kf_stack_bounds(uintptr_t caller, uintptr_t *lo, uintptr_t *hi)
 {
 	if (!kf_self.stack_hi) {
+		if (caller >= kf_attr_code_lo && caller < kf_attr_code_hi)
+			return false;
 		pthread_attr_t attr;
 		void *addr;
 		size_t size;
@@ -167,7 +180,7 @@ static bool kf_stack_bounds(uintptr_t *lo, uintptr_t *hi)
 static uintptr_t kf_heap_lo;
 
 /* Why a (passed to free) is plainly not heap memory, with the detail's value; NONE if it may be. */
-static int kf_nonheap_detail(uintptr_t a, uint64_t *value)
+static int kf_nonheap_detail(uintptr_t a, uintptr_t caller, uint64_t *value)
 {
 	const uintptr_t align = alignof(max_align_t);
 	if (KF_UNLIKELY(a & (align - 1))) {
@@ -192,7 +205,7 @@ static int kf_nonheap_detail(uintptr_t a, uint64_t *value)
 	 * not know where that one ends, and say nothing.
 	 */
 	uintptr_t here = (uintptr_t)__builtin_frame_address(0), lo, hi;
-	if (a >= here && kf_stack_bounds(&lo, &hi) && here >= lo && here < hi && a < hi) {
+	if (a >= here && kf_stack_bounds(caller, &lo, &hi) && here >= lo && here < hi && a < hi) {
 		*value = kf_tid();
 		return KFENCE_DETAIL_STACK;
 	}
@@ -224,15 +237,24 @@ void kf_nonheap_init(void)
 	kf_heap_lo = kf_start_brk();
 	if (!kf_heap_lo)
 		kf_heap_lo = (uintptr_t)sbrk(0);
+	struct kf_image_walk w = { NULL, 0, 0, (uintptr_t)&pthread_getattr_np, { 0 }, 0 };
+	if (dl_iterate_phdr(kf_image_segments, &w)) {
+		kf_attr_code_lo = w.found.lo;
+		kf_attr_code_hi = w.found.hi;
+	}
 	kf_images_refresh();
 }
 
 bool kf_nonheap_free(void *p, uintptr_t caller)
 {
-	if (!kf_ready() || !kf_check_owner())
+	/*
+	 * A free by code the library called (pthread_getattr_np, the loader):
+	 * glibc's memory, and looking at it would call that code again.
+	 */
+	if (kf_self.in_lib || !kf_ready() || !kf_check_owner())
 		return false;
 	uint64_t value = 0;
-	int detail = kf_nonheap_detail((uintptr_t)p, &value);
+	int detail = kf_nonheap_detail((uintptr_t)p, caller, &value);
 	if (detail == KFENCE_DETAIL_NONE)
 		return false;
 	KF_ENTER();

@@ -220,14 +220,23 @@ bool kf_pool_live(const void *p, size_t *size)
 {
 	kf_check_owner();
 	struct kfence_slot *m = kf_slot_meta(kf_addr_slot((uintptr_t)p));
-	if (!m)
-		return false;
-	if (atomic_load_explicit((_Atomic uint32_t *)&m->state, memory_order_acquire) !=
-		    KFENCE_SLOT_ALLOCATED ||
-	    m->addr != (uintptr_t)p)
-		return false;
-	*size = m->size;
-	return true;
+	/*
+	 * A sweep holds a live object BUSY for a moment: wait for it (bounded,
+	 * as kf_claim_live does), or realloc would take the object for a bad
+	 * pointer and malloc_usable_size give 0.
+	 */
+	for (int tries = 0; m && m->addr == (uintptr_t)p; tries++) {
+		uint32_t state = atomic_load_explicit((_Atomic uint32_t *)&m->state,
+						      memory_order_acquire);
+		if (state == KFENCE_SLOT_ALLOCATED && m->addr == (uintptr_t)p) {
+			*size = m->size;
+			return true;
+		}
+		if (state != KFENCE_SLOT_BUSY || tries > 100000)
+			return false;
+		sched_yield();
+	}
+	return false;
 }
 
 /* First byte in [from, to) that is not canary, scanned a byte at a time, or 0. */
@@ -260,9 +269,10 @@ static uintptr_t kf_first_bad_canary(uintptr_t from, uintptr_t to)
 
 /*
  * Report changed canary bytes around the object of slot m, if any; detail
- * says who looked (NONE: its free, SWEEP: a check of live objects).
+ * says who looked (NONE: its free, SWEEP: a check of live objects, which
+ * holds the slot BUSY).  True if it handed the slot back (ALLOCATED) itself.
  */
-static void kf_check_canary(long slot, const struct kfence_slot *m, int detail)
+static bool kf_check_canary(long slot, const struct kfence_slot *m, int detail)
 {
 	uintptr_t page = kf_slot_page((size_t)slot);
 	uintptr_t lo = m->addr, hi = m->addr + m->size;
@@ -270,7 +280,7 @@ static void kf_check_canary(long slot, const struct kfence_slot *m, int detail)
 	if (!bad)
 		bad = kf_first_bad_canary(hi, page + kf_page);
 	if (!bad)
-		return;
+		return false;
 	uint8_t bytes[16];
 	uint32_t mask = 0;
 	for (int i = 0; i < 16; i++) {
@@ -287,12 +297,20 @@ static void kf_check_canary(long slot, const struct kfence_slot *m, int detail)
 	};
 	if (detail != KFENCE_DETAIL_SWEEP) {
 		kf_report(&in);
-		return;
+		return false;
 	}
-	/* The sweep holds the slot BUSY: the object is reported as the live one it is. */
+	/*
+	 * A copy of the live object is reported, the slot handed back first:
+	 * the report may wait long on stderr, and a free of the object waits
+	 * for the slot only so long, then calls itself invalid.
+	 */
 	struct kfence_slot live = *m;
 	live.state = KFENCE_SLOT_ALLOCATED;
+	in.stack = &live.alloc_stack;
+	atomic_store_explicit((_Atomic uint32_t *)&m->state, KFENCE_SLOT_ALLOCATED,
+			      memory_order_release);
 	kf_report_object(&in, &live);
+	return true;
 }
 
 /*
@@ -414,9 +432,9 @@ void kf_pool_sweep(void)
 		if (!m || !atomic_compare_exchange_strong((_Atomic uint32_t *)&m->state, &expected,
 							  KFENCE_SLOT_BUSY))
 			continue;
-		kf_check_canary((long)i, m, KFENCE_DETAIL_SWEEP);
-		atomic_store_explicit((_Atomic uint32_t *)&m->state, KFENCE_SLOT_ALLOCATED,
-				      memory_order_release);
+		if (!kf_check_canary((long)i, m, KFENCE_DETAIL_SWEEP))
+			atomic_store_explicit((_Atomic uint32_t *)&m->state, KFENCE_SLOT_ALLOCATED,
+					      memory_order_release);
 	}
 	kf_count(KFENCE_COUNTER_SWEEPS, 1);
 }

@@ -253,7 +253,10 @@ KF_SIGSAFE bool kf_report_object(const struct kf_report_in *in, const struct kfe
 	const struct kfence_slot *m = object ? object : slot;
 	/* Once per object and kind; a copy of an object since replaced marks nothing. */
 	if (slot && (!object || __atomic_load_n(&slot->alloc_ns, __ATOMIC_RELAXED) == object->alloc_ns)) {
-		uint32_t bit = 1u << in->kind;
+		/* A free by the wrong family has a bit of its own: a later double free still shows. */
+		bool family = in->detail == KFENCE_DETAIL_MISMATCH ||
+			      in->detail == KFENCE_DETAIL_SIZE_MISMATCH;
+		uint32_t bit = 1u << (family ? KFENCE_BUG_KINDS : in->kind);
 		if (atomic_fetch_or((_Atomic uint32_t *)&slot->reported, bit) & bit)
 			return false;
 	}

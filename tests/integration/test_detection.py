@@ -66,6 +66,14 @@ def test_right_families_and_sizes_are_not_reported(programs, families, options):
     assert "done" in run.stdout
 
 
+def test_a_double_free_after_a_mismatch_is_reported_too(programs, families):
+    run = programs.run(families, "mismatch_then_double_free", options=GUARD)
+    assert run.returncode == 66 and "done" in run.stdout, run.stderr
+    assert [r.explanation for r in run.reports] == [
+        "The object was allocated by operator new[] and is freed by free().",
+        "The object was already freed."]
+
+
 def test_mismatches_can_be_switched_off(programs, families):
     run = programs.run(families, "new_array_free",
                        options={**GUARD, "alloc_dealloc_mismatch": 0})
@@ -88,6 +96,17 @@ def test_a_program_with_its_own_operator_new_is_not_judged(programs, tmp_path):
     run = programs.run(exe, options=GUARD)
     assert run.returncode == 0 and run.reports == [], run.stderr
     assert "done" in run.stdout
+
+
+@pytest.mark.parametrize("options", [{}, GUARD, {**GUARD, "check_free": 1}])
+def test_a_program_that_replaces_only_the_basic_operators(programs, options):
+    # The standard lets a program replace operator new(size_t) and delete(void*) alone:
+    # the runtime's sized delete, new[] and nothrow new call them.  Ours went around
+    # them: glibc's free() got the program's memory and aborted the process.
+    exe = programs.build("own_operators.cpp", cxx=True)
+    run = programs.run(exe, options=options)
+    assert run.returncode == 0 and run.reports == [], run.stderr
+    assert run.stdout == "done live=0\n"
 
 
 def test_operator_new_keeps_the_standard_semantics(programs, families):
@@ -124,6 +143,17 @@ def test_a_free_of_memory_that_is_not_heap(programs, families, case, explanation
         assert (tid != pid) == (case == "free_thread_stack"), "the thread that freed"
     elif case != "free_misaligned":
         assert Path(m[1]).name == families.name, "the module is the program"
+
+
+@pytest.mark.parametrize("case", ["free", "getattr"])
+def test_check_free_in_a_thread_whose_heap_is_above_its_stack(programs, case):
+    # Finding the thread's stack asks pthread_getattr_np, which frees inside (memory above
+    # the stack, so looked at again) and holds the thread's lock while it does: once, it
+    # hung in that recursion; it must neither hang nor report.
+    exe = programs.build("heap_above_stack.c")
+    run = programs.run(exe, case, options=UNSAMPLED, timeout=20)
+    assert run.returncode == 0 and run.reports == [], run.stderr
+    assert run.stdout == "done\n"
 
 
 def test_frees_of_memory_that_is_not_heap_pass_without_check_free(programs, families):
@@ -259,6 +289,45 @@ def test_check_of_a_process_that_makes_no_allocation_says_so(programs, live, tmp
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+@pytest.mark.slow
+def test_realloc_and_usable_size_wait_out_a_sweep(programs, tmp_path):
+    # A sweep holds each live object BUSY while it reads its canaries.  realloc took such
+    # an object for a bad pointer (freed it and returned NULL, and false use-after-free
+    # and invalid-free reports followed) and malloc_usable_size said 0.
+    exe = programs.build("sweep_realloc.c")
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    run = programs.run(exe, str(state), "1000", options={**GUARD, "state_dir": str(state)})
+    assert run.returncode == 0 and run.reports == [], run.stderr
+    counts = dict(kv.split("=") for kv in run.stdout.split())
+    assert int(counts["rounds"]) > 100 and int(counts["asked"]) > 1000
+    assert (counts["bad_realloc"], counts["bad_usable"]) == ("0", "0"), run.stdout
+
+
+@pytest.mark.slow
+def test_a_free_while_a_sweep_report_waits_on_stderr_is_no_invalid_free(programs, tmp_path):
+    # The sweep held the object BUSY while its report waited on a full stderr; the free
+    # waited only so long, then called itself invalid ("no object") and leaked the slot.
+    exe = programs.build("sweep_slow_stderr.c")
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "KFENCE_OPTIONS")}
+    env.update(LD_PRELOAD=str(programs.lib),
+               KFENCE_OPTIONS=f"sample_rate=1:placement=left:state_dir={state}")
+    proc = subprocess.Popen([str(exe), str(state)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(2)  # stderr unread: the report is stuck, the free comes meanwhile
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert out == "freed\n" and proc.returncode == 66
+    listed = _kfence_py("reports", "--state-dir", str(state), cwd=tmp_path)
+    kinds = re.findall(r"^BUG: KFENCE: (.+?) in ", listed.stdout, re.M)
+    assert kinds == ["memory corruption"], listed.stdout + listed.stderr
 
 
 # --- readable names ---------------------------------------------------------------

@@ -25,6 +25,12 @@ __attribute__((noinline)) void malloc_delete_array(void) { char *p = (char *)mal
 __attribute__((noinline)) void new_delete_array(void) { int *p = new int; delete[] p; }
 __attribute__((noinline)) void new_array_delete(void) { int *p = new int[4]; delete p; }
 __attribute__((noinline)) void new_realloc(void) { char *p = new char[16]; p = (char *)realloc(p, 64); free(p); }
+__attribute__((noinline)) void mismatch_then_double_free(void)
+{
+	char *p = new char[16];
+	free(p);     // the wrong family: reported, and freed
+	delete[] p;  // then freed again: a double free, reported too
+}
 __attribute__((noinline)) void sized_delete(void) { Base *b = new Derived; ::operator delete(b, sizeof(Base)); }
 __attribute__((noinline)) void good_families(void)
 {
@@ -136,6 +142,7 @@ int main(int argc, char **argv)
 		{ "malloc_delete_array", malloc_delete_array }, { "new_delete_array", new_delete_array },
 		{ "new_array_delete", new_array_delete }, { "new_realloc", new_realloc },
 		{ "sized_delete", sized_delete }, { "good_families", good_families },
+		{ "mismatch_then_double_free", mismatch_then_double_free },
 		{ "free_stack", free_stack }, { "free_bss", free_bss }, { "free_data", free_data },
 		{ "free_rodata", free_rodata }, { "free_text", free_text },
 		{ "free_misaligned", free_misaligned }, { "delete_stack", delete_stack },
