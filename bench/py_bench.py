@@ -4,7 +4,9 @@
 * buffer/*: one allocate+free cycle of a 64-byte kfence_py.alloc() guarded
   buffer, against bytearray(64) and an anonymous one-page mmap;
 * workload/<name>/plain and workload/<name>/python_allocator: small Python
-  workloads without kfence_py, and after
+  workloads (json dumps+loads, dict/list churn, re, dataclass objects, and a
+  pyperformance-like mix: a richards-like scheduler, deepcopy, generators,
+  nbody-like floats, string formatting, sorting) without kfence_py, and after
   kfence_py.enable(python_allocator=True) at default options (the 10 ms time
   gate), which samples CPython's RAW, MEM and OBJ allocator domains.
 
@@ -14,22 +16,55 @@ in the python_allocator twin cannot leak into the plain one.
     python bench/py_bench.py -o bench/results/python_api.json [pyperf options]
 
 run.py runs this with its own pyperf options.
+
+The cost of python_allocator=True, side by side (the ratio with its 95% CI):
+
+    python bench/py_bench.py --rounds 10 [--values 20] [--workload json ...] [--clock cpu]
+
+Each round starts, per workload, a plain worker and a python_allocator one
+(new interpreters, the same loop count, about 50 ms a value) and asks them for
+a value in turn, the order swapped every other value: two values of a pair
+are 50 ms apart, so they see the same load from the rest of the machine,
+which on a shared machine changes from one second to the next by more than
+the difference measured.  A round's ratio is the mean of its python_allocator
+values over the mean of its plain ones; the table gives the geometric mean
+over the rounds (each a new pair of processes: a new memory layout) with its
+Student t 95% interval, and the load average seen at the rounds' starts.
+`--clock cpu` times by the thread's CPU time instead of wall time, leaving
+out the waits for a CPU.  Every value goes to a pyperf JSON (--json, default
+bench/results/python_allocator.json; each run is one worker, its round in the
+metadata kfence_round), and the table beside it (.md).  10 rounds of the 5
+workloads take about 5 minutes on 2 idle cores.
 """
 
 from __future__ import annotations
 
+import argparse
+import copy
 import json
+import logging
+import math
 import mmap
+import os
 import re
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
 import time
-from collections import Counter
-from collections.abc import Callable
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pyperf
 
 import kfence_py
 
+log = logging.getLogger("py_bench")
+
+HERE = Path(__file__).resolve().parent
 BUFFER_SIZE = 64
 
 
@@ -89,27 +124,110 @@ def work_objects() -> None:
     sum(p.x * p.y for p in pts)
 
 
+# A pyperformance-like mix, each part a small cousin of one of its benchmarks.
+
+
+class Task:
+    """richards: objects on a run queue, method calls, attribute updates."""
+
+    def __init__(self, ident: int, work: int) -> None:
+        self.ident = ident
+        self.work = work
+        self.done = 0
+
+    def step(self) -> bool:
+        self.done += 1
+        return self.done < self.work
+
+
+def mix_scheduler() -> None:
+    queue = deque(Task(i, 1 + i % 7) for i in range(300))
+    while queue:
+        task = queue.popleft()
+        if task.step():
+            queue.append(task)
+
+
+def mix_deepcopy() -> None:
+    tree = {"k": [{"id": i, "v": [i, str(i), (i, i + 1)]} for i in range(80)], "n": None}
+    copy.deepcopy(tree)
+
+
+def mix_generators() -> None:
+    def walk(depth: int) -> Iterator[int]:
+        if depth:
+            yield from walk(depth - 1)
+            yield depth
+            yield from walk(depth - 1)
+
+    sum(walk(10))
+
+
+def mix_nbody() -> None:
+    bodies = [[float(i), i * 0.5, i * 0.25, 1.0 + i % 3] for i in range(12)]
+    for _ in range(20):
+        for i, (x1, y1, z1, m1) in enumerate(bodies):
+            for x2, y2, z2, m2 in bodies[i + 1:]:
+                dx, dy, dz = x1 - x2, y1 - y2, z1 - z2
+                d2 = dx * dx + dy * dy + dz * dz + 0.01
+                bodies[i][3] = m1 + m2 / (d2 * d2 ** 0.5) * 1e-9
+
+
+def mix_strings() -> None:
+    lines = [f"{i:05d} INFO module{i % 9}: request {i * 7} took {i / 3:.2f} ms" for i in range(400)]
+    fields = [line.split(" ", 3) for line in lines]
+    "\n".join(" | ".join(f[::-1]).upper() for f in fields if f[1] == "INFO")
+
+
+def mix_sort() -> None:
+    rows = [(f"name{(i * 7919) % 1000}", (i * 31) % 97, i) for i in range(600)]
+    sorted(rows, key=lambda r: (r[1], r[0]))
+
+
+def work_mix() -> None:
+    mix_scheduler()
+    mix_deepcopy()
+    mix_generators()
+    mix_nbody()
+    mix_strings()
+    mix_sort()
+
+
 WORKLOADS: dict[str, Callable[[], None]] = {
     "json": work_json,
     "dict": work_dict,
     "re": work_re,
     "objects": work_objects,
+    "mix": work_mix,
 }
 
 
-def timed(func: Callable[[], None], sample: bool) -> Callable[[int], float]:
+CLOCKS: dict[str, Callable[[], float]] = {
+    "wall": time.perf_counter,
+    # This thread's CPU time: what the code costs, without the time it waited
+    # for a CPU while other processes ran (a shared, loaded machine).
+    "cpu": time.thread_time,
+}
+
+
+def timed(func: Callable[[], None], sample: bool,
+          clock: Callable[[], float] = time.perf_counter) -> Callable[[int], float]:
     def run(loops: int) -> float:
         if sample and not kfence_py.python_allocator_sampled():
             kfence_py.enable(python_allocator=True)
-        start = time.perf_counter()
+            if not kfence_py.python_allocator_sampled():
+                raise SystemExit("kfence_py.enable(python_allocator=True) did not hook "
+                                 "CPython's allocator (see the warning above)")
+        start = clock()
         for _ in range(loops):
             func()
-        return time.perf_counter() - start
+        return clock() - start
 
     return run
 
 
-def main() -> None:
+def main_pyperf() -> None:
+    """Every benchmark, as one pyperf run (run.py's python_api.json)."""
     runner = pyperf.Runner()
     runner.metadata["kfence_options"] = "(default)"
     runner.bench_time_func("buffer/kfence_py.alloc+free", bench_guarded)
@@ -118,6 +236,186 @@ def main() -> None:
     for name, func in WORKLOADS.items():
         runner.bench_time_func(f"workload/{name}/plain", timed(func, False))
         runner.bench_time_func(f"workload/{name}/python_allocator", timed(func, True))
+
+
+# === Side by side: python_allocator=True against plain (--rounds) ===
+
+MODES = ("plain", "python_allocator")
+VALUE_TIME = 0.05  # seconds per value: pairs of values this close share the machine's load
+
+
+def serve(workload: str, mode: str, loops: int, clock_name: str) -> None:
+    """A worker: one value per line read from stdin ("run"), until "quit" or EOF."""
+    run = timed(WORKLOADS[workload], mode == "python_allocator", CLOCKS[clock_name])
+    run(1)  # python_allocator: enable() before the first value
+    print("ready", flush=True)
+    for line in sys.stdin:
+        if line.strip() != "run":
+            break
+        print(repr(run(loops) / loops), flush=True)
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, flush=True)
+
+
+class Worker:
+    """One mode of one workload in its own interpreter, asked for one value at a time."""
+
+    def __init__(self, workload: str, mode: str, loops: int, clock: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--serve", workload, mode,
+             str(loops), clock],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        if self._read() != "ready":
+            raise SystemExit(f"{workload}/{mode}: the worker did not start")
+
+    def _read(self) -> str:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise SystemExit(f"a worker exited with {self.proc.wait()}")
+        return line.strip()
+
+    def value(self) -> float:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("run\n")
+        self.proc.stdin.flush()
+        return float(self._read())
+
+    def close(self) -> int:
+        """Stop it; its peak RSS in bytes."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        rss = int(self._read())
+        self.proc.wait()
+        return rss
+
+
+@dataclass(frozen=True)
+class RatioRow:
+    workload: str
+    rounds: int
+    plain_ms: float  # median of every value
+    hooked_ms: float
+    ratio: float  # geometric mean of the rounds' ratios
+    low: float  # its 95% confidence interval (Student t over the rounds)
+    high: float
+    load_avg: tuple[float, float, float]  # min, median, max of os.getloadavg()[0] at rounds
+
+
+def loops_for(func: Callable[[], None]) -> int:
+    """Loops per value so that one value takes about VALUE_TIME, as measured here."""
+    func()
+    n, elapsed = 1, 0.0
+    while elapsed < VALUE_TIME / 2:
+        start = time.perf_counter()
+        for _ in range(n):
+            func()
+        elapsed = time.perf_counter() - start
+        n *= 2
+    return max(1, round(VALUE_TIME / (elapsed / (n // 2))))
+
+
+def measure_round(workload: str, loops: int, args: argparse.Namespace,
+                  rnd: int) -> dict[str, pyperf.Run]:
+    """Both modes alive at once, asked in turn: plain then python_allocator, and the
+    other way round every other time, so each pair of values sees the same load."""
+    load = os.getloadavg()[0]
+    workers = {mode: Worker(workload, mode, loops, args.clock) for mode in MODES}
+    values: dict[str, list[float]] = {mode: [] for mode in MODES}
+    for i in range(args.warmups + args.values):
+        for mode in (MODES if (i + rnd) % 2 == 0 else MODES[::-1]):
+            values[mode].append(workers[mode].value())
+    runs = {}
+    for mode, worker in workers.items():
+        rss = worker.close()
+        warm, kept = values[mode][:args.warmups], values[mode][args.warmups:]
+        runs[mode] = pyperf.Run(kept, warmups=[(loops, v * loops) for v in warm], metadata={
+            "name": f"workload/{workload}/{mode}", "loops": loops, "unit": "second",
+            "kfence_options": "(default)", "kfence_round": rnd, "kfence_clock": args.clock,
+            "load_avg_1min": load, "mem_max_rss": rss,
+        })
+    return runs
+
+
+def ratio_row(workload: str, plain: pyperf.Benchmark, hooked: pyperf.Benchmark) -> RatioRow:
+    from scipy import stats
+
+    ratios = [statistics.fmean(h.values) / statistics.fmean(p.values)
+              for p, h in zip(plain.get_runs(), hooked.get_runs())]
+    logs = [math.log(r) for r in ratios]
+    mean = statistics.fmean(logs)
+    half = stats.t.ppf(0.975, len(logs) - 1) * statistics.stdev(logs) / math.sqrt(len(logs))
+    loads = sorted(float(run.get_metadata()["load_avg_1min"]) for run in plain.get_runs())
+    return RatioRow(workload, len(logs), plain.median() * 1e3, hooked.median() * 1e3,
+                    math.exp(mean), math.exp(mean - half), math.exp(mean + half),
+                    (loads[0], statistics.median(loads), loads[-1]))
+
+
+def render_ratios(rows: list[RatioRow], command: str, clock: str) -> str:
+    lines = [f"Command: `{command}`", "",
+             f"Clock: {clock} time. Ratio: geometric mean over the rounds of (mean time "
+             "with python_allocator=True / mean time plain), 95% Student t interval.", "",
+             "| workload | plain | python_allocator=True | ratio | 95% CI | rounds "
+             "| load avg (min/median/max) |",
+             "|---|--:|--:|--:|--:|--:|--:|"]
+    for r in rows:
+        lines.append(f"| {r.workload} | {r.plain_ms:.3f} ms | {r.hooked_ms:.3f} ms | "
+                     f"{r.ratio:.3f}x | {r.low:.3f} to {r.high:.3f} | {r.rounds} | "
+                     f"{r.load_avg[0]:.2f} / {r.load_avg[1]:.2f} / {r.load_avg[2]:.2f} |")
+    lines += ["", f"Machine: {os.cpu_count()} CPUs; load average at the end: "
+              + " ".join(f"{x:.2f}" for x in os.getloadavg())]
+    return "\n".join(lines)
+
+
+def drive() -> int:
+    parser = argparse.ArgumentParser(
+        description="python_allocator=True against plain, side by side")
+    parser.add_argument("--rounds", type=int, required=True,
+                        help="pairs of worker processes per workload (the ratio's samples)")
+    parser.add_argument("--values", type=int, default=20,
+                        help="values per worker, taken in turn with its twin")
+    parser.add_argument("--warmups", type=int, default=2, help="values dropped first")
+    parser.add_argument("--workload", action="append", choices=sorted(WORKLOADS),
+                        help="a workload (repeatable; default: all)")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                        help="wall time, or the thread's CPU time (steadier on a loaded machine)")
+    parser.add_argument("--json", type=Path, default=HERE / "results" / "python_allocator.json",
+                        help="pyperf JSON of every value, replaced; the table goes beside it (.md)")
+    args = parser.parse_args()
+    if args.rounds < 2 or args.values < 1:
+        parser.error("at least 2 rounds (one ratio each) and 1 value")
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    workloads = args.workload or list(WORKLOADS)
+    loops = {name: loops_for(WORKLOADS[name]) for name in workloads}
+    log.info("loops per value: %s", loops)
+
+    runs: dict[str, list[pyperf.Run]] = {}
+    started = time.monotonic()
+    for rnd in range(args.rounds):
+        log.info("round %d/%d, load average %.2f", rnd + 1, args.rounds, os.getloadavg()[0])
+        for name in workloads:
+            for mode, run in measure_round(name, loops[name], args, rnd).items():
+                runs.setdefault(f"workload/{name}/{mode}", []).append(run)
+    benches = {name: pyperf.Benchmark(r) for name, r in runs.items()}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    pyperf.BenchmarkSuite(list(benches.values())).dump(str(args.json), replace=True)
+
+    rows = [ratio_row(name, benches[f"workload/{name}/plain"],
+                      benches[f"workload/{name}/python_allocator"]) for name in workloads]
+    table = render_ratios(rows, shlex.join(["python", "bench/py_bench.py", *sys.argv[1:]]),
+                          args.clock)
+    args.json.with_suffix(".md").write_text(table + "\n")
+    print(table)
+    log.info("%.0f s; every value in %s", time.monotonic() - started, args.json)
+    return 0
+
+
+def main() -> None:
+    if len(sys.argv) == 6 and sys.argv[1] == "--serve":
+        serve(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5])
+    elif "--rounds" in sys.argv:
+        sys.exit(drive())
+    else:
+        main_pyperf()
 
 
 if __name__ == "__main__":

@@ -184,30 +184,97 @@ static PyTypeObject GuardedBufferType = {
  * Who owns a pool object matters more than anything else here: one that
  * reaches an allocator other than ours is freed by glibc (abort) when
  * libkfence.so is not the process's malloc.  Our hooks sit above the
- * allocator they found (kf_prev) and pool objects only come back to us while
- * they stay in the chain.  A tool installed after us that later restores the
- * allocator it found puts ours back: safe.  A tool installed before us that
+ * allocator they found (kf_dom[d].prev) and pool objects only come back to us
+ * while they stay in the chain.  A tool installed after us that later restores
+ * the allocator it found puts ours back: safe.  A tool installed before us that
  * restores the allocator it saved removes ours: tracemalloc does exactly that,
  * so the Python side restarts it above us before calling install (api.py),
  * and refuses to hook in-process over an allocator that is not CPython's own
  * (python_allocator_name()).  What is left, a removal by some other tool, is
  * seen on the sampled path (no sample while it lasts) and repaired from
  * Python (repair_python_hooks()); frees in between are not covered.
+ *
+ * Every PyMem call of the process goes through these hooks, so their fast
+ * path is the whole cost of python_allocator=True at default sampling: a
+ * decrement and a branch (malloc, calloc) or a subtraction and a compare
+ * (free, realloc), then a tail call to the allocator below, with no stack
+ * frame, no call into libkfence.so and no TLS lookup in MEM and OBJ.  All
+ * else is in cold functions.  Measured with callgrind: 7 instructions added
+ * per call, where the first version added 30 per malloc (the sampled path
+ * inlined into it pushed six registers and a 104-byte frame on every call) and
+ * 21 + 6 per free (a PLT call to kfence_is_pool_address); bench/py_bench.py.
  */
-static PyMemAllocatorEx kf_prev[3];      /* RAW, MEM, OBJ before us */
+
+/* One per domain, the ctx of our hooks there: the fast path needs nothing else. */
+struct kf_domain {
+	PyMemAllocatorEx prev;  /* the allocator below us */
+	PyMemAllocatorEx hook;  /* ours, as installed (ctx: this record) */
+	int domain;             /* PYMEM_DOMAIN_* */
+	/*
+	 * MEM and OBJ: a layer below us may hand out blocks inside a RAW-domain
+	 * pool object of ours (CPython's debug hooks put their header in front of
+	 * a block pymalloc took from PyMem_RawMalloc).  Such a pointer is that
+	 * layer's, not ours: only the recorded start of a pool object is.  1 when
+	 * the allocator below has a context, as the debug hooks do (pymalloc and
+	 * malloc have none).
+	 */
+	int pass_down;
+};
+static struct kf_domain kf_dom[3];       /* RAW, MEM, OBJ */
 static int kf_hooked;                     /* hooks installed (they stay: see install) */
 static volatile int kf_sampling;          /* send samples to the pool */
+
 /*
- * MEM and OBJ: a layer below us may hand out blocks inside a RAW-domain pool
- * object of ours (CPython's debug hooks put their header in front of a block
- * pymalloc took from PyMem_RawMalloc).  Such a pointer is that layer's, not
- * ours: only the recorded start of a pool object is.  1 when the allocator
- * below has a context, as the debug hooks do (pymalloc and malloc have none).
+ * The sampling countdowns, each one less than gate.c's countdown (which asks
+ * the gate when it reaches 0): the fast path decrements ours in memory and
+ * branches on the sign, two instructions; kf_alloc_slow converts.  MEM and
+ * OBJ are only called with the GIL held (CPython's rule for PyMem_Malloc and
+ * PyObject_Malloc), and every interpreter of CPython 3.11 shares that one GIL:
+ * one plain process-wide counter.  A build whose interpreters each have their
+ * own GIL (3.12+) may decrement it from two threads at once; a lost decrement
+ * only moves the next look at the gate, which decides under its own atomics.
+ * RAW is called without the GIL (PyMem_RawMalloc is thread-safe): a
+ * per-thread counter, initial-exec so that no __tls_get_addr call is made in
+ * this dlopen()ed module.  -1 is gate.c's 0: "ask at the next call".
  */
-static int kf_pass_down[3];
-/* initial-exec: no __tls_get_addr call per allocation in this dlopen()ed module */
-static _Thread_local int32_t kf_countdown __attribute__((tls_model("initial-exec")));
+static int32_t kf_gil_countdown = -1;
+static _Thread_local int32_t kf_raw_countdown __attribute__((tls_model("initial-exec"))) = -1;
 static _Thread_local int kf_in_hook __attribute__((tls_model("initial-exec"))); /* the traceback capture allocates */
+
+/* Calls between two looks at kf_sampling while it is off. */
+#define KF_OFF_PERIOD 4096
+/* Calls between two looks at the domains while some domain lost our hooks. */
+#define KF_LOST_PERIOD 256
+
+/*
+ * The pool's addresses, tested on every free and realloc instead of a call
+ * to kfence_is_pool_address().  Copied from the state once the pool exists:
+ * at install, or at the latest with the first object we hand out, as the
+ * pool never moves once a pointer into it exists.  Read without atomics, as
+ * libkfence.so reads its own copy (kf_pool): a thread that frees one of our
+ * objects got it after the copy was written (by the thread that sampled it,
+ * or through whatever passed the pointer on), so it sees the copy.  A racing
+ * reader may see start without size (nothing matches) or size without start
+ * (too much matches): the exact test (kf_owns) follows every match.
+ */
+static struct {
+	uintptr_t start;
+	uintptr_t size;
+} kf_pool_filter;
+
+static inline int kf_in_pool(const void *ptr)
+{
+	return (uintptr_t)ptr - kf_pool_filter.start < kf_pool_filter.size;
+}
+
+static void kf_pool_filter_set(void)
+{
+	const struct kfence_state *s = kfence_state();
+	if (__atomic_load_n(&kf_pool_filter.size, __ATOMIC_RELAXED) || !s || !s->pool_size)
+		return;
+	__atomic_store_n(&kf_pool_filter.start, (uintptr_t)s->pool_start, __ATOMIC_RELAXED);
+	__atomic_store_n(&kf_pool_filter.size, (uintptr_t)s->pool_size, __ATOMIC_RELEASE);
+}
 
 #define KF_NOTE_SIZE 512
 
@@ -268,22 +335,15 @@ static void kf_note(void *ptr, int which, int domain)
 }
 
 /*
- * Whether ptr, freed or reallocated through our hook of domain, is ours: any
- * pool address in RAW (nothing below it allocates from us), only the start
- * of one of our objects in MEM and OBJ when the layer below may embed (see
- * kf_pass_down).  Called for every free: the pool test comes first.
+ * Whether ptr, a pool address (kf_in_pool) freed or reallocated through our
+ * hook of a domain, is ours: any pool address in RAW (nothing below it
+ * allocates from us), only the start of one of our objects in MEM and OBJ
+ * when the layer below may embed (see pass_down).
  */
-static __attribute__((noinline, cold)) int kf_owns_pool_address(int domain, void *ptr)
+static int kf_owns(const struct kf_domain *dd, void *ptr)
 {
-	return !kf_pass_down[domain] || kfence_is_object_start(ptr);
+	return kfence_is_pool_address(ptr) && (!dd->pass_down || kfence_is_object_start(ptr));
 }
-
-static inline int kf_owns(int domain, void *ptr)
-{
-	return kfence_is_pool_address(ptr) && kf_owns_pool_address(domain, ptr);
-}
-
-static void *kf_malloc(void *ctx, size_t size);
 
 static const PyMemAllocatorDomain kf_domains[3] = {
 	PYMEM_DOMAIN_RAW, PYMEM_DOMAIN_MEM, PYMEM_DOMAIN_OBJ };
@@ -307,100 +367,155 @@ static const void *kf_cpython_image;      /* libpython or the executable; set at
 static int kf_domain_lost(int d, PyMemAllocatorEx *cur)
 {
 	PyMem_GetAllocator(kf_domains[d], cur);
-	if (cur->malloc == kf_malloc)
+	if (cur->malloc == kf_dom[d].hook.malloc)
 		return 0;
-	if (memcmp(cur, &kf_prev[d], sizeof(*cur)) == 0)
+	if (memcmp(cur, &kf_dom[d].prev, sizeof(*cur)) == 0)
 		return 1;
 	return cur->ctx == NULL && kf_image_of((const void *)cur->malloc) == kf_cpython_image;
 }
 
-static void *kf_hook_alloc(int domain, size_t size, int zero)
+static void *kf_hook_alloc(struct kf_domain *dd, int32_t *countdown, size_t size, int zero)
 {
 	/*
-	 * Sampled path only: while a tool has our hooks out of some domain, an
-	 * object from here could be freed without them (PyObject_Free ends in
-	 * PyMem_RawFree).  No sample then; the Python side warns and repairs
-	 * (repair_python_hooks).  CPython itself swaps RAW to its default for a
-	 * moment in a few init and exit paths: sampling resumes after them.
+	 * While a tool has our hooks out of some domain, an object from here
+	 * could be freed without them (PyObject_Free ends in PyMem_RawFree).  No
+	 * sample then; the Python side warns and repairs (repair_python_hooks).
+	 * CPython itself swaps RAW to its default for a moment in a few init and
+	 * exit paths: sampling resumes after them.
 	 */
 	PyMemAllocatorEx cur;
-	if (kf_domain_lost(0, &cur) || kf_domain_lost(1, &cur) || kf_domain_lost(2, &cur))
+	if (kf_domain_lost(0, &cur) || kf_domain_lost(1, &cur) || kf_domain_lost(2, &cur)) {
+		*countdown = KF_LOST_PERIOD;
 		return NULL;
+	}
 	/* pymalloc's alignment guarantee is 16 bytes: ask for it whatever `align` says. */
-	void *p = kfence_sample(&kf_countdown, size, 16, KFENCE_CACHE_PYMEM, zero);
-	if (p)
-		kf_note(p, 0, domain);
+	int32_t gate = *countdown + 1;
+	void *p = kfence_sample(&gate, size, 16, KFENCE_CACHE_PYMEM, zero);
+	*countdown = gate - 1;
+	if (p) {
+		kf_pool_filter_set();  /* before anyone can free p */
+		kf_note(p, 0, dd->domain);
+	}
 	return p;
 }
 
-#define KF_SHOULD_SAMPLE() (--kf_countdown <= 0 && kf_sampling && !kf_in_hook)
-
-static void *kf_malloc(void *ctx, size_t size)
+/*
+ * A countdown of malloc (nelem 1) or calloc (zero) went below 0: sample, or
+ * pass the call down.
+ */
+static __attribute__((noinline, cold)) void *
+kf_alloc_slow(struct kf_domain *dd, int32_t *countdown, size_t nelem, size_t elsize, int zero)
 {
-	int domain = (int)(intptr_t)ctx;
-	if (KF_SHOULD_SAMPLE()) {
-		void *p = kf_hook_alloc(domain, size, 0);
+	size_t size;
+	if (!kf_sampling) {
+		*countdown = KF_OFF_PERIOD;  /* set_python_sampling() starts it again */
+	} else if (!kf_in_hook && !__builtin_mul_overflow(nelem, elsize, &size)) {
+		void *p = kf_hook_alloc(dd, countdown, size, zero);
 		if (p)
 			return p;
 	}
-	return kf_prev[domain].malloc(kf_prev[domain].ctx, size);
+	if (zero)
+		return dd->prev.calloc(dd->prev.ctx, nelem, elsize);
+	return dd->prev.malloc(dd->prev.ctx, elsize);
 }
 
-static void *kf_calloc(void *ctx, size_t nelem, size_t elsize)
+#define KF_UNLIKELY(x) __builtin_expect(!!(x), 0)
+
+static void *kf_gil_malloc(void *ctx, size_t size)
 {
-	int domain = (int)(intptr_t)ctx;
-	size_t size;
-	if (KF_SHOULD_SAMPLE() && !__builtin_mul_overflow(nelem, elsize, &size)) {
-		void *p = kf_hook_alloc(domain, size, 1);
-		if (p)
-			return p;
+	struct kf_domain *dd = ctx;
+	if (KF_UNLIKELY(--kf_gil_countdown < 0))
+		return kf_alloc_slow(dd, &kf_gil_countdown, 1, size, 0);
+	return dd->prev.malloc(dd->prev.ctx, size);
+}
+
+static void *kf_gil_calloc(void *ctx, size_t nelem, size_t elsize)
+{
+	struct kf_domain *dd = ctx;
+	if (KF_UNLIKELY(--kf_gil_countdown < 0))
+		return kf_alloc_slow(dd, &kf_gil_countdown, nelem, elsize, 1);
+	return dd->prev.calloc(dd->prev.ctx, nelem, elsize);
+}
+
+static void *kf_raw_malloc(void *ctx, size_t size)
+{
+	struct kf_domain *dd = ctx;
+	if (KF_UNLIKELY(--kf_raw_countdown < 0))
+		return kf_alloc_slow(dd, &kf_raw_countdown, 1, size, 0);
+	return dd->prev.malloc(dd->prev.ctx, size);
+}
+
+static void *kf_raw_calloc(void *ctx, size_t nelem, size_t elsize)
+{
+	struct kf_domain *dd = ctx;
+	if (KF_UNLIKELY(--kf_raw_countdown < 0))
+		return kf_alloc_slow(dd, &kf_raw_countdown, nelem, elsize, 1);
+	return dd->prev.calloc(dd->prev.ctx, nelem, elsize);
+}
+
+/* A pool address freed through our hook of dd: ours, or the layer below's. */
+static __attribute__((noinline, cold)) void kf_free_pool(struct kf_domain *dd, void *ptr)
+{
+	if (!kf_owns(dd, ptr)) {
+		dd->prev.free(dd->prev.ctx, ptr);
+		return;
 	}
-	return kf_prev[domain].calloc(kf_prev[domain].ctx, nelem, elsize);
+	if (!kf_in_hook)
+		kf_note(ptr, 1, dd->domain);
+	kfence_free(ptr);
 }
 
 static void kf_free(void *ctx, void *ptr)
 {
-	int domain = (int)(intptr_t)ctx;
-	if (kf_owns(domain, ptr)) {
-		if (!kf_in_hook)
-			kf_note(ptr, 1, domain);
-		kfence_free(ptr);
+	struct kf_domain *dd = ctx;
+	if (KF_UNLIKELY(kf_in_pool(ptr))) {
+		kf_free_pool(dd, ptr);
 		return;
 	}
-	kf_prev[domain].free(kf_prev[domain].ctx, ptr);
+	dd->prev.free(dd->prev.ctx, ptr);
+}
+
+static __attribute__((noinline, cold)) void *
+kf_realloc_pool(struct kf_domain *dd, void *ptr, size_t size)
+{
+	if (!kf_owns(dd, ptr))
+		return dd->prev.realloc(dd->prev.ctx, ptr, size);
+	size_t old;
+	if (kfence_object_size(ptr, &old) != 0) {
+		kfence_free(ptr);  /* reports the invalid free */
+		return NULL;
+	}
+	void *q = dd->hook.malloc(dd, size ? size : 1);
+	if (!q)
+		return NULL;
+	memcpy(q, ptr, old < size ? old : size);
+	kf_free_pool(dd, ptr);
+	return q;
 }
 
 static void *kf_realloc(void *ctx, void *ptr, size_t size)
 {
-	int domain = (int)(intptr_t)ctx;
-	if (kf_owns(domain, ptr)) {
-		size_t old;
-		if (kfence_object_size(ptr, &old) != 0) {
-			kfence_free(ptr);  /* reports the invalid free */
-			return NULL;
-		}
-		void *q = kf_malloc(ctx, size ? size : 1);
-		if (!q)
-			return NULL;
-		memcpy(q, ptr, old < size ? old : size);
-		kf_free(ctx, ptr);
-		return q;
-	}
+	struct kf_domain *dd = ctx;
+	if (KF_UNLIKELY(kf_in_pool(ptr)))
+		return kf_realloc_pool(dd, ptr, size);
 	/*
 	 * A block of the previous allocator is not moved to the pool: its size is
-	 * private to that allocator.  Growth goes through kf_malloc next time.
+	 * private to that allocator.  Growth goes through our malloc next time.
 	 */
-	return kf_prev[domain].realloc(kf_prev[domain].ctx, ptr, size);
+	return dd->prev.realloc(dd->prev.ctx, ptr, size);
 }
 
 /* Our hooks over allocator below in domain d. */
 static void kf_install_domain(int d, const PyMemAllocatorEx *below)
 {
-	kf_prev[d] = *below;
-	kf_pass_down[d] = kf_domains[d] != PYMEM_DOMAIN_RAW && below->ctx != NULL;
-	PyMemAllocatorEx hook = { (void *)(intptr_t)kf_domains[d], kf_malloc, kf_calloc,
-				  kf_realloc, kf_free };
-	PyMem_SetAllocator(kf_domains[d], &hook);
+	struct kf_domain *dd = &kf_dom[d];
+	int raw = kf_domains[d] == PYMEM_DOMAIN_RAW;
+	dd->prev = *below;
+	dd->domain = kf_domains[d];
+	dd->pass_down = !raw && below->ctx != NULL;
+	dd->hook = (PyMemAllocatorEx){ dd, raw ? kf_raw_malloc : kf_gil_malloc,
+				       raw ? kf_raw_calloc : kf_gil_calloc, kf_realloc, kf_free };
+	PyMem_SetAllocator(kf_domains[d], &dd->hook);
 }
 
 static PyObject *kf_set_python_sampling(PyObject *mod, PyObject *arg)
@@ -410,7 +525,7 @@ static PyObject *kf_set_python_sampling(PyObject *mod, PyObject *arg)
 	if (on < 0)
 		return NULL;
 	if (on && !kf_hooked) {
-		kfence_register_internal((const void *)kf_malloc);
+		kfence_register_internal((const void *)kf_gil_malloc);
 		kf_cpython_image = kf_image_of((const void *)PyMem_Malloc);
 		/*
 		 * Installed once and never removed: objects already in the pool must
@@ -423,7 +538,15 @@ static PyObject *kf_set_python_sampling(PyObject *mod, PyObject *arg)
 			kf_install_domain(d, &below[d]);
 		kf_hooked = 1;
 	}
+	if (on)
+		kf_pool_filter_set();
 	kf_sampling = on;
+	/*
+	 * Look at the gate at the next call (we hold the GIL); other threads' RAW
+	 * countdowns within KF_OFF_PERIOD calls.
+	 */
+	kf_gil_countdown = -1;
+	kf_raw_countdown = -1;
 	Py_RETURN_NONE;
 }
 
@@ -484,7 +607,7 @@ static PyObject *kf_repair_python_hooks(PyObject *mod, PyObject *unused)
 		 * Over whatever is there now, which calls nothing of ours (see
 		 * kf_domain_lost): the domain ends as if that tool had been started
 		 * after us.  Only with the GIL; a RAW call of another thread still in
-		 * our old hook could read kf_prev[d] while it changes, but the domain
+		 * our old hook could read kf_dom[d].prev while it changes, but the domain
 		 * has not been sending anything to us since it was lost.
 		 */
 		for (int d = 0; d < 3; d++) {

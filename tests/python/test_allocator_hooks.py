@@ -291,3 +291,66 @@ def test_no_sample_while_one_domain_lost_our_hooks(run_python):
     assert "repaired installed sampling True" in run.stdout
     assert "reinstalled them in 1 domain(s)" in run.stderr
     assert run.reports == []
+
+
+# --- the sampling decision of the hooks (their fast path is a countdown) ---
+
+CHURN = """
+        import kfbugs
+        import kfence_py
+        from kfence_py import _pyext
+
+        def churn(*args):
+            before = kfence_py.stats()
+            kfbugs.pymem_churn(*args)
+            after = kfence_py.stats()
+            return (after.total_allocations - before.total_allocations,
+                    after.total_frees - before.total_frees)
+"""
+
+
+@pytest.mark.parametrize("domain", [0, 1, 2], ids=["raw", "mem", "obj"])
+def test_each_domain_samples_one_call_in_sample_rate(run_python, domain):
+    """50k calls at sample_rate=100: about 500 samples (the countdown is uniform, mean 100)."""
+    run = run_python(CHURN + f"""
+        kfence_py.enable(python_allocator=True, sample_rate=100)
+        print("sampled %d freed %d" % churn({domain}, 50_000, 48))
+    """)
+    assert run.returncode == 0, run.stderr[-3000:]
+    sampled, freed = map(int, run.stdout.split()[1::2])
+    # The count's standard deviation is about 13: these bounds are 7 of them away.
+    assert 400 <= sampled <= 600, run.stdout
+    # Every sampled object came back to kfence_free(); Python's own may be live still.
+    assert sampled - 3 <= freed <= sampled
+    assert run.reports == []
+
+
+def test_raw_domain_sampled_from_threads_without_the_gil(run_python):
+    """RAW is called without the GIL: each thread counts down on its own and frees its own."""
+    run = run_python(CHURN + """
+        kfence_py.enable(python_allocator=True, sample_rate=100)
+        print("sampled %d freed %d" % churn(0, 25_000, 48, 4))
+    """)
+    assert run.returncode == 0, run.stderr[-3000:]
+    sampled, freed = map(int, run.stdout.split()[1::2])
+    assert 800 <= sampled <= 1200, run.stdout  # 4 x 25k calls at 1 in 100
+    assert sampled - 3 <= freed <= sampled
+    assert run.reports == []
+
+
+def test_sampling_switched_off_then_on_resumes_at_once(run_python):
+    """While off the hooks look at the switch rarely; switched on, the next call looks."""
+    run = run_python(CHURN + """
+        kfence_py.enable(python_allocator=True, sample_rate=100)
+        for n in (1_000, 3_000, 5_000, 7_000):
+            _pyext.set_python_sampling(False)
+            print("off %d %d" % churn(2, n, 48))
+            _pyext.set_python_sampling(True)
+            print("on %d %d" % churn(2, 1_000, 48))
+    """)
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = run.stdout.splitlines()
+    assert [line for line in lines if line.startswith("off")] == ["off 0 0"] * 4, run.stdout
+    # 1000 calls at 1 in 100: about 10 samples each time (not 0 for a rest of a long pause).
+    on = [int(line.split()[1]) for line in lines if line.startswith("on")]
+    assert len(on) == 4 and all(3 <= n <= 20 for n in on), run.stdout
