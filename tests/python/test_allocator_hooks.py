@@ -320,8 +320,9 @@ def test_each_domain_samples_one_call_in_sample_rate(run_python, domain):
     sampled, freed = map(int, run.stdout.split()[1::2])
     # The count's standard deviation is about 13: these bounds are 7 of them away.
     assert 400 <= sampled <= 600, run.stdout
-    # Every sampled object came back to kfence_free(); Python's own may be live still.
-    assert sampled - 3 <= freed <= sampled
+    # Every sampled object came back to kfence_free(); Python's own may be live still,
+    # or (sampled before the window) freed in it.
+    assert abs(sampled - freed) <= 3, run.stdout
     assert run.reports == []
 
 
@@ -334,7 +335,9 @@ def test_raw_domain_sampled_from_threads_without_the_gil(run_python):
     assert run.returncode == 0, run.stderr[-3000:]
     sampled, freed = map(int, run.stdout.split()[1::2])
     assert 800 <= sampled <= 1200, run.stdout  # 4 x 25k calls at 1 in 100
-    assert sampled - 3 <= freed <= sampled
+    # The counters are the process's: the interpreter's own objects sampled before the
+    # window (stats() itself, the thread machinery) may be freed in it, and the reverse.
+    assert abs(sampled - freed) <= 3, run.stdout
     assert run.reports == []
 
 
