@@ -229,6 +229,16 @@ def parse_changes(changes: Mapping[str, object]) -> dict[str, int]:
     return out
 
 
+def _running(source: Source, pid: int | None) -> list[Process]:
+    """The running processes of source (only pid's when given); NoRunningProcess if none."""
+    processes, _ = source.processes(pid)
+    running = [p for p in processes if p.running]
+    if not running:
+        who = f"process {pid}" if pid is not None else "process"
+        raise NoRunningProcess(f"no running {who} in {source.describe()}")
+    return running
+
+
 def apply_changes(source: Source, changes: Mapping[str, object],
                   pid: int | None = None) -> list[Process]:
     """Write changes into the control block of every running process (or pid's).
@@ -237,11 +247,7 @@ def apply_changes(source: Source, changes: Mapping[str, object],
     the processes changed; ConfigError when none could be.
     """
     values = parse_changes(changes)
-    processes, _ = source.processes(pid)
-    running = [p for p in processes if p.running]
-    if not running:
-        who = f"process {pid}" if pid is not None else "process"
-        raise NoRunningProcess(f"no running {who} in {source.describe()}")
+    running = _running(source, pid)
     for process in running:
         source.set_control(process, values)
         log.info("pid %d: %s", process.pid, ", ".join(f"{k}={v}" for k, v in values.items()))
@@ -271,11 +277,7 @@ def sweep(source: Source, pid: int | None = None, wait: float = SWEEP_WAIT) -> l
     serves it at its next sampled allocation and counts it (canary sweeps).
     Waits up to wait seconds for all of them.  NoRunningProcess when none runs.
     """
-    processes, _ = source.processes(pid)
-    running = [p for p in processes if p.running]
-    if not running:
-        who = f"process {pid}" if pid is not None else "process"
-        raise NoRunningProcess(f"no running {who} in {source.describe()}")
+    running = _running(source, pid)
     limit = runtime_options()["canary_sweep"].maximum + 1
     before = {}
     for p in running:
