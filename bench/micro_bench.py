@@ -27,8 +27,9 @@ merged: a slow minute then lands on every mode alike.  Full mode is 5 rounds of
     python bench/micro_bench.py            # full run (~6 minutes on 2 cores)
     python bench/micro_bench.py --quick    # rough figures in about a minute
 
-The merged pyperf JSON goes to bench/results/micro.json (see --json) and is
-summarised by micro_summary.py.
+The merged pyperf JSON goes to bench/results/micro.json (see --json), with the
+machine, kernel, glibc, Python and kfence_py commit in its metadata
+(machine.py), and is summarised by micro_summary.py.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import machine
 import pyperf
 from micro_summary import BASE_PREFIX, summarize
 
@@ -272,7 +274,8 @@ def run_phase(args: argparse.Namespace, b: Build) -> int:
 
 def drive(args: argparse.Namespace, b: Build, plan: Plan) -> int:
     """Build, check, run every phase and round as its own pyperf run, merge, summarise."""
-    log.info("libkfence.so: %s", b.kfence)
+    snap = machine.snapshot(b.kfence)
+    log.info("libkfence.so: %s (commit %s)", b.kfence, snap.short_commit())
     log.info("iterations: unsampled %d, sampled %d; size %d; %d loop rounds",
              args.unsampled_iterations, args.sampled_iterations, args.size, args.rounds)
     build(args.build_dir)
@@ -302,6 +305,7 @@ def drive(args: argparse.Namespace, b: Build, plan: Plan) -> int:
     merged = merge_rounds(parts)
 
     order = [m.name for m in all_modes] + [BASE_PREFIX + m.name for m in all_modes]
+    machine.stamp_benchmarks(merged.values(), snap)
     pyperf.BenchmarkSuite([merged[n] for n in order]).dump(str(args.json), replace=True)
     log.info("pyperf JSON written to %s", args.json)
     print()

@@ -1,8 +1,12 @@
 #!/usr/bin/env python3
 """Summary table (markdown) and overhead plot (PNG) of a bench/run.py run.
 
-Reads bench/results/{preflight,programs,python_api}.json and writes
-summary.md and overhead.png next to them.
+Reads bench/results/{preflight,programs,python_api}.json (the raw pyperf
+values and the preflight runs) and writes summary.md and overhead.png next to
+them. Everything in the summary comes from those files, the machine header
+included (bench/machine.py's metadata), so it can be regenerated anywhere.
+Each cell's ± is the half-width of its 95% bootstrap interval (bench/noise.py);
+cells over ±10% are marked noisy.
 
     python bench/report.py [bench/results]
 """
@@ -14,22 +18,29 @@ import json
 import logging
 import math
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import machine
 import micro_summary
+import noise
 import pyperf
+from machine import Machine
 
 log = logging.getLogger("report")
 
 DEFAULT_DIR = Path(__file__).resolve().parent / "results"
 
-# Issue 5's and issue 3's targets.
+# Issue 5's, 3's and 13's targets.
 TARGET_UNSAMPLED_VS_INTERPOSER = 1.03
 TARGET_REAL_DEFAULT = 1.02
 TARGET_TWO_THREADS = 1.8
-TARGET_GUARDED_US = 10.0
+TARGET_GUARDED_VS_MMAP = 1.0  # kfence_py.alloc+free against mmap(4 KiB)+close, same run
 TARGET_PY_ALLOCATOR = 1.03
+
+GUARDED = "buffer/kfence_py.alloc+free"
+MMAP = "buffer/mmap+close"
 
 
 @dataclass
@@ -45,23 +56,28 @@ class Outcome:
     note: str | None = None  # stderr tail when not ok
 
 
-@dataclass
+@dataclass(frozen=True)
 class Timing:
-    median: float
-    spread: float  # pyperf's standard deviation relative to the median
-    values: int
+    values: tuple[float, ...]  # pyperf's raw values (seconds), every run and round
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values)
+
+    def estimate(self) -> noise.Estimate:
+        return noise.median_estimate(self.values)
+
+    def ratio(self, base: Timing) -> noise.Estimate:
+        return noise.ratio_estimate(self.values, base.values)
 
 
-def load_timings(path: Path) -> dict[str, Timing]:
+def load_suite(path: Path) -> tuple[dict[str, Timing], Machine | None]:
+    """The raw values of every benchmark of a pyperf file, and the machine stamped into it."""
     if not path.exists():
-        return {}
-    out = {}
-    for bench in pyperf.BenchmarkSuite.load(str(path)).get_benchmarks():
-        values = bench.get_values()
-        median = bench.median()
-        spread = bench.stdev() / median if len(values) > 1 else math.nan
-        out[bench.get_name()] = Timing(median, spread, len(values))
-    return out
+        return {}, None
+    suite = pyperf.BenchmarkSuite.load(str(path))
+    timings = {b.get_name(): Timing(tuple(b.get_values())) for b in suite.get_benchmarks()}
+    return timings, machine.from_metadata(suite.get_metadata())
 
 
 def geomean(xs: list[float]) -> float:
@@ -71,13 +87,18 @@ def geomean(xs: list[float]) -> float:
 class Results:
     def __init__(self, directory: Path, with_micro: bool = False) -> None:
         raw = json.loads((directory / "preflight.json").read_text())
-        self.outcomes = {k: Outcome(**v) for k, v in raw.items()}
-        self.timings = load_timings(directory / "programs.json")
-        self.python = load_timings(directory / "python_api.json")
+        self.outcomes = {k: Outcome(**v) for k, v in raw["outcomes"].items()}
+        self.timings, programs_machine = load_suite(directory / "programs.json")
+        self.python, python_machine = load_suite(directory / "python_api.json")
+        # The programs' snapshot first; preflight.json has it even when nothing was timed.
+        self.machine = programs_machine or machine.from_dict(raw.get("machine") or {})
+        self.other_machines = {"Python API": python_machine} if python_machine else {}
         micro = directory / "micro.json"
-        self.micro = micro_summary.summarize(micro) if with_micro and micro.exists() else None
+        self.micro = (micro_summary.summarize(micro, with_header=False)
+                      if with_micro and micro.exists() else None)
         self.workloads = list(dict.fromkeys(o.workload for o in self.outcomes.values()))
         self.modes = list(dict.fromkeys(o.mode for o in self.outcomes.values()))
+        self._estimates: dict[tuple[str, str, str], noise.Estimate | None] = {}
 
     def get(self, workload: str, mode: str) -> Outcome | None:
         return self.outcomes.get(f"{workload}/{mode}")
@@ -85,6 +106,23 @@ class Results:
     def time(self, workload: str, mode: str) -> float | None:
         t = self.timings.get(f"{workload}/{mode}")
         return t.median if t else None
+
+    def time_estimate(self, workload: str, mode: str,
+                      base: str = "glibc") -> noise.Estimate | None:
+        """The cell's ratio to base with its interval (the base's own median for base)."""
+        key = (workload, mode, base)
+        if key not in self._estimates:
+            t = self.timings.get(f"{workload}/{mode}")
+            b = self.timings.get(f"{workload}/{base}")
+            if t is None or b is None:
+                est = None
+            elif mode == base:
+                e = t.estimate()
+                est = noise.Estimate(1.0, e.low / e.value, e.high / e.value, e.values)
+            else:
+                est = t.ratio(b)
+            self._estimates[key] = est
+        return self._estimates[key]
 
     def ratio(self, workload: str, mode: str, base: str = "glibc") -> float | None:
         t, b = self.time(workload, mode), self.time(workload, base)
@@ -104,12 +142,17 @@ def cell_time(r: Results, w: str, m: str) -> str:
         return ""
     if o.status != "ok":
         return o.status
-    t = r.timings.get(f"{w}/{m}")
-    base = r.time(w, "glibc")
-    if t is None or not base:
+    est = r.time_estimate(w, m)
+    if est is None:
         return "not timed"
-    spread = "" if math.isnan(t.spread) else f" ±{t.spread * 100:.0f}%"
-    return f"{t.median / base:.2f}x{spread}"
+    return f"{est.value:.2f}x {est.pm()}{est.mark()}"
+
+
+def noisy_cells(r: Results) -> tuple[int, int]:
+    """(noisy, timed) cells of the time table."""
+    ests = [r.time_estimate(w, m) for w in r.workloads for m in r.modes]
+    timed = [e for e in ests if e is not None]
+    return sum(e.noisy for e in timed), len(timed)
 
 
 def cell_rss(r: Results, w: str, m: str) -> str:
@@ -130,7 +173,8 @@ def cell_samples(r: Results, w: str, m: str) -> str:
     return f"{o.samples / o.seconds:,.0f}" if o.seconds else "?"
 
 
-def table(r: Results, modes: list[str], cell, first: str = "mode") -> list[str]:
+def table(r: Results, modes: list[str], cell: Callable[[Results, str, str], str],
+          first: str = "mode") -> list[str]:
     head = f"| {first} | " + " | ".join(r.workloads) + " |"
     lines = [head, "|---" * (len(r.workloads) + 1) + "|"]
     for m in modes:
@@ -177,38 +221,52 @@ def targets(r: Results) -> list[str]:
             scale = 2 * t1 / t2
             lines.append(f"| two threads ≥ {TARGET_TWO_THREADS}x one thread ({m}) | "
                          f"{scale:.2f}x | {verdict(scale >= TARGET_TWO_THREADS)} |")
-    g = r.python.get("buffer/kfence_py.alloc+free")
-    if g:
-        us = g.median * 1e6
-        lines.append(f"| kfence_py.alloc+free ≤ {TARGET_GUARDED_US:.0f} µs | {us:.1f} µs | "
-                     f"{verdict(us <= TARGET_GUARDED_US)} |")
+    g, mm = r.python.get(GUARDED), r.python.get(MMAP)
+    if g and mm:
+        e = g.ratio(mm)
+        lines.append(f"| kfence_py.alloc+free ≤ {TARGET_GUARDED_VS_MMAP:.1f}x an anonymous "
+                     f"4 KiB mmap+close, same run | {interval(e)} ({g.median * 1e6:.1f} µs "
+                     f"against {mm.median * 1e6:.1f} µs) | "
+                     f"{verdict(e.value <= TARGET_GUARDED_VS_MMAP)} |")
     py = []
     for name in sorted({n.split("/")[1] for n in r.python if n.startswith("workload/")}):
         a = r.python.get(f"workload/{name}/plain")
         b = r.python.get(f"workload/{name}/python_allocator")
         if a and b:
-            py.append((b.median / a.median, name))
+            py.append((b.ratio(a), name))
     if py:
-        x, w = max(py)
+        e, w = max(py, key=lambda p: p[0].value)
         lines.append(f"| python_allocator=True ≤ {TARGET_PY_ALLOCATOR}x plain, each | "
-                     f"worst {x:.3f}x ({w}); geomean {geomean([p for p, _ in py]):.3f}x | "
-                     f"{verdict(x <= TARGET_PY_ALLOCATOR)} |")
+                     f"worst {interval(e)} ({w}); geomean "
+                     f"{geomean([p.value for p, _ in py]):.3f}x | "
+                     f"{verdict(e.value <= TARGET_PY_ALLOCATOR)} |")
     return lines
 
 
-def python_table(r: Results) -> list[str]:
-    if not r.python:
+def interval(e: noise.Estimate, of: str = "") -> str:
+    """A ratio with its interval: "1.234x mmap (95% CI 1.200-1.300)", and noisy when it is."""
+    what = f"{e.value:.3f}x{' ' + of if of else ''}"
+    if math.isnan(e.spread):
+        return f"{what} ({e.pm()}){e.mark()}"
+    return f"{what} (95% CI {e.low:.3f}-{e.high:.3f}){e.mark()}"
+
+
+def python_table(python: dict[str, Timing]) -> list[str]:
+    """py_bench.py's benchmarks: median, its interval, and the ratio each is read as."""
+    if not python:
         return []
-    lines = ["| benchmark | median | spread | ratio |", "|---|---|---|---|"]
-    for name, t in r.python.items():
+    lines = ["| benchmark | median | ± (95% CI) | values | ratio |", "|---|---|---|---|---|"]
+    mm = python.get(MMAP)
+    for name, t in python.items():
         ratio = ""
         if name.endswith("/python_allocator"):
-            plain = r.python.get(name.rsplit("/", 1)[0] + "/plain")
-            ratio = f"{t.median / plain.median:.3f}x plain" if plain else ""
-        elif name == "buffer/kfence_py.alloc+free" and "buffer/mmap+close" in r.python:
-            ratio = f"{t.median / r.python['buffer/mmap+close'].median:.2f}x mmap"
-        spread = "" if math.isnan(t.spread) else f"±{t.spread * 100:.0f}%"
-        lines.append(f"| {name} | {pyperf_fmt(t.median)} | {spread} | {ratio} |")
+            plain = python.get(name.rsplit("/", 1)[0] + "/plain")
+            ratio = interval(t.ratio(plain), "plain") if plain else ""
+        elif name.startswith("buffer/") and name != MMAP and mm is not None:
+            ratio = interval(t.ratio(mm), "mmap+close")
+        e = t.estimate()
+        lines.append(f"| {name} | {pyperf_fmt(e.value)} | {e.pm()}{e.mark()} | {e.values} "
+                     f"| {ratio} |")
     return lines
 
 
@@ -222,10 +280,18 @@ def pyperf_fmt(seconds: float) -> str:
 def summary(r: Results, command_line: str, plot_name: str | None) -> str:
     glibc = " · ".join(f"{w} {r.time(w, 'glibc') or 0:.2f} s" for w in r.workloads)
     kfence_modes = [m for m in r.modes if m.startswith("kfence")]
+    noisy, timed = noisy_cells(r)
+    counts = sorted({len(t.values) for t in r.timings.values()}) or [0]
+    span = f"{counts[0]}" if counts[0] == counts[-1] else f"{counts[0]}-{counts[-1]}"
     out = [
         "# kfence_py overhead", "",
         f"Command: `{command_line}`", "",
-        "## Time, median as a ratio to glibc (± pyperf's standard deviation)", "",
+        *machine.header(r.machine, r.other_machines),
+        "## Time, median as a ratio to glibc", "",
+        "± is the half-width of the ratio's 95% bootstrap interval, from the raw values "
+        f"of both benchmarks ({span} values per benchmark); **noisy**: over "
+        f"±{noise.NOISY * 100:.0f}% or a single value. {noisy} of {timed} timed cells "
+        "are noisy.", "",
         f"glibc medians: {glibc}.", "",
         *table(r, r.modes, cell_time), "",
         "## Peak RSS as a ratio to glibc (one run, wait4 ru_maxrss)", "",
@@ -233,9 +299,11 @@ def summary(r: Results, command_line: str, plot_name: str | None) -> str:
         "## Sampled allocations per second (kfence modes, from the state file)", "",
         *table(r, kfence_modes, cell_samples), "",
     ]
-    py = python_table(r)
+    py = python_table(r.python)
     if py:
-        out += ["## Python API (pyperf bench_time_func)", "", *py, ""]
+        out += ["## Python API (py_bench.py, pyperf bench_time_func)", "",
+                "Median time of one call; ± is the half-width of the median's 95% bootstrap "
+                "interval; ratios with their 95% interval.", "", *py, ""]
     out += ["## Targets", "", *targets(r), ""]
     if plot_name:
         out += [f"![overhead against sample interval]({plot_name})", ""]

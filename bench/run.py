@@ -12,8 +12,9 @@ One command runs everything in one session on this machine:
   sample_interval 1/10/100 ms and sample_rate 5000/100/1, Scudo with GWP-ASan
   off / at rate 5000 / at rate 1, Electric Fence, DUMA, Valgrind memcheck (one
   workload);
-* the Python API (py_bench.py): kfence_py.alloc/free against bytearray and
-  mmap, Python workloads with and without python_allocator=True;
+* the Python API (py_bench.py): kfence_py.alloc+free against a 4 KiB
+  mmap+close and the system calls it makes, Python workloads with and without
+  python_allocator=True;
 * with --micro (default without --quick): micro_bench.py's per-call costs and
   num_objects scale.
 
@@ -22,15 +23,18 @@ it must exit 0 within the timeout, and that run gives the peak RSS (wait4's
 ru_maxrss) and, for kfence modes, the sampled allocations (the state file
 written with state_dir=, read with kfence_py.state.StateView).  Pairs that
 crashed, timed out or whose tool is not installed are shown as such in the
-table.  The rest are timed with pyperf's Runner.bench_command, in two pyperf
-runs: pairs slower than SLOW_RATIO x glibc get fewer values.
+table.  The rest are timed with pyperf's Runner.bench_command in interleaved
+rounds (each a pyperf run over every pair, several values per pair), then the
+pairs slower than SLOW_RATIO x glibc in one run of their own.
 
     sh bench/setup.sh                 # peers and workload programs, from Debian
-    python bench/run.py --quick       # about 5 minutes on 2 cores
+    python bench/run.py --quick       # about 15 minutes on 2 cores
     python bench/run.py               # everything
 
-Results go to bench/results/: programs.json and python_api.json (pyperf),
-preflight.json, summary.md and overhead.png (report.py re-renders the last two).
+Results go to bench/results/: programs.json and python_api.json (pyperf, every
+raw value, the machine and the kfence_py commit in their metadata),
+preflight.json, summary.md and overhead.png (report.py re-renders the last two
+from the JSON files).  bench/README.md says what each part is and how to read it.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import machine
 import pyperf
 from gen_inputs import generate
 from micro_bench import (
@@ -75,14 +80,15 @@ SLOW_RATIO = 3.0
 class Plan:
     rounds: int  # interleaved pyperf runs over the pairs
     pyperf_values: tuple[str, ...]  # pyperf options of each round
+    slow_values: tuple[str, ...]  # pyperf options of the one run of the slow pairs
     max_ratio: float  # default --max-ratio
     floor_s: float  # no run is stopped before this
-    python_pyperf: tuple[str, ...]  # py_bench.py's pyperf options
 
 
-QUICK = Plan(3, ("-p", "1", "-n", "1"), 6.0, 2.0,
-             ("-p", "3", "-n", "3", "-w", "1", "--min-time", "0.05"))
-FULL = Plan(5, ("-p", "1", "-n", "2"), 30.0, 5.0, ())
+# Several values per round: with one, a cell's median rests on as many values as there
+# are rounds, and its 95% interval (noise.py) is wider than the effects it shows.
+QUICK = Plan(3, ("-p", "1", "-n", "3"), ("-p", "1", "-n", "3"), 6.0, 2.0)
+FULL = Plan(5, ("-p", "1", "-n", "3"), ("-p", "1", "-n", "5"), 30.0, 5.0)
 
 
 # === Workloads and modes ===
@@ -369,10 +375,12 @@ def pyperf_run(pairs: dict[str, list[str]], out: Path, pyperf_args: list[str]) -
     pairs_file.unlink()
 
 
-def merge(parts: list[Path], out: Path) -> None:
-    """One benchmark per pair, with the runs of every round."""
+def merge(parts: list[Path], out: Path, snap: machine.Machine) -> None:
+    """One benchmark per pair, with the runs of every round, stamped with the machine."""
     merged = merge_rounds(parts)
+    out.unlink(missing_ok=True)
     if merged:
+        machine.stamp_benchmarks(merged.values(), snap)
         pyperf.BenchmarkSuite(list(merged.values())).dump(str(out), replace=True)
 
 
@@ -393,7 +401,7 @@ def main() -> int:
         return bench_phase()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
-                        help="a representative subset, about 5 minutes on 2 cores")
+                        help="a representative subset, about 15 minutes on 2 cores")
     parser.add_argument("--lib", type=Path, help="libkfence.so (default: kfence-py lib-path)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
     parser.add_argument("--no-setup", action="store_true", help="do not run setup.sh")
@@ -422,6 +430,9 @@ def main() -> int:
 
     setup(args)
     lib = (args.lib or find_libkfence()).resolve()
+    snap = machine.snapshot(lib)
+    log.info("kfence_py commit %s at %s; load average %s", snap.short_commit(),
+             snap.kfence_py, snap.load_avg)
     bins = build_micro(out / "build")
     inputs = generate(out / "inputs")
     tools = find_tools(out / "build", lib)
@@ -439,7 +450,8 @@ def main() -> int:
     started = time.monotonic()
     outcomes = preflight(tools, bins["maxrss"], pairs, limits)
     (out / "preflight.json").write_text(json.dumps(
-        {k: asdict(v) for k, v in outcomes.items()}, indent=1))
+        {"machine": snap.as_dict(), "outcomes": {k: asdict(v) for k, v in outcomes.items()}},
+        indent=1))
     glibc = {o.workload: o.seconds for o in outcomes.values() if o.mode == "glibc"}
     fast: dict[str, list[str]] = {}
     slow: dict[str, list[str]] = {}
@@ -463,16 +475,17 @@ def main() -> int:
         pyperf_run(dict(order), part, [*plan.pyperf_values, *common])
         parts.append(part)
     part = out / "programs.slow.json"
-    pyperf_run(slow, part, ["-p", "1", "-n", "1", *common])
+    pyperf_run(slow, part, [*plan.slow_values, *common])
     parts.append(part)
-    merge(parts, out / "programs.json")
+    merge(parts, out / "programs.json", snap)
     log.info("programs measured in %.0f s", time.monotonic() - started)
 
+    py_out = out / "python_api.json"
+    py_out.unlink(missing_ok=True)  # never a previous run's, read back as this one's
     if not args.no_python:
-        py_out = out / "python_api.json"
-        py_out.unlink(missing_ok=True)
-        subprocess.run([sys.executable, str(HERE / "py_bench.py"), "--quiet",
-                        "-o", str(py_out), *plan.python_pyperf], check=True)
+        subprocess.run([sys.executable, str(HERE / "py_bench.py"),
+                        *(["--quick"] if args.quick else []), "--json", str(py_out)],
+                       check=True)
 
     micro = args.micro if args.micro is not None else not args.quick
     if micro:
