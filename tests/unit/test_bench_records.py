@@ -18,9 +18,8 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+import pyperf
 import pytest
-
-pyperf = pytest.importorskip("pyperf")
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 sys.path.insert(0, str(BENCH))
