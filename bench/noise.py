@@ -1,12 +1,19 @@
 """How far a benchmark's figure can be trusted, from its raw values.
 
-A cell of a summary is a median, or a ratio of two medians, of pyperf values.
-Its spread here is the half-width of the 95% bootstrap interval of that
-median (or ratio), relative to it: how far another run of the same benchmark
-on the same machine could plausibly land. Unlike the standard deviation of the
-values, which describes the machine and does not shrink, this narrows as
-values are added, so it answers "were there enough values?". A cell whose
-spread is over NOISY (or that has fewer than two values) is marked noisy.
+A cell of a summary is a median, or a ratio, of pyperf values. Its spread
+here is the half-width of the 95% bootstrap interval of that figure, relative
+to it: how far another run of the same benchmark on the same machine could
+plausibly land. Unlike the standard deviation of the values, which describes
+the machine and does not shrink, this narrows as values are added, so it
+answers "were there enough values?". A cell whose spread is over NOISY (or
+that has fewer than two values) is marked noisy.
+
+A ratio between two benchmarks measured in the same rounds is taken value by
+value within each round (paired_ratio_estimate): the two sides ran seconds
+apart, so a change of the machine's load between rounds, which on a shared
+machine moves every value by tens of percent, cancels out instead of widening
+the interval. Benchmarks measured apart fall back to the ratio of the medians
+(ratio_estimate).
 
 The bootstrap is seeded: a summary regenerated from the same JSON is the same.
 """
@@ -16,7 +23,7 @@ from __future__ import annotations
 import math
 import random
 import statistics
-from collections.abc import Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
 # Cells whose 95% interval reaches further than this from the figure are noisy.
@@ -106,3 +113,21 @@ def ratio_estimate(num: Sequence[float], den: Sequence[float], num_base: float =
         return Estimate(value, math.nan, math.nan, n)
     low, high = _quantiles(samples)
     return Estimate(value, low, high, n)
+
+
+def paired_ratio_estimate(num: Mapping[Hashable, Sequence[float]],
+                          den: Mapping[Hashable, Sequence[float]]) -> Estimate | None:
+    """The median of num/den value by value within each round, with its 95% interval.
+
+    num and den map a round to the values measured in it. None unless both were
+    measured in exactly the same rounds with as many values in each: then every
+    value has its partner, taken under the same conditions.
+    """
+    if not num or num.keys() != den.keys():
+        return None
+    if any(len(num[k]) != len(den[k]) for k in num):
+        return None
+    ratios = [a / b for k in num for a, b in zip(num[k], den[k]) if b]
+    if len(ratios) != sum(len(v) for v in num.values()):
+        return None
+    return median_estimate(ratios)

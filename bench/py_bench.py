@@ -53,7 +53,7 @@ from pathlib import Path
 import machine
 import pyperf
 from micro_bench import merge_rounds
-from report import GUARDED, MMAP, load_suite, python_table
+from report import GUARDED, MMAP, ROUND_KEY, load_suite, python_table
 
 import kfence_py
 from kfence_py._pyext import GuardedBufferBase
@@ -261,6 +261,7 @@ def run_round() -> int:
     runner.argparser.add_argument("--only", default=",".join(GROUPS))
     args = runner.parse_args()
     runner.metadata["kfence_options"] = "(default)"
+    runner.metadata[ROUND_KEY] = args.round  # report.py pairs values of the same round
     order = benchmarks(set(args.only.split(",")))
     if args.round % 2:
         order.reverse()

@@ -39,6 +39,10 @@ TARGET_TWO_THREADS = 1.8
 TARGET_GUARDED_VS_MMAP = 1.0  # kfence_py.alloc+free against mmap(4 KiB)+close, same run
 TARGET_PY_ALLOCATOR = 1.03
 
+BASE = "glibc"  # the mode every time and RSS ratio is taken to
+# run.py times the pairs slower than this many times glibc apart from the rounds.
+SLOW_RATIO = 3.0
+
 GUARDED = "buffer/kfence_py.alloc+free"
 MMAP = "buffer/mmap+close"
 
@@ -56,19 +60,44 @@ class Outcome:
     note: str | None = None  # stderr tail when not ok
 
 
+# The round (interleaved pyperf run) that measured a run's values, in its pyperf metadata.
+ROUND_KEY = machine.PREFIX + "round"
+
+
 @dataclass(frozen=True)
 class Timing:
-    values: tuple[float, ...]  # pyperf's raw values (seconds), every run and round
+    """A benchmark's raw values (seconds), by the pyperf run and round that measured them."""
+
+    runs: tuple[tuple[int | None, tuple[float, ...]], ...]  # (round or None, values)
+
+    @classmethod
+    def of(cls, values: tuple[float, ...], rnd: int | None = None) -> Timing:
+        return cls(((rnd, values),))
+
+    @property
+    def values(self) -> tuple[float, ...]:
+        return tuple(v for _, values in self.runs for v in values)
 
     @property
     def median(self) -> float:
         return statistics.median(self.values)
 
+    def by_round(self) -> dict[int, list[float]]:
+        """Values by round; empty when a run does not say its round."""
+        out: dict[int, list[float]] = {}
+        for rnd, values in self.runs:
+            if rnd is None:
+                return {}
+            out.setdefault(rnd, []).extend(values)
+        return out
+
     def estimate(self) -> noise.Estimate:
         return noise.median_estimate(self.values)
 
     def ratio(self, base: Timing) -> noise.Estimate:
-        return noise.ratio_estimate(self.values, base.values)
+        """Paired within rounds when both were measured in the same rounds (noise.py)."""
+        paired = noise.paired_ratio_estimate(self.by_round(), base.by_round())
+        return paired or noise.ratio_estimate(self.values, base.values)
 
 
 def load_suite(path: Path) -> tuple[dict[str, Timing], Machine | None]:
@@ -76,7 +105,14 @@ def load_suite(path: Path) -> tuple[dict[str, Timing], Machine | None]:
     if not path.exists():
         return {}, None
     suite = pyperf.BenchmarkSuite.load(str(path))
-    timings = {b.get_name(): Timing(tuple(b.get_values())) for b in suite.get_benchmarks()}
+    timings = {}
+    for bench in suite.get_benchmarks():
+        runs = []
+        for run in bench.get_runs():
+            if run.values:  # not a calibration run
+                rnd = run.get_metadata().get(ROUND_KEY)
+                runs.append((rnd if isinstance(rnd, int) else None, tuple(run.values)))
+        timings[bench.get_name()] = Timing(tuple(runs))
     return timings, machine.from_metadata(suite.get_metadata())
 
 
@@ -145,12 +181,14 @@ def cell_time(r: Results, w: str, m: str) -> str:
     est = r.time_estimate(w, m)
     if est is None:
         return "not timed"
+    if m == BASE:  # not a ratio: how far glibc's own median moved (with the load)
+        return f"1.00x (median {est.pm()})"
     return f"{est.value:.2f}x {est.pm()}{est.mark()}"
 
 
 def noisy_cells(r: Results) -> tuple[int, int]:
-    """(noisy, timed) cells of the time table."""
-    ests = [r.time_estimate(w, m) for w in r.workloads for m in r.modes]
+    """(noisy, timed) ratio cells of the time table (the glibc row is no ratio)."""
+    ests = [r.time_estimate(w, m) for w in r.workloads for m in r.modes if m != BASE]
     timed = [e for e in ests if e is not None]
     return sum(e.noisy for e in timed), len(timed)
 
@@ -287,11 +325,14 @@ def summary(r: Results, command_line: str, plot_name: str | None) -> str:
         "# kfence_py overhead", "",
         f"Command: `{command_line}`", "",
         *machine.header(r.machine, r.other_machines),
-        "## Time, median as a ratio to glibc", "",
-        "± is the half-width of the ratio's 95% bootstrap interval, from the raw values "
-        f"of both benchmarks ({span} values per benchmark); **noisy**: over "
-        f"±{noise.NOISY * 100:.0f}% or a single value. {noisy} of {timed} timed cells "
-        "are noisy.", "",
+        "## Time as a ratio to glibc", "",
+        "Each cell is the median of the ratios of the pair's values to glibc's values "
+        "taken in the same round, seconds apart (pairs timed apart, slower than "
+        f"{SLOW_RATIO:g}x glibc, are the ratio of the medians); ± is the half-width of its "
+        f"95% bootstrap interval ({span} values per benchmark); **noisy**: over "
+        f"±{noise.NOISY * 100:.0f}% or a single value. {noisy} of {timed} ratios are noisy. "
+        "The glibc row gives the interval of glibc's own median, which moves with the "
+        "machine's load; ratios paired within rounds do not.", "",
         f"glibc medians: {glibc}.", "",
         *table(r, r.modes, cell_time), "",
         "## Peak RSS as a ratio to glibc (one run, wait4 ru_maxrss)", "",
@@ -303,7 +344,7 @@ def summary(r: Results, command_line: str, plot_name: str | None) -> str:
     if py:
         out += ["## Python API (py_bench.py, pyperf bench_time_func)", "",
                 "Median time of one call; ± is the half-width of the median's 95% bootstrap "
-                "interval; ratios with their 95% interval.", "", *py, ""]
+                "interval; ratios (paired within rounds) with their 95% interval.", "", *py, ""]
     out += ["## Targets", "", *targets(r), ""]
     if plot_name:
         out += [f"![overhead against sample interval]({plot_name})", ""]

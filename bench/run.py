@@ -65,15 +65,13 @@ from micro_bench import (
     merge_rounds,
     run_cc,
 )
-from report import Outcome, write_report
+from report import ROUND_KEY, SLOW_RATIO, Outcome, write_report
 
 log = logging.getLogger("run")
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 KFENCE_EXITCODE = 66  # libkfence's exit status after a report (option exitcode)
-# Pairs whose preflight took longer than this many times glibc's get one pyperf value.
-SLOW_RATIO = 3.0
 
 
 @dataclass(frozen=True)
@@ -351,18 +349,26 @@ def preflight(tools: Tools, maxrss: Path, pairs: list[tuple[Workload, Mode]],
 
 def bench_phase() -> int:
     """Inside a pyperf run: bench_command every pair listed in --pairs."""
-    runner = pyperf.Runner(add_cmdline_args=lambda cmd, args: cmd.extend(
-        ["--phase", "bench", "--pairs", str(args.pairs)]))
+    def forward(cmd: list[str], args: argparse.Namespace) -> None:
+        cmd.extend(["--phase", "bench", "--pairs", str(args.pairs)])
+        if args.round is not None:
+            cmd.extend(["--round", str(args.round)])
+
+    runner = pyperf.Runner(add_cmdline_args=forward)
     runner.argparser.add_argument("--phase")
     runner.argparser.add_argument("--pairs", type=Path)
+    runner.argparser.add_argument("--round", type=int)
     args = runner.parse_args()
+    if args.round is not None:  # report.py pairs values of the same round
+        runner.metadata[ROUND_KEY] = args.round
     pairs = json.loads(args.pairs.read_text())
     for name, cmd in pairs.items():
         runner.bench_command(name, cmd)
     return 0
 
 
-def pyperf_run(pairs: dict[str, list[str]], out: Path, pyperf_args: list[str]) -> None:
+def pyperf_run(pairs: dict[str, list[str]], out: Path, pyperf_args: list[str],
+               rnd: int | None = None) -> None:
     if not pairs:
         return
     pairs_file = out.with_suffix(".pairs.json")
@@ -370,6 +376,8 @@ def pyperf_run(pairs: dict[str, list[str]], out: Path, pyperf_args: list[str]) -
     out.unlink(missing_ok=True)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--phase", "bench",
            "--pairs", str(pairs_file), "--quiet", "-o", str(out), *pyperf_args]
+    if rnd is not None:
+        cmd += ["--round", str(rnd)]
     log.info("pyperf: %d benchmarks (%s)", len(pairs), " ".join(pyperf_args))
     subprocess.run(cmd, check=True)
     pairs_file.unlink()
@@ -472,7 +480,7 @@ def main() -> int:
         if rnd % 2:
             order.reverse()
         part = out / f"programs.round{rnd}.json"
-        pyperf_run(dict(order), part, [*plan.pyperf_values, *common])
+        pyperf_run(dict(order), part, [*plan.pyperf_values, *common], rnd)
         parts.append(part)
     part = out / "programs.slow.json"
     pyperf_run(slow, part, [*plan.slow_values, *common])

@@ -2,7 +2,8 @@
 
 machine.py: the machine, kernel, glibc, Python and kfence_py commit of a run,
 into pyperf metadata and back. noise.py and report.py: a cell's spread from
-its raw values, and the noisy mark on cells whose 95% interval is over ±10%.
+its raw values (ratios paired within rounds), and the noisy mark on cells
+whose 95% interval is over ±10%.
 """
 
 from __future__ import annotations
@@ -173,30 +174,43 @@ def test_ratio_of_medians_with_fixed_bases_and_a_seeded_interval():
     assert wide.noisy and not noise.ratio_estimate(num, den).noisy
 
 
+def test_a_ratio_is_paired_only_between_values_of_the_same_rounds():
+    base = {0: [1.0, 1.0], 1: [2.0, 2.0]}
+    paired = noise.paired_ratio_estimate({0: [1.1, 1.1], 1: [2.2, 2.2]}, base)
+    assert paired is not None and paired.value == pytest.approx(1.1) and not paired.noisy
+    assert noise.paired_ratio_estimate({0: [1.1, 1.1]}, base) is None  # a round missing
+    assert noise.paired_ratio_estimate({0: [1.1], 1: [2.2, 2.2]}, base) is None  # a value
+    assert noise.paired_ratio_estimate({}, {}) is None
+
+
 # === report.py ===
 
 
-def write_results(directory: Path, values: dict[str, list[float]], snap: machine.Machine) -> None:
+def write_results(directory: Path, rounds: dict[str, list[list[float]]],
+                  snap: machine.Machine) -> None:
+    """preflight.json and programs.json as run.py writes them: one pyperf run per round."""
     outcomes = {}
-    for name in values:
+    for name in rounds:
         workload, mode = name.split("/")
         outcomes[name] = asdict(report.Outcome(workload, mode, "ok", 1.0, 1000, None))
     outcomes["w/duma"] = asdict(report.Outcome("w", "duma", "timeout (>2 s)", note="slow"))
     (directory / "preflight.json").write_text(json.dumps({"machine": snap.as_dict(),
                                                           "outcomes": outcomes}))
-    benches = [pyperf.Benchmark([pyperf.Run(v, metadata={"name": n, "loops": 1},
-                                            collect_metadata=False)])
-               for n, v in values.items()]
+    benches = [pyperf.Benchmark([
+        pyperf.Run(values, metadata={"name": n, "loops": 1, report.ROUND_KEY: rnd},
+                   collect_metadata=False) for rnd, values in enumerate(runs)])
+        for n, runs in rounds.items()]
     machine.stamp_benchmarks(benches, snap)
     pyperf.BenchmarkSuite(benches).dump(str(directory / "programs.json"))
 
 
 def test_summary_marks_the_cells_whose_raw_values_spread_over_ten_percent(tmp_path):
-    steady = [1.0, 1.01, 0.99, 1.0, 1.0, 1.02, 0.98, 1.0, 1.0]
+    # The machine's load doubles between rounds: every value moves, ratios within a round do not.
+    glibc = [[1.0, 1.01, 0.99], [2.0, 2.04, 1.96], [1.5, 1.5, 1.52]]
     write_results(tmp_path, {
-        "w/glibc": steady,
-        "w/kfence-default": [v * 1.1 for v in steady],
-        "w/scudo": [1.0, 2.0, 1.5, 3.0, 0.8, 2.5, 1.2, 2.2, 0.9],
+        "w/glibc": glibc,
+        "w/kfence-default": [[v * 1.1 for v in vs] for vs in glibc],
+        "w/scudo": [[1.0, 2.0, 1.5], [3.0, 0.8, 2.5], [1.2, 2.2, 0.9]],
     }, a_machine(cpu_model="Measured Elsewhere CPU"))
     r = report.Results(tmp_path)
     text = report.summary(r, "python bench/run.py --quick", None)
@@ -204,11 +218,11 @@ def test_summary_marks_the_cells_whose_raw_values_spread_over_ten_percent(tmp_pa
     for line in text.splitlines():
         if line.startswith("| "):
             rows.setdefault(line.split(" | ")[0].strip("| "), line)
-    assert "1.10x ±" in rows["kfence-default"] and "noisy" not in rows["kfence-default"]
+    assert "1.10x ±0%" in rows["kfence-default"] and "noisy" not in rows["kfence-default"]
     assert "noisy" in rows["scudo"]
-    assert "1.00x ±" in rows["glibc"] and "noisy" not in rows["glibc"]
+    assert "1.00x (median ±" in rows["glibc"] and "noisy" not in rows["glibc"]
     assert "timeout (>2 s)" in rows["duma"]
-    assert "1 of 3 timed cells are noisy" in text
+    assert "1 of 2 ratios are noisy" in text
     assert "(9 values per benchmark)" in text
     # The header comes from the JSON, not from the machine regenerating the summary.
     assert "Measured Elsewhere CPU" in text and machine.snapshot(tmp_path).cpu_model not in text
@@ -217,9 +231,9 @@ def test_summary_marks_the_cells_whose_raw_values_spread_over_ten_percent(tmp_pa
 def test_python_table_gives_the_guarded_buffer_against_mmap_with_its_interval():
     steady = (20e-6, 20.2e-6, 19.8e-6, 20e-6, 20.1e-6, 19.9e-6)
     table = "\n".join(report.python_table({
-        report.GUARDED: report.Timing(tuple(2 * v for v in steady)),
-        report.MMAP: report.Timing(steady),
-        "buffer/bytearray": report.Timing((1e-7,)),
+        report.GUARDED: report.Timing.of(tuple(2 * v for v in steady)),
+        report.MMAP: report.Timing.of(steady),
+        "buffer/bytearray": report.Timing.of((1e-7,)),
     }))
     guarded = next(line for line in table.splitlines() if report.GUARDED in line)
     assert "2.000x mmap+close (95% CI 1." in guarded and "noisy" not in guarded
