@@ -20,6 +20,7 @@ The bootstrap is seeded: a summary regenerated from the same JSON is the same.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import statistics
@@ -40,6 +41,7 @@ class Estimate:
     low: float
     high: float
     values: int  # raw values behind it (the smaller count, for a ratio)
+    paired: bool = False  # a ratio taken value by value within rounds
 
     @property
     def spread(self) -> float:
@@ -130,4 +132,4 @@ def paired_ratio_estimate(num: Mapping[Hashable, Sequence[float]],
     ratios = [a / b for k in num for a, b in zip(num[k], den[k]) if b]
     if len(ratios) != sum(len(v) for v in num.values()):
         return None
-    return median_estimate(ratios)
+    return dataclasses.replace(median_estimate(ratios), paired=True)

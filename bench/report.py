@@ -186,11 +186,11 @@ def cell_time(r: Results, w: str, m: str) -> str:
     return f"{est.value:.2f}x {est.pm()}{est.mark()}"
 
 
-def noisy_cells(r: Results) -> tuple[int, int]:
-    """(noisy, timed) ratio cells of the time table (the glibc row is no ratio)."""
+def noisy_cells(r: Results) -> tuple[int, int, int]:
+    """(noisy, paired, timed) ratio cells of the time table (the glibc row is no ratio)."""
     ests = [r.time_estimate(w, m) for w in r.workloads for m in r.modes if m != BASE]
     timed = [e for e in ests if e is not None]
-    return sum(e.noisy for e in timed), len(timed)
+    return sum(e.noisy for e in timed), sum(e.paired for e in timed), len(timed)
 
 
 def cell_rss(r: Results, w: str, m: str) -> str:
@@ -318,7 +318,7 @@ def pyperf_fmt(seconds: float) -> str:
 def summary(r: Results, command_line: str, plot_name: str | None) -> str:
     glibc = " · ".join(f"{w} {r.time(w, 'glibc') or 0:.2f} s" for w in r.workloads)
     kfence_modes = [m for m in r.modes if m.startswith("kfence")]
-    noisy, timed = noisy_cells(r)
+    noisy, paired, timed = noisy_cells(r)
     counts = sorted({len(t.values) for t in r.timings.values()}) or [0]
     span = f"{counts[0]}" if counts[0] == counts[-1] else f"{counts[0]}-{counts[-1]}"
     out = [
@@ -330,7 +330,8 @@ def summary(r: Results, command_line: str, plot_name: str | None) -> str:
         "taken in the same round, seconds apart (pairs timed apart, slower than "
         f"{SLOW_RATIO:g}x glibc, are the ratio of the medians); ± is the half-width of its "
         f"95% bootstrap interval ({span} values per benchmark); **noisy**: over "
-        f"±{noise.NOISY * 100:.0f}% or a single value. {noisy} of {timed} ratios are noisy. "
+        f"±{noise.NOISY * 100:.0f}% or a single value. {paired} of {timed} ratios are "
+        f"paired, {noisy} noisy. "
         "The glibc row gives the interval of glibc's own median, which moves with the "
         "machine's load; ratios paired within rounds do not.", "",
         f"glibc medians: {glibc}.", "",

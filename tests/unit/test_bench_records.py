@@ -178,6 +178,7 @@ def test_a_ratio_is_paired_only_between_values_of_the_same_rounds():
     base = {0: [1.0, 1.0], 1: [2.0, 2.0]}
     paired = noise.paired_ratio_estimate({0: [1.1, 1.1], 1: [2.2, 2.2]}, base)
     assert paired is not None and paired.value == pytest.approx(1.1) and not paired.noisy
+    assert paired.paired and not noise.ratio_estimate([1.1, 1.1], [1.0, 1.0]).paired
     assert noise.paired_ratio_estimate({0: [1.1, 1.1]}, base) is None  # a round missing
     assert noise.paired_ratio_estimate({0: [1.1], 1: [2.2, 2.2]}, base) is None  # a value
     assert noise.paired_ratio_estimate({}, {}) is None
@@ -222,7 +223,7 @@ def test_summary_marks_the_cells_whose_raw_values_spread_over_ten_percent(tmp_pa
     assert "noisy" in rows["scudo"]
     assert "1.00x (median ±" in rows["glibc"] and "noisy" not in rows["glibc"]
     assert "timeout (>2 s)" in rows["duma"]
-    assert "1 of 2 ratios are noisy" in text
+    assert "2 of 2 ratios are paired, 1 noisy" in text
     assert "(9 values per benchmark)" in text
     # The header comes from the JSON, not from the machine regenerating the summary.
     assert "Measured Elsewhere CPU" in text and machine.snapshot(tmp_path).cpu_model not in text
