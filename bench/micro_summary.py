@@ -181,11 +181,15 @@ def verdicts(rows: dict[str, Row]) -> list[str]:
         if len(scaled) < 2:
             continue
         costs = [r.per_iter_s for r in scaled]
-        spread = max(costs) / min(costs)
         series = ", ".join(
             f"{r.name.rsplit('num_objects=', 1)[1]}: {_fmt_time(r.per_iter_s).strip()}"
             for r in scaled
         )
+        if min(costs) <= 0:  # a base twin slower than its loop: noise swallowed the cost
+            out.append(f"[n/a ] {group} cost vs num_objects ({series}): a net cost <= 0, "
+                       "too noisy to compare")
+            continue
+        spread = max(costs) / min(costs)
         out.append(
             f"[{'MET ' if spread <= TARGET_FLAT_SPREAD else 'MISS'}] {group} cost vs num_objects "
             f"({series}): max/min = {spread:.3f}x, target <= {TARGET_FLAT_SPREAD:.2f}x"

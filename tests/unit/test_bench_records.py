@@ -254,3 +254,18 @@ def test_every_plan_takes_several_values_per_round():
         assert per_round(plan.pyperf_values) > 1 and per_round(plan.slow_values) > 1
     for py_plan in (py_bench.QUICK, py_bench.FULL):
         assert per_round(py_plan.pyperf) > 1
+
+
+def test_micro_summary_does_not_compare_pool_sizes_when_noise_swallowed_a_cost():
+    import micro_summary
+
+    def row(n: int, median: float, base: float) -> micro_summary.Row:
+        return micro_summary.Row(f"sampled/kfence-num_objects={n}", 10000, n, median, 0.1, base,
+                                 (median,))
+
+    rows = {r.name: r for r in (row(256, 0.17, 0.01), row(16384, 0.70, 0.71))}
+    verdict = next(v for v in micro_summary.verdicts(rows) if "vs num_objects" in v)
+    assert verdict.startswith("[n/a ]") and "too noisy" in verdict
+    rows = {r.name: r for r in (row(256, 0.17, 0.01), row(16384, 0.90, 0.72))}
+    verdict = next(v for v in micro_summary.verdicts(rows) if "vs num_objects" in v)
+    assert verdict.startswith("[MISS]") and "max/min = 1.125x" in verdict
