@@ -23,7 +23,7 @@ import subprocess
 import sys
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 UNKNOWN = "unknown"
@@ -211,6 +211,12 @@ def stamp_benchmarks(benchmarks: Iterable[Any], machine: Machine) -> None:
         bench.update_metadata(machine.metadata())
 
 
+def tree(m: Machine) -> str:
+    """The package directory measured, whether the record names it or its libkfence.so."""
+    path = PurePosixPath(m.kfence_py)
+    return str(path.parent if path.suffix == ".so" else path)
+
+
 def header(machine: Machine | None, others: dict[str, Machine] | None = None) -> list[str]:
     """Markdown lines naming the machine and the software a summary's figures come from.
 
@@ -233,7 +239,7 @@ def header(machine: Machine | None, others: dict[str, Machine] | None = None) ->
         f"| started | {m.date} (UTC); load average {m.load_avg} (1, 5, 15 min) |",
     ]
     for label, other in (others or {}).items():
-        if (other.commit, other.dirty, other.kfence_py) != (m.commit, m.dirty, m.kfence_py):
+        if (other.commit, other.dirty, tree(other)) != (m.commit, m.dirty, tree(m)):
             lines.append(f"| kfence_py ({label}) | {other.kfence_py_version} at "
                          f"{other.kfence_py}, commit {other.short_commit()} |")
     return [*lines, ""]

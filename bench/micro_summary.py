@@ -8,7 +8,7 @@ start-up and (sampled modes, N0 = num_objects) the first-use page fault of each
 pool slot are not spread over the loop: it is the steady-state cost.  Ratios
 are taken between those net per-iteration costs.
 
-    python bench/micro_summary.py [bench/results/micro.json]
+    python bench/micro_summary.py [bench/results/micro.json] > summary.md
 """
 
 from __future__ import annotations
@@ -198,14 +198,15 @@ def verdicts(rows: dict[str, Row]) -> list[str]:
 
 
 def summarize(path: Path, with_header: bool = True) -> str:
-    """The table and verdicts; with_header: the machine that measured them first (markdown)."""
+    """The table and verdicts as text; with_header: as markdown, after the machine that
+    measured them (read from the file's metadata)."""
     rows = load_rows(path)
     text = format_table(rows) + "\n\n" + "\n".join(verdicts(rows))
     if not with_header:
         return text
     suite = pyperf.BenchmarkSuite.load(str(path))
     head = machine.header(machine.from_metadata(suite.get_metadata()))
-    return "\n".join(head) + "\n" + text
+    return "\n".join([*head, "```", text, "```"])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,11 +26,14 @@ import random
 import statistics
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 # Cells whose 95% interval reaches further than this from the figure are noisy.
 NOISY = 0.10
 RESAMPLES = 2000
 SEED = 0
+
+Round = TypeVar("Round", bound=Hashable)
 
 
 @dataclass(frozen=True)
@@ -117,8 +120,8 @@ def ratio_estimate(num: Sequence[float], den: Sequence[float], num_base: float =
     return Estimate(value, low, high, n)
 
 
-def paired_ratio_estimate(num: Mapping[Hashable, Sequence[float]],
-                          den: Mapping[Hashable, Sequence[float]]) -> Estimate | None:
+def paired_ratio_estimate(num: Mapping[Round, Sequence[float]],
+                          den: Mapping[Round, Sequence[float]]) -> Estimate | None:
     """The median of num/den value by value within each round, with its 95% interval.
 
     num and den map a round to the values measured in it. None unless both were

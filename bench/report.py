@@ -14,6 +14,7 @@ cells over ±10% are marked noisy.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -161,8 +162,9 @@ class Results:
         return self._estimates[key]
 
     def ratio(self, workload: str, mode: str, base: str = "glibc") -> float | None:
-        t, b = self.time(workload, mode), self.time(workload, base)
-        return t / b if t and b else None
+        """The figure of the cell (paired within rounds where it can be)."""
+        est = self.time_estimate(workload, mode, base)
+        return est.value if est is not None else None
 
     def kinds(self) -> dict[str, str]:
         """Workload kind from its name, as run.py lists them."""
@@ -229,20 +231,38 @@ def verdict(ok: bool | None) -> str:
     return "n/a" if ok is None else ("**met**" if ok else "**missed**")
 
 
+def judged(e: noise.Estimate | None, target: float, at_most: bool = True) -> str:
+    """Met or missed (figure ≤ target, or ≥) when the 95% interval says so; a noisy straddle
+    is undecided."""
+    if e is None:
+        return "n/a"
+    if not math.isnan(e.spread):
+        low, high = (e.low, e.high) if at_most else (-e.high, -e.low)
+        bound = target if at_most else -target
+        if high <= bound:
+            return "**met**"
+        if low > bound:
+            return "**missed**"
+    if e.noisy:
+        return "undecided (noisy)"
+    return verdict(e.value <= target if at_most else e.value >= target)
+
+
 def targets(r: Results) -> list[str]:
     lines = ["| target | measured | verdict |", "|---|---|---|"]
-    unsampled = r.ratio("malloc32", "kfence-default", "interposer")
+    unsampled = r.time_estimate("malloc32", "kfence-default", "interposer")
+    floor = r.time_estimate("malloc32", "interposer")
     lines.append(f"| unsampled malloc(32)+free ≤ {TARGET_UNSAMPLED_VS_INTERPOSER}x "
-                 f"interposer (whole process) | {fmt(unsampled)} (interposer "
-                 f"{fmt(r.ratio('malloc32', 'interposer'))} glibc) | "
-                 f"{verdict(None if unsampled is None else unsampled <= 1.03)} |")
+                 f"interposer (whole process) | {interval(unsampled) if unsampled else 'n/a'} "
+                 f"(interposer {interval(floor) if floor else 'n/a'} glibc) | "
+                 f"{judged(unsampled, TARGET_UNSAMPLED_VS_INTERPOSER)} |")
     reals = [w for w, k in r.kinds().items() if k == "real"]
-    worst = [(r.ratio(w, "kfence-default"), w) for w in reals]
-    worst = [(x, w) for x, w in worst if x is not None]
+    ests = [(r.time_estimate(w, "kfence-default"), w) for w in reals]
+    worst = [(e, w) for e, w in ests if e is not None]
     if worst:
-        x, w = max(worst)
+        e, w = max(worst, key=lambda p: p[0].value)
         lines.append(f"| real programs at default ≤ {TARGET_REAL_DEFAULT}x glibc each | "
-                     f"worst {x:.3f}x ({w}) | {verdict(x <= TARGET_REAL_DEFAULT)} |")
+                     f"worst {interval(e)} ({w}) | {judged(e, TARGET_REAL_DEFAULT)} |")
     beats = []
     for w in reals:
         k, s = r.ratio(w, "kfence-default"), r.ratio(w, "scudo+gwp-asan")
@@ -254,18 +274,19 @@ def targets(r: Results) -> list[str]:
                      + (f"lost on {', '.join(lost)}" if lost else
                         f"below on all {len(beats)}") + f" | {verdict(not lost)} |")
     for m in ("glibc", "interposer", "kfence-default", "kfence-sample_rate=1"):
-        t1, t2 = r.time("threads1", m), r.time("threads2", m)
-        if t1 and t2:
-            scale = 2 * t1 / t2
+        t1, t2 = r.timings.get(f"threads1/{m}"), r.timings.get(f"threads2/{m}")
+        if t1 and t2:  # twice the work in the time: 2 x t1 / t2
+            e = t1.ratio(t2)
+            scale = dataclasses.replace(e, value=2 * e.value, low=2 * e.low, high=2 * e.high)
             lines.append(f"| two threads ≥ {TARGET_TWO_THREADS}x one thread ({m}) | "
-                         f"{scale:.2f}x | {verdict(scale >= TARGET_TWO_THREADS)} |")
+                         f"{interval(scale)} | {judged(scale, TARGET_TWO_THREADS, False)} |")
     g, mm = r.python.get(GUARDED), r.python.get(MMAP)
     if g and mm:
         e = g.ratio(mm)
         lines.append(f"| kfence_py.alloc+free ≤ {TARGET_GUARDED_VS_MMAP:.1f}x an anonymous "
                      f"4 KiB mmap+close, same run | {interval(e)} ({g.median * 1e6:.1f} µs "
                      f"against {mm.median * 1e6:.1f} µs) | "
-                     f"{verdict(e.value <= TARGET_GUARDED_VS_MMAP)} |")
+                     f"{judged(e, TARGET_GUARDED_VS_MMAP)} |")
     py = []
     for name in sorted({n.split("/")[1] for n in r.python if n.startswith("workload/")}):
         a = r.python.get(f"workload/{name}/plain")
@@ -277,7 +298,7 @@ def targets(r: Results) -> list[str]:
         lines.append(f"| python_allocator=True ≤ {TARGET_PY_ALLOCATOR}x plain, each | "
                      f"worst {interval(e)} ({w}); geomean "
                      f"{geomean([p.value for p, _ in py]):.3f}x | "
-                     f"{verdict(e.value <= TARGET_PY_ALLOCATOR)} |")
+                     f"{judged(e, TARGET_PY_ALLOCATOR)} |")
     return lines
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import platform
 import random
@@ -269,3 +270,15 @@ def test_micro_summary_does_not_compare_pool_sizes_when_noise_swallowed_a_cost()
     rows = {r.name: r for r in (row(256, 0.17, 0.01), row(16384, 0.90, 0.72))}
     verdict = next(v for v in micro_summary.verdicts(rows) if "vs num_objects" in v)
     assert verdict.startswith("[MISS]") and "max/min = 1.125x" in verdict
+
+
+def test_a_target_is_judged_by_its_interval_and_a_noisy_straddle_is_undecided():
+    e = noise.Estimate
+    assert report.judged(e(0.9, 0.85, 0.95, 9), 1.0) == "**met**"
+    assert report.judged(e(1.2, 1.1, 1.3, 9), 1.0) == "**missed**"
+    assert report.judged(e(1.0, 0.6, 1.5, 9), 1.03) == "undecided (noisy)"
+    assert report.judged(e(1.02, 0.99, 1.05, 9), 1.03) == "**met**"  # quiet: the figure decides
+    assert report.judged(e(1.9, 1.85, 1.95, 9), 1.8, at_most=False) == "**met**"
+    assert report.judged(e(1.0, 0.6, 1.2, 9), 1.8, at_most=False) == "**missed**"
+    assert report.judged(e(1.0, math.nan, math.nan, 1), 1.8) == "undecided (noisy)"
+    assert report.judged(None, 1.0) == "n/a"
