@@ -24,8 +24,9 @@ served, as before the filter).  Wall time is compared with a plain run.
     python bench/catch.py                      # every scenario, 5 runs each
     python bench/catch.py --seconds 600        # the service churns 10 minutes
 
-The table goes to stdout (markdown) and the raw results to
-bench/results/catch.json.
+The table goes to stdout (markdown) after the machine and the kfence_py
+commit (machine.py), and the raw results, with the same record under
+"machine", to bench/results/catch.json.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ import sysconfig
 import tempfile
 import time
 from pathlib import Path
+
+import machine
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "catch.json"
@@ -257,6 +260,7 @@ def main() -> int:
                         help="coverage (the default options), no-coverage, or both")
     parser.add_argument("--output", type=Path, default=RESULTS, help="raw results (JSON)")
     args = parser.parse_args()
+    snap = machine.snapshot(machine.package_source())
     rows, raw = [], []
     with tempfile.TemporaryDirectory(prefix="kfence-catch-") as tmp:
         work = Path(tmp)
@@ -300,8 +304,10 @@ def main() -> int:
                     rows.append(f"| {name} | {tests} | {bug} | {mode} | {hits}/{args.runs} "
                                 f"| {cost} |")
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    record = {"args": {**vars(args), "output": str(args.output)}, "runs": raw}
+    record = {"machine": snap.as_dict(), "args": {**vars(args), "output": str(args.output)},
+              "runs": raw}
     args.output.write_text(json.dumps(record, indent=1))
+    print("\n".join(machine.header(snap)))
     print("| scenario | tests | bug | mode | caught | wall time vs plain (median) |")
     print("|---|---|---|---|---|---|")
     print("\n".join(rows))

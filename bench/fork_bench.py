@@ -16,6 +16,10 @@ state_dir (the issue's bar: within 2x):
                                         live inherited objects) at its malloc
 
     python bench/fork_bench.py [--quick] [--forks N]
+
+The pyperf JSON (bench/results/forks/forks.json) carries the machine and the
+kfence_py commit in its metadata (machine.py); the table printed at the end
+starts with them.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import machine
 import pyperf
 
 HERE = Path(__file__).resolve().parent
@@ -63,12 +68,13 @@ def main() -> None:
                            add_cmdline_args=lambda cmd, _: cmd.extend(
                                ["--forks", str(args.forks)]))
     worker = "--worker" in rest
+    lib = kfence_py.lib_path()
     if not worker:
+        snap = machine.snapshot(Path(lib))
         out.unlink(missing_ok=True)
         rest += ["--output", str(out)]
     sys.argv = [sys.argv[0], *rest]
     runner.parse_args()
-    lib = kfence_py.lib_path()
     for name, options in MODES.items():
         cmd = ["env", "-u", "LD_PRELOAD", "-u", "KFENCE_OPTIONS"]
         if options is not None:
@@ -78,9 +84,12 @@ def main() -> None:
         runner.bench_command(name, [*cmd, str(exe), str(args.forks)])
     if worker:
         return
+    machine.stamp(out, snap)
     suite = pyperf.BenchmarkSuite.load(str(out))
     glibc = suite.get_benchmark("glibc").median()
-    print(f"\n{args.forks} forks (median, ±stdev; ratio to the same options without "
+    print()
+    print("\n".join(machine.header(snap)))
+    print(f"{args.forks} forks (median, ±stdev; ratio to the same options without "
           "state_dir, and to glibc):")
     for bench in suite.get_benchmarks():
         name = bench.get_name()

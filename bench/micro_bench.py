@@ -35,8 +35,9 @@ Then, unless --skip-startup / --skip-cycle, two measurements of their own
 * the sampled cycle in-process at every pool size, with its breakdown step by
   step (and a perf profile of it when perf is installed).
 
-The merged pyperf JSON goes to bench/results/micro.json (see --json) and is
-summarised by micro_summary.py.
+The merged pyperf JSON goes to bench/results/micro.json (see --json), with the
+machine, kernel, glibc, Python and kfence_py commit in its metadata
+(machine.py), and is summarised by micro_summary.py.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import cycle_bench
+import machine
 import pyperf
 import startup_bench
 from micro_summary import BASE_PREFIX, summarize
@@ -286,7 +288,8 @@ def run_phase(args: argparse.Namespace, b: Build) -> int:
 
 def drive(args: argparse.Namespace, b: Build, plan: Plan) -> int:
     """Build, check, run every phase and round as its own pyperf run, merge, summarise."""
-    log.info("libkfence.so: %s", b.kfence)
+    snap = machine.snapshot(b.kfence)
+    log.info("libkfence.so: %s (commit %s)", b.kfence, snap.short_commit())
     log.info("iterations: unsampled %d, sampled %d; size %d; %d loop rounds",
              args.unsampled_iterations, args.sampled_iterations, args.size, args.rounds)
     build(args.build_dir)
@@ -316,6 +319,7 @@ def drive(args: argparse.Namespace, b: Build, plan: Plan) -> int:
     merged = merge_rounds(parts)
 
     order = [m.name for m in all_modes] + [BASE_PREFIX + m.name for m in all_modes]
+    machine.stamp_benchmarks(merged.values(), snap)
     pyperf.BenchmarkSuite([merged[n] for n in order]).dump(str(args.json), replace=True)
     log.info("pyperf JSON written to %s", args.json)
     print()

@@ -8,19 +8,20 @@ start-up and (sampled modes, N0 = num_objects) the first-use page fault of each
 pool slot are not spread over the loop: it is the steady-state cost.  Ratios
 are taken between those net per-iteration costs.
 
-    python bench/micro_summary.py [bench/results/micro.json]
+    python bench/micro_summary.py [bench/results/micro.json] > summary.md
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import random
-import statistics
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import machine
+import noise
 import pyperf
 
 log = logging.getLogger("micro_summary")
@@ -51,6 +52,11 @@ class Row:
     rel_stdev: float
     base_s: float
     values: tuple[float, ...]
+
+    @property
+    def median_spread(self) -> float:
+        """Relative half-width of the median's 95% bootstrap interval (noise.py)."""
+        return noise.median_estimate(self.values).spread
 
     @property
     def net_s(self) -> float:
@@ -105,21 +111,26 @@ def _ratio(row: Row, base: Row | None) -> str:
 def format_table(rows: dict[str, Row]) -> str:
     glibc, noop = rows.get(GLIBC), rows.get(NOOP)
     header = (
-        f"{'benchmark':36} {'N0':>6} {'N':>9} {'median':>10} {'+-sd':>6} {'base':>9} "
-        f"{'per iter (net)':>14} {'x glibc':>7} {'x noop':>7}"
+        f"{'benchmark':36} {'N0':>6} {'N':>9} {'median':>10} {'+-sd':>6} {'+-ci':>6} "
+        f"{'base':>9} {'per iter (net)':>14} {'x glibc':>7} {'x noop':>7}"
     )
     lines = [header, "-" * len(header)]
     for name, r in rows.items():  # in the order they were run
         unsampled = name.startswith("unsampled/")
+        spread = r.median_spread
+        ci = "  n/a " if math.isnan(spread) else f"{spread * 100:5.1f}%"
         lines.append(
             f"{name:36} {r.base_iterations:6d} {r.iterations:9d} {r.median_s * 1e3:7.1f} ms "
-            f"{r.rel_stdev * 100:5.1f}% {r.base_s * 1e3:6.2f} ms {_fmt_time(r.per_iter_s):>14} "
+            f"{r.rel_stdev * 100:5.1f}% {ci} {r.base_s * 1e3:6.2f} ms "
+            f"{_fmt_time(r.per_iter_s):>14} "
             f"{_ratio(r, glibc if unsampled else None):>7} "
             f"{_ratio(r, noop if unsampled else None):>7}"
+            f"{' noisy' if noise.is_noisy(spread) else ''}"
         )
     lines.append("")
     lines.append("median: pyperf median wall time of one run of `loop N0+N 32`;")
-    lines.append("+-sd: stdev/median;")
+    lines.append("+-sd: stdev/median; +-ci: half-width of the median's 95% bootstrap interval,")
+    lines.append(f"relative (noisy: over {noise.NOISY * 100:.0f}%, or a single value);")
     lines.append("base: median of the same command with N0 iterations (0 unsampled; num_objects")
     lines.append("sampled, so each slot's first-use fault is in the base);")
     lines.append("per iter (net) = (median - base) / N; ratios (unsampled rows only) are")
@@ -127,16 +138,11 @@ def format_table(rows: dict[str, Row]) -> str:
     return "\n".join(lines)
 
 
-def ratio_ci(num: Row, den: Row, resamples: int = 2000) -> tuple[float, float]:
+def ratio_ci(num: Row, den: Row) -> tuple[float, float]:
     """95% bootstrap interval of the ratio of net per-iteration medians (base held fixed)."""
-    rng = random.Random(0)
-
-    def net_median(r: Row) -> float:
-        sample = rng.choices(r.values, k=len(r.values))
-        return (statistics.median(sample) - r.base_s) / r.iterations
-
-    ratios = sorted(net_median(num) / net_median(den) for _ in range(resamples))
-    return ratios[int(0.025 * resamples)], ratios[int(0.975 * resamples) - 1]
+    e = noise.ratio_estimate(num.values, den.values, num.base_s, den.base_s)
+    scale = den.iterations / num.iterations
+    return e.low * scale, e.high * scale
 
 
 def verdicts(rows: dict[str, Row]) -> list[str]:
@@ -175,11 +181,15 @@ def verdicts(rows: dict[str, Row]) -> list[str]:
         if len(scaled) < 2:
             continue
         costs = [r.per_iter_s for r in scaled]
-        spread = max(costs) / min(costs)
         series = ", ".join(
             f"{r.name.rsplit('num_objects=', 1)[1]}: {_fmt_time(r.per_iter_s).strip()}"
             for r in scaled
         )
+        if min(costs) <= 0:  # a base twin slower than its loop: noise swallowed the cost
+            out.append(f"[n/a ] {group} cost vs num_objects ({series}): a net cost <= 0, "
+                       "too noisy to compare")
+            continue
+        spread = max(costs) / min(costs)
         out.append(
             f"[{'MET ' if spread <= TARGET_FLAT_SPREAD else 'MISS'}] {group} cost vs num_objects "
             f"({series}): max/min = {spread:.3f}x, target <= {TARGET_FLAT_SPREAD:.2f}x"
@@ -187,9 +197,16 @@ def verdicts(rows: dict[str, Row]) -> list[str]:
     return out
 
 
-def summarize(path: Path) -> str:
+def summarize(path: Path, with_header: bool = True) -> str:
+    """The table and verdicts as text; with_header: as markdown, after the machine that
+    measured them (read from the file's metadata)."""
     rows = load_rows(path)
-    return format_table(rows) + "\n\n" + "\n".join(verdicts(rows))
+    text = format_table(rows) + "\n\n" + "\n".join(verdicts(rows))
+    if not with_header:
+        return text
+    suite = pyperf.BenchmarkSuite.load(str(path))
+    head = machine.header(machine.from_metadata(suite.get_metadata()))
+    return "\n".join([*head, "```", text, "```"])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,8 +1,21 @@
 #!/usr/bin/env python3
 """pyperf benchmarks of kfence_py's Python API.
 
-* buffer/*: one allocate+free cycle of a 64-byte kfence_py.alloc() guarded
-  buffer, against bytearray(64) and an anonymous one-page mmap;
+* buffer/*: one allocate+free cycle, timed from Python:
+  - kfence_py.alloc+free: kfence_py.alloc(64).free(), a guarded buffer through
+    the public API (slot, mprotect, canary fill, stack capture; at free the
+    canary check and mprotect);
+  - GuardedBufferBase+free: the same through the C type alone (csrc/pyext.c),
+    without api.alloc's argument checks in Python;
+  - mmap+close: mmap.mmap(-1, 4096).close(), an anonymous 4 KiB mapping and its
+    munmap (Python maps it MAP_SHARED), the reference of issue 13's target;
+  - mmap-private+close: the same mapping MAP_PRIVATE, as the pool's pages are;
+  - syscalls-floor: what a guarded cycle cannot do without in its design, on a
+    page between two PROT_NONE pages: mprotect read-write, a 4 KiB fill,
+    mprotect PROT_NONE, through ctypes;
+  - ctypes-floor: the same three calls to a libc function that does nothing
+    (labs), the part of syscalls-floor that is ctypes's own;
+  - bytearray: bytearray(64), what an unguarded buffer costs.
 * workload/<name>/plain and workload/<name>/python_allocator: small Python
   workloads (json dumps+loads, dict/list churn, re, dataclass objects, and a
   pyperformance-like mix: a richards-like scheduler, deepcopy, generators,
@@ -11,36 +24,40 @@
   gate), which samples CPython's RAW, MEM and OBJ allocator domains.
 
 pyperf runs each benchmark in its own worker processes, so enabling kfence_py
-in the python_allocator twin cannot leak into the plain one.
+in the python_allocator twin cannot leak into the plain one.  A run is several
+rounds, each a complete pyperf run over every benchmark (the order reversed
+every other round), merged: a noisy minute on a shared machine then lands on
+both sides of a ratio instead of on one.
 
-    python bench/py_bench.py -o bench/results/python_api.json [pyperf options]
+    python bench/py_bench.py [--quick] [--only buffer] [--json bench/results/python_api.json]
 
-run.py runs this with its own pyperf options.
+The merged pyperf JSON carries the machine and the kfence_py commit
+(machine.py) in its metadata; the table printed at the end is report.py's,
+with the 95% interval of each median and ratio.
 
-The cost of python_allocator=True, side by side (the ratio with its 95% CI):
+The cost of python_allocator=True alone, side by side (the ratio with its 95% CI):
 
-    python bench/py_bench.py --rounds 10 [--values 20] [--workload json ...] [--clock cpu]
+    python bench/py_bench.py --paired --rounds 10 [--values 20] [--workload json ...] [--clock cpu]
 
 Each round starts, per workload, a plain worker and a python_allocator one
 (new interpreters, the same loop count, about 50 ms a value) and asks them for
 a value in turn, the order swapped every other value: two values of a pair
-are 50 ms apart, so they see the same load from the rest of the machine,
-which on a shared machine changes from one second to the next by more than
-the difference measured.  A round's ratio is the mean of its python_allocator
-values over the mean of its plain ones; the table gives the geometric mean
-over the rounds (each a new pair of processes: a new memory layout) with its
-Student t 95% interval, and the load average seen at the rounds' starts.
-`--clock cpu` times by the thread's CPU time instead of wall time, leaving
-out the waits for a CPU.  Every value goes to a pyperf JSON (--json, default
-bench/results/python_allocator.json; each run is one worker, its round in the
-metadata kfence_round), and the table beside it (.md).  10 rounds of the 5
-workloads take about 5 minutes on 2 idle cores.
+are 50 ms apart, so they see the same load from the rest of the machine.  A
+round's ratio is the mean of its python_allocator values over the mean of its
+plain ones; the table gives the geometric mean over the rounds with its
+Student t 95% interval and the load average seen at the rounds' starts.
+`--clock cpu` times by the thread's CPU time instead of wall time.  Every
+value goes to a pyperf JSON (--json, default bench/results/python_allocator.json,
+each run one worker, its round in the metadata kfence_round) and the table
+beside it (.md).  10 rounds of the 5 workloads take about 5 minutes on 2 idle
+cores.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import ctypes
 import json
 import logging
 import math
@@ -58,21 +75,114 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import machine
 import pyperf
+from micro_bench import merge_rounds
+from report import GUARDED, MMAP, ROUND_KEY, load_suite, python_table
 
 import kfence_py
+from kfence_py._pyext import GuardedBufferBase
+from kfence_py.contract import PLACEMENTS
 
 log = logging.getLogger("py_bench")
 
 HERE = Path(__file__).resolve().parent
 BUFFER_SIZE = 64
+PAGE = 4096  # issue 13's reference mapping: 4 KiB, whatever the page size
+PROT_NONE = 0  # <sys/mman.h>; the mmap module has PROT_READ and PROT_WRITE only
+
+
+@dataclass(frozen=True)
+class Plan:
+    rounds: int
+    pyperf: tuple[str, ...]  # pyperf options of each round
+
+
+QUICK = Plan(3, ("-p", "2", "-n", "3", "-w", "1", "--min-time", "0.05"))
+FULL = Plan(5, ("-p", "4", "-n", "3", "-w", "1"))
+
+
+# === Buffers ===
 
 
 def bench_guarded(loops: int) -> float:
     alloc = kfence_py.alloc
+    alloc(BUFFER_SIZE).free()  # the library started before the clock
     start = time.perf_counter()
     for _ in range(loops):
         alloc(BUFFER_SIZE).free()
+    return time.perf_counter() - start
+
+
+def bench_guarded_type(loops: int) -> float:
+    kfence_py.alloc(BUFFER_SIZE).free()
+    right = PLACEMENTS.index("right")
+    start = time.perf_counter()
+    for _ in range(loops):
+        GuardedBufferBase(BUFFER_SIZE, right, 0, True).free()
+    return time.perf_counter() - start
+
+
+def bench_mmap(loops: int) -> float:
+    start = time.perf_counter()
+    for _ in range(loops):
+        mmap.mmap(-1, PAGE).close()
+    return time.perf_counter() - start
+
+
+def bench_mmap_private(loops: int) -> float:
+    private = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+    start = time.perf_counter()
+    for _ in range(loops):
+        mmap.mmap(-1, PAGE, flags=private).close()
+    return time.perf_counter() - start
+
+
+class Floor:
+    """One page between two PROT_NONE pages, as a pool slot, and the libc calls on it."""
+
+    def __init__(self) -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        self.mmap = libc.mmap
+        self.mmap.restype = ctypes.c_void_p
+        self.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                              ctypes.c_int, ctypes.c_long]
+        self.mprotect = libc.mprotect
+        self.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        self.labs = libc.labs
+        self.labs.argtypes = [ctypes.c_long]
+        base = self.mmap(None, 3 * PAGE, PROT_NONE,
+                         mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
+        if base in (None, ctypes.c_void_p(-1).value):
+            raise OSError(ctypes.get_errno(), "mmap of the floor's pages failed")
+        self.page = base + PAGE
+
+    def cycle(self) -> None:
+        if self.mprotect(self.page, PAGE, mmap.PROT_READ | mmap.PROT_WRITE):
+            raise OSError(ctypes.get_errno(), "mprotect")
+        ctypes.memset(self.page, 0xAA, PAGE)
+        self.mprotect(self.page, PAGE, PROT_NONE)
+
+    def calls_only(self) -> None:
+        labs = self.labs
+        labs(1)
+        labs(2)
+        labs(3)
+
+
+def bench_floor(loops: int) -> float:
+    cycle = Floor().cycle
+    start = time.perf_counter()
+    for _ in range(loops):
+        cycle()
+    return time.perf_counter() - start
+
+
+def bench_ctypes(loops: int) -> float:
+    calls = Floor().calls_only
+    start = time.perf_counter()
+    for _ in range(loops):
+        calls()
     return time.perf_counter() - start
 
 
@@ -83,12 +193,15 @@ def bench_bytearray(loops: int) -> float:
     return time.perf_counter() - start
 
 
-def bench_mmap(loops: int) -> float:
-    page = mmap.PAGESIZE
-    start = time.perf_counter()
-    for _ in range(loops):
-        mmap.mmap(-1, page).close()
-    return time.perf_counter() - start
+BUFFERS: dict[str, Callable[[int], float]] = {
+    GUARDED: bench_guarded,
+    "buffer/GuardedBufferBase+free": bench_guarded_type,
+    MMAP: bench_mmap,
+    "buffer/mmap-private+close": bench_mmap_private,
+    "buffer/syscalls-floor": bench_floor,
+    "buffer/ctypes-floor": bench_ctypes,
+    "buffer/bytearray": bench_bytearray,
+}
 
 
 # === Python workloads ===
@@ -226,19 +339,67 @@ def timed(func: Callable[[], None], sample: bool,
     return run
 
 
-def main_pyperf() -> None:
-    """Every benchmark, as one pyperf run (run.py's python_api.json)."""
-    runner = pyperf.Runner()
+def benchmarks(only: set[str]) -> list[tuple[str, Callable[[int], float]]]:
+    out: list[tuple[str, Callable[[int], float]]] = []
+    if "buffer" in only:
+        out += BUFFERS.items()
+    if "workload" in only:
+        for name, func in WORKLOADS.items():
+            out.append((f"workload/{name}/plain", timed(func, False)))
+            out.append((f"workload/{name}/python_allocator", timed(func, True)))
+    return out
+
+
+GROUPS = ("buffer", "workload")
+
+
+# === Rounds ===
+
+
+def run_round() -> int:
+    """One pyperf run (or one of its workers) over the selected benchmarks."""
+    runner = pyperf.Runner(add_cmdline_args=lambda cmd, args: cmd.extend(
+        ["--round", str(args.round), "--only", args.only]))
+    runner.argparser.add_argument("--round", type=int, required=True)
+    runner.argparser.add_argument("--only", default=",".join(GROUPS))
+    args = runner.parse_args()
     runner.metadata["kfence_options"] = "(default)"
-    runner.bench_time_func("buffer/kfence_py.alloc+free", bench_guarded)
-    runner.bench_time_func("buffer/bytearray", bench_bytearray)
-    runner.bench_time_func("buffer/mmap+close", bench_mmap)
-    for name, func in WORKLOADS.items():
-        runner.bench_time_func(f"workload/{name}/plain", timed(func, False))
-        runner.bench_time_func(f"workload/{name}/python_allocator", timed(func, True))
+    runner.metadata[ROUND_KEY] = args.round  # report.py pairs values of the same round
+    order = benchmarks(set(args.only.split(",")))
+    if args.round % 2:
+        order.reverse()
+    for name, func in order:
+        runner.bench_time_func(name, func)
+    return 0
 
 
-# === Side by side: python_allocator=True against plain (--rounds) ===
+def drive(args: argparse.Namespace) -> int:
+    plan = QUICK if args.quick else FULL
+    rounds = args.rounds or plan.rounds
+    snap = machine.snapshot(machine.package_source())
+    log.info("kfence_py %s (commit %s); %d rounds of pyperf %s", snap.kfence_py,
+             snap.short_commit(), rounds, " ".join(plan.pyperf))
+    out: Path = args.json.resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    parts = []
+    for rnd in range(rounds):
+        part = out.with_name(f"{out.stem}.round{rnd}.json")
+        part.unlink(missing_ok=True)
+        subprocess.run([sys.executable, str(Path(__file__).resolve()), "--round", str(rnd),
+                        "--only", args.only, "--quiet", "-o", str(part), *plan.pyperf],
+                       check=True)
+        parts.append(part)
+    merged = merge_rounds(parts)
+    names = [name for name, _ in benchmarks(set(args.only.split(",")))]
+    machine.stamp_benchmarks(merged.values(), snap)
+    pyperf.BenchmarkSuite([merged[n] for n in names if n in merged]).dump(str(out), replace=True)
+    timings, stamped = load_suite(out)
+    print("\n".join([*machine.header(stamped), *python_table(timings)]))
+    log.info("pyperf JSON written to %s", out)
+    return 0
+
+
+# === Side by side: python_allocator=True against plain (--paired) ===
 
 MODES = ("plain", "python_allocator")
 VALUE_TIME = 0.05  # seconds per value: pairs of values this close share the machine's load
@@ -366,8 +527,9 @@ def render_ratios(rows: list[RatioRow], command: str, clock: str) -> str:
     return "\n".join(lines)
 
 
-def drive() -> int:
+def drive_paired(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
+        prog="py_bench.py --paired",
         description="python_allocator=True against plain, side by side")
     parser.add_argument("--rounds", type=int, required=True,
                         help="pairs of worker processes per workload (the ratio's samples)")
@@ -380,7 +542,7 @@ def drive() -> int:
                         help="wall time, or the thread's CPU time (steadier on a loaded machine)")
     parser.add_argument("--json", type=Path, default=HERE / "results" / "python_allocator.json",
                         help="pyperf JSON of every value, replaced; the table goes beside it (.md)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.rounds < 2 or args.values < 1:
         parser.error("at least 2 rounds (one ratio each) and 1 value")
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
@@ -401,7 +563,7 @@ def drive() -> int:
 
     rows = [ratio_row(name, benches[f"workload/{name}/plain"],
                       benches[f"workload/{name}/python_allocator"]) for name in workloads]
-    table = render_ratios(rows, shlex.join(["python", "bench/py_bench.py", *sys.argv[1:]]),
+    table = render_ratios(rows, shlex.join(["python", "bench/py_bench.py", "--paired", *argv]),
                           args.clock)
     args.json.with_suffix(".md").write_text(table + "\n")
     print(table)
@@ -409,14 +571,30 @@ def drive() -> int:
     return 0
 
 
-def main() -> None:
+def main() -> int:
     if len(sys.argv) == 6 and sys.argv[1] == "--serve":
         serve(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5])
-    elif "--rounds" in sys.argv:
-        sys.exit(drive())
-    else:
-        main_pyperf()
+        return 0
+    if sys.argv[1:2] == ["--paired"]:
+        return drive_paired(sys.argv[2:])
+    if "--round" in sys.argv:
+        return run_round()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true",
+                        help=f"{QUICK.rounds} short rounds (about a minute) instead of "
+                        f"{FULL.rounds}")
+    parser.add_argument("--rounds", type=int, help="rounds to interleave (default: the plan's)")
+    parser.add_argument("--only", default=",".join(GROUPS),
+                        help="comma-separated groups: buffer, workload (default: both)")
+    parser.add_argument("--json", type=Path, default=HERE / "results" / "python_api.json",
+                        help="merged pyperf JSON output, replaced if present")
+    args = parser.parse_args()
+    unknown = set(args.only.split(",")) - set(GROUPS)
+    if unknown:
+        parser.error(f"--only: unknown group(s) {', '.join(sorted(unknown))}")
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    return drive(args)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,8 +1,12 @@
 #!/usr/bin/env python3
 """Summary table (markdown) and overhead plot (PNG) of a bench/run.py run.
 
-Reads bench/results/{preflight,programs,python_api}.json and writes
-summary.md and overhead.png next to them.
+Reads bench/results/{preflight,programs,python_api}.json (the raw pyperf
+values and the preflight runs) and writes summary.md and overhead.png next to
+them. Everything in the summary comes from those files, the machine header
+included (bench/machine.py's metadata), so it can be regenerated anywhere.
+Each cell's ± is the half-width of its 95% bootstrap interval (bench/noise.py);
+cells over ±10% are marked noisy.
 
     python bench/report.py [bench/results]
 """
@@ -10,26 +14,38 @@ summary.md and overhead.png next to them.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import machine
 import micro_summary
+import noise
 import pyperf
+from machine import Machine
 
 log = logging.getLogger("report")
 
 DEFAULT_DIR = Path(__file__).resolve().parent / "results"
 
-# Issue 5's and issue 3's targets.
+# Issue 5's, 3's and 13's targets.
 TARGET_UNSAMPLED_VS_INTERPOSER = 1.03
 TARGET_REAL_DEFAULT = 1.02
 TARGET_TWO_THREADS = 1.8
-TARGET_GUARDED_US = 10.0
+TARGET_GUARDED_VS_MMAP = 1.0  # kfence_py.alloc+free against mmap(4 KiB)+close, same run
 TARGET_PY_ALLOCATOR = 1.03
+
+BASE = "glibc"  # the mode every time and RSS ratio is taken to
+# run.py times the pairs slower than this many times glibc apart from the rounds.
+SLOW_RATIO = 3.0
+
+GUARDED = "buffer/kfence_py.alloc+free"
+MMAP = "buffer/mmap+close"
 
 
 @dataclass
@@ -45,23 +61,60 @@ class Outcome:
     note: str | None = None  # stderr tail when not ok
 
 
-@dataclass
+# The round (interleaved pyperf run) that measured a run's values, in its pyperf metadata.
+ROUND_KEY = machine.PREFIX + "round"
+
+
+@dataclass(frozen=True)
 class Timing:
-    median: float
-    spread: float  # pyperf's standard deviation relative to the median
-    values: int
+    """A benchmark's raw values (seconds), by the pyperf run and round that measured them."""
+
+    runs: tuple[tuple[int | None, tuple[float, ...]], ...]  # (round or None, values)
+
+    @classmethod
+    def of(cls, values: tuple[float, ...], rnd: int | None = None) -> Timing:
+        return cls(((rnd, values),))
+
+    @property
+    def values(self) -> tuple[float, ...]:
+        return tuple(v for _, values in self.runs for v in values)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values)
+
+    def by_round(self) -> dict[int, list[float]]:
+        """Values by round; empty when a run does not say its round."""
+        out: dict[int, list[float]] = {}
+        for rnd, values in self.runs:
+            if rnd is None:
+                return {}
+            out.setdefault(rnd, []).extend(values)
+        return out
+
+    def estimate(self) -> noise.Estimate:
+        return noise.median_estimate(self.values)
+
+    def ratio(self, base: Timing) -> noise.Estimate:
+        """Paired within rounds when both were measured in the same rounds (noise.py)."""
+        paired = noise.paired_ratio_estimate(self.by_round(), base.by_round())
+        return paired or noise.ratio_estimate(self.values, base.values)
 
 
-def load_timings(path: Path) -> dict[str, Timing]:
+def load_suite(path: Path) -> tuple[dict[str, Timing], Machine | None]:
+    """The raw values of every benchmark of a pyperf file, and the machine stamped into it."""
     if not path.exists():
-        return {}
-    out = {}
-    for bench in pyperf.BenchmarkSuite.load(str(path)).get_benchmarks():
-        values = bench.get_values()
-        median = bench.median()
-        spread = bench.stdev() / median if len(values) > 1 else math.nan
-        out[bench.get_name()] = Timing(median, spread, len(values))
-    return out
+        return {}, None
+    suite = pyperf.BenchmarkSuite.load(str(path))
+    timings = {}
+    for bench in suite.get_benchmarks():
+        runs = []
+        for run in bench.get_runs():
+            if run.values:  # not a calibration run
+                rnd = run.get_metadata().get(ROUND_KEY)
+                runs.append((rnd if isinstance(rnd, int) else None, tuple(run.values)))
+        timings[bench.get_name()] = Timing(tuple(runs))
+    return timings, machine.from_metadata(suite.get_metadata())
 
 
 def geomean(xs: list[float]) -> float:
@@ -71,13 +124,18 @@ def geomean(xs: list[float]) -> float:
 class Results:
     def __init__(self, directory: Path, with_micro: bool = False) -> None:
         raw = json.loads((directory / "preflight.json").read_text())
-        self.outcomes = {k: Outcome(**v) for k, v in raw.items()}
-        self.timings = load_timings(directory / "programs.json")
-        self.python = load_timings(directory / "python_api.json")
+        self.outcomes = {k: Outcome(**v) for k, v in raw["outcomes"].items()}
+        self.timings, programs_machine = load_suite(directory / "programs.json")
+        self.python, python_machine = load_suite(directory / "python_api.json")
+        # The programs' snapshot first; preflight.json has it even when nothing was timed.
+        self.machine = programs_machine or machine.from_dict(raw.get("machine") or {})
+        self.other_machines = {"Python API": python_machine} if python_machine else {}
         micro = directory / "micro.json"
-        self.micro = micro_summary.summarize(micro) if with_micro and micro.exists() else None
+        self.micro = (micro_summary.summarize(micro, with_header=False)
+                      if with_micro and micro.exists() else None)
         self.workloads = list(dict.fromkeys(o.workload for o in self.outcomes.values()))
         self.modes = list(dict.fromkeys(o.mode for o in self.outcomes.values()))
+        self._estimates: dict[tuple[str, str, str], noise.Estimate | None] = {}
 
     def get(self, workload: str, mode: str) -> Outcome | None:
         return self.outcomes.get(f"{workload}/{mode}")
@@ -86,9 +144,27 @@ class Results:
         t = self.timings.get(f"{workload}/{mode}")
         return t.median if t else None
 
+    def time_estimate(self, workload: str, mode: str,
+                      base: str = "glibc") -> noise.Estimate | None:
+        """The cell's ratio to base with its interval (the base's own median for base)."""
+        key = (workload, mode, base)
+        if key not in self._estimates:
+            t = self.timings.get(f"{workload}/{mode}")
+            b = self.timings.get(f"{workload}/{base}")
+            if t is None or b is None:
+                est = None
+            elif mode == base:
+                e = t.estimate()
+                est = noise.Estimate(1.0, e.low / e.value, e.high / e.value, e.values)
+            else:
+                est = t.ratio(b)
+            self._estimates[key] = est
+        return self._estimates[key]
+
     def ratio(self, workload: str, mode: str, base: str = "glibc") -> float | None:
-        t, b = self.time(workload, mode), self.time(workload, base)
-        return t / b if t and b else None
+        """The figure of the cell (paired within rounds where it can be)."""
+        est = self.time_estimate(workload, mode, base)
+        return est.value if est is not None else None
 
     def kinds(self) -> dict[str, str]:
         """Workload kind from its name, as run.py lists them."""
@@ -104,12 +180,19 @@ def cell_time(r: Results, w: str, m: str) -> str:
         return ""
     if o.status != "ok":
         return o.status
-    t = r.timings.get(f"{w}/{m}")
-    base = r.time(w, "glibc")
-    if t is None or not base:
+    est = r.time_estimate(w, m)
+    if est is None:
         return "not timed"
-    spread = "" if math.isnan(t.spread) else f" ±{t.spread * 100:.0f}%"
-    return f"{t.median / base:.2f}x{spread}"
+    if m == BASE:  # not a ratio: how far glibc's own median moved (with the load)
+        return f"1.00x (median {est.pm()})"
+    return f"{est.value:.2f}x {est.pm()}{est.mark()}"
+
+
+def noisy_cells(r: Results) -> tuple[int, int, int]:
+    """(noisy, paired, timed) ratio cells of the time table (the glibc row is no ratio)."""
+    ests = [r.time_estimate(w, m) for w in r.workloads for m in r.modes if m != BASE]
+    timed = [e for e in ests if e is not None]
+    return sum(e.noisy for e in timed), sum(e.paired for e in timed), len(timed)
 
 
 def cell_rss(r: Results, w: str, m: str) -> str:
@@ -130,7 +213,8 @@ def cell_samples(r: Results, w: str, m: str) -> str:
     return f"{o.samples / o.seconds:,.0f}" if o.seconds else "?"
 
 
-def table(r: Results, modes: list[str], cell, first: str = "mode") -> list[str]:
+def table(r: Results, modes: list[str], cell: Callable[[Results, str, str], str],
+          first: str = "mode") -> list[str]:
     head = f"| {first} | " + " | ".join(r.workloads) + " |"
     lines = [head, "|---" * (len(r.workloads) + 1) + "|"]
     for m in modes:
@@ -147,20 +231,38 @@ def verdict(ok: bool | None) -> str:
     return "n/a" if ok is None else ("**met**" if ok else "**missed**")
 
 
+def judged(e: noise.Estimate | None, target: float, at_most: bool = True) -> str:
+    """Met or missed (figure ≤ target, or ≥) when the 95% interval says so; a noisy straddle
+    is undecided."""
+    if e is None:
+        return "n/a"
+    if not math.isnan(e.spread):
+        low, high = (e.low, e.high) if at_most else (-e.high, -e.low)
+        bound = target if at_most else -target
+        if high <= bound:
+            return "**met**"
+        if low > bound:
+            return "**missed**"
+    if e.noisy:
+        return "undecided (noisy)"
+    return verdict(e.value <= target if at_most else e.value >= target)
+
+
 def targets(r: Results) -> list[str]:
     lines = ["| target | measured | verdict |", "|---|---|---|"]
-    unsampled = r.ratio("malloc32", "kfence-default", "interposer")
+    unsampled = r.time_estimate("malloc32", "kfence-default", "interposer")
+    floor = r.time_estimate("malloc32", "interposer")
     lines.append(f"| unsampled malloc(32)+free ≤ {TARGET_UNSAMPLED_VS_INTERPOSER}x "
-                 f"interposer (whole process) | {fmt(unsampled)} (interposer "
-                 f"{fmt(r.ratio('malloc32', 'interposer'))} glibc) | "
-                 f"{verdict(None if unsampled is None else unsampled <= 1.03)} |")
+                 f"interposer (whole process) | {interval(unsampled) if unsampled else 'n/a'} "
+                 f"(interposer {interval(floor) if floor else 'n/a'} glibc) | "
+                 f"{judged(unsampled, TARGET_UNSAMPLED_VS_INTERPOSER)} |")
     reals = [w for w, k in r.kinds().items() if k == "real"]
-    worst = [(r.ratio(w, "kfence-default"), w) for w in reals]
-    worst = [(x, w) for x, w in worst if x is not None]
+    ests = [(r.time_estimate(w, "kfence-default"), w) for w in reals]
+    worst = [(e, w) for e, w in ests if e is not None]
     if worst:
-        x, w = max(worst)
+        e, w = max(worst, key=lambda p: p[0].value)
         lines.append(f"| real programs at default ≤ {TARGET_REAL_DEFAULT}x glibc each | "
-                     f"worst {x:.3f}x ({w}) | {verdict(x <= TARGET_REAL_DEFAULT)} |")
+                     f"worst {interval(e)} ({w}) | {judged(e, TARGET_REAL_DEFAULT)} |")
     beats = []
     for w in reals:
         k, s = r.ratio(w, "kfence-default"), r.ratio(w, "scudo+gwp-asan")
@@ -172,43 +274,58 @@ def targets(r: Results) -> list[str]:
                      + (f"lost on {', '.join(lost)}" if lost else
                         f"below on all {len(beats)}") + f" | {verdict(not lost)} |")
     for m in ("glibc", "interposer", "kfence-default", "kfence-sample_rate=1"):
-        t1, t2 = r.time("threads1", m), r.time("threads2", m)
-        if t1 and t2:
-            scale = 2 * t1 / t2
+        t1, t2 = r.timings.get(f"threads1/{m}"), r.timings.get(f"threads2/{m}")
+        if t1 and t2:  # twice the work in the time: 2 x t1 / t2
+            e = t1.ratio(t2)
+            scale = dataclasses.replace(e, value=2 * e.value, low=2 * e.low, high=2 * e.high)
             lines.append(f"| two threads ≥ {TARGET_TWO_THREADS}x one thread ({m}) | "
-                         f"{scale:.2f}x | {verdict(scale >= TARGET_TWO_THREADS)} |")
-    g = r.python.get("buffer/kfence_py.alloc+free")
-    if g:
-        us = g.median * 1e6
-        lines.append(f"| kfence_py.alloc+free ≤ {TARGET_GUARDED_US:.0f} µs | {us:.1f} µs | "
-                     f"{verdict(us <= TARGET_GUARDED_US)} |")
+                         f"{interval(scale)} | {judged(scale, TARGET_TWO_THREADS, False)} |")
+    g, mm = r.python.get(GUARDED), r.python.get(MMAP)
+    if g and mm:
+        e = g.ratio(mm)
+        lines.append(f"| kfence_py.alloc+free ≤ {TARGET_GUARDED_VS_MMAP:.1f}x an anonymous "
+                     f"4 KiB mmap+close, same run | {interval(e)} ({g.median * 1e6:.1f} µs "
+                     f"against {mm.median * 1e6:.1f} µs) | "
+                     f"{judged(e, TARGET_GUARDED_VS_MMAP)} |")
     py = []
     for name in sorted({n.split("/")[1] for n in r.python if n.startswith("workload/")}):
         a = r.python.get(f"workload/{name}/plain")
         b = r.python.get(f"workload/{name}/python_allocator")
         if a and b:
-            py.append((b.median / a.median, name))
+            py.append((b.ratio(a), name))
     if py:
-        x, w = max(py)
+        e, w = max(py, key=lambda p: p[0].value)
         lines.append(f"| python_allocator=True ≤ {TARGET_PY_ALLOCATOR}x plain, each | "
-                     f"worst {x:.3f}x ({w}); geomean {geomean([p for p, _ in py]):.3f}x | "
-                     f"{verdict(x <= TARGET_PY_ALLOCATOR)} |")
+                     f"worst {interval(e)} ({w}); geomean "
+                     f"{geomean([p.value for p, _ in py]):.3f}x | "
+                     f"{judged(e, TARGET_PY_ALLOCATOR)} |")
     return lines
 
 
-def python_table(r: Results) -> list[str]:
-    if not r.python:
+def interval(e: noise.Estimate, of: str = "") -> str:
+    """A ratio with its interval: "1.234x mmap (95% CI 1.200-1.300)", and noisy when it is."""
+    what = f"{e.value:.3f}x{' ' + of if of else ''}"
+    if math.isnan(e.spread):
+        return f"{what} ({e.pm()}){e.mark()}"
+    return f"{what} (95% CI {e.low:.3f}-{e.high:.3f}){e.mark()}"
+
+
+def python_table(python: dict[str, Timing]) -> list[str]:
+    """py_bench.py's benchmarks: median, its interval, and the ratio each is read as."""
+    if not python:
         return []
-    lines = ["| benchmark | median | spread | ratio |", "|---|---|---|---|"]
-    for name, t in r.python.items():
+    lines = ["| benchmark | median | ± (95% CI) | values | ratio |", "|---|---|---|---|---|"]
+    mm = python.get(MMAP)
+    for name, t in python.items():
         ratio = ""
         if name.endswith("/python_allocator"):
-            plain = r.python.get(name.rsplit("/", 1)[0] + "/plain")
-            ratio = f"{t.median / plain.median:.3f}x plain" if plain else ""
-        elif name == "buffer/kfence_py.alloc+free" and "buffer/mmap+close" in r.python:
-            ratio = f"{t.median / r.python['buffer/mmap+close'].median:.2f}x mmap"
-        spread = "" if math.isnan(t.spread) else f"±{t.spread * 100:.0f}%"
-        lines.append(f"| {name} | {pyperf_fmt(t.median)} | {spread} | {ratio} |")
+            plain = python.get(name.rsplit("/", 1)[0] + "/plain")
+            ratio = interval(t.ratio(plain), "plain") if plain else ""
+        elif name.startswith("buffer/") and name != MMAP and mm is not None:
+            ratio = interval(t.ratio(mm), "mmap+close")
+        e = t.estimate()
+        lines.append(f"| {name} | {pyperf_fmt(e.value)} | {e.pm()}{e.mark()} | {e.values} "
+                     f"| {ratio} |")
     return lines
 
 
@@ -222,10 +339,22 @@ def pyperf_fmt(seconds: float) -> str:
 def summary(r: Results, command_line: str, plot_name: str | None) -> str:
     glibc = " · ".join(f"{w} {r.time(w, 'glibc') or 0:.2f} s" for w in r.workloads)
     kfence_modes = [m for m in r.modes if m.startswith("kfence")]
+    noisy, paired, timed = noisy_cells(r)
+    counts = sorted({len(t.values) for t in r.timings.values()}) or [0]
+    span = f"{counts[0]}" if counts[0] == counts[-1] else f"{counts[0]}-{counts[-1]}"
     out = [
         "# kfence_py overhead", "",
         f"Command: `{command_line}`", "",
-        "## Time, median as a ratio to glibc (± pyperf's standard deviation)", "",
+        *machine.header(r.machine, r.other_machines),
+        "## Time as a ratio to glibc", "",
+        "Each cell is the median of the ratios of the pair's values to glibc's values "
+        "taken in the same round, seconds apart (pairs timed apart, slower than "
+        f"{SLOW_RATIO:g}x glibc, are the ratio of the medians); ± is the half-width of its "
+        f"95% bootstrap interval ({span} values per benchmark); **noisy**: over "
+        f"±{noise.NOISY * 100:.0f}% or a single value. {paired} of {timed} ratios are "
+        f"paired, {noisy} noisy. "
+        "The glibc row gives the interval of glibc's own median, which moves with the "
+        "machine's load; ratios paired within rounds do not.", "",
         f"glibc medians: {glibc}.", "",
         *table(r, r.modes, cell_time), "",
         "## Peak RSS as a ratio to glibc (one run, wait4 ru_maxrss)", "",
@@ -233,9 +362,11 @@ def summary(r: Results, command_line: str, plot_name: str | None) -> str:
         "## Sampled allocations per second (kfence modes, from the state file)", "",
         *table(r, kfence_modes, cell_samples), "",
     ]
-    py = python_table(r)
+    py = python_table(r.python)
     if py:
-        out += ["## Python API (pyperf bench_time_func)", "", *py, ""]
+        out += ["## Python API (py_bench.py, pyperf bench_time_func)", "",
+                "Median time of one call; ± is the half-width of the median's 95% bootstrap "
+                "interval; ratios (paired within rounds) with their 95% interval.", "", *py, ""]
     out += ["## Targets", "", *targets(r), ""]
     if plot_name:
         out += [f"![overhead against sample interval]({plot_name})", ""]

@@ -12,8 +12,9 @@ One command runs everything in one session on this machine:
   sample_interval 1/10/100 ms and sample_rate 5000/100/1, Scudo with GWP-ASan
   off / at rate 5000 / at rate 1, Electric Fence, DUMA, Valgrind memcheck (one
   workload);
-* the Python API (py_bench.py): kfence_py.alloc/free against bytearray and
-  mmap, Python workloads with and without python_allocator=True;
+* the Python API (py_bench.py): kfence_py.alloc+free against a 4 KiB
+  mmap+close and the system calls it makes, Python workloads with and without
+  python_allocator=True;
 * with --micro (default without --quick): micro_bench.py's per-call costs and
   num_objects scale.
 
@@ -22,15 +23,18 @@ it must exit 0 within the timeout, and that run gives the peak RSS (wait4's
 ru_maxrss) and, for kfence modes, the sampled allocations (the state file
 written with state_dir=, read with kfence_py.state.StateView).  Pairs that
 crashed, timed out or whose tool is not installed are shown as such in the
-table.  The rest are timed with pyperf's Runner.bench_command, in two pyperf
-runs: pairs slower than SLOW_RATIO x glibc get fewer values.
+table.  The rest are timed with pyperf's Runner.bench_command in interleaved
+rounds (each a pyperf run over every pair, several values per pair), then the
+pairs slower than SLOW_RATIO x glibc in one run of their own.
 
     sh bench/setup.sh                 # peers and workload programs, from Debian
-    python bench/run.py --quick       # about 5 minutes on 2 cores
+    python bench/run.py --quick       # about 15 minutes on 2 cores
     python bench/run.py               # everything
 
-Results go to bench/results/: programs.json and python_api.json (pyperf),
-preflight.json, summary.md and overhead.png (report.py re-renders the last two).
+Results go to bench/results/: programs.json and python_api.json (pyperf, every
+raw value, the machine and the kfence_py commit in their metadata),
+preflight.json, summary.md and overhead.png (report.py re-renders the last two
+from the JSON files).  bench/README.md says what each part is and how to read it.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import machine
 import pyperf
 from gen_inputs import generate
 from micro_bench import (
@@ -60,29 +65,28 @@ from micro_bench import (
     merge_rounds,
     run_cc,
 )
-from report import Outcome, write_report
+from report import ROUND_KEY, SLOW_RATIO, Outcome, write_report
 
 log = logging.getLogger("run")
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 KFENCE_EXITCODE = 66  # libkfence's exit status after a report (option exitcode)
-# Pairs whose preflight took longer than this many times glibc's get one pyperf value.
-SLOW_RATIO = 3.0
 
 
 @dataclass(frozen=True)
 class Plan:
     rounds: int  # interleaved pyperf runs over the pairs
     pyperf_values: tuple[str, ...]  # pyperf options of each round
+    slow_values: tuple[str, ...]  # pyperf options of the one run of the slow pairs
     max_ratio: float  # default --max-ratio
     floor_s: float  # no run is stopped before this
-    python_pyperf: tuple[str, ...]  # py_bench.py's pyperf options
 
 
-QUICK = Plan(3, ("-p", "1", "-n", "1"), 6.0, 2.0,
-             ("-p", "3", "-n", "3", "-w", "1", "--min-time", "0.05"))
-FULL = Plan(5, ("-p", "1", "-n", "2"), 30.0, 5.0, ())
+# Several values per round: with one, a cell's median rests on as many values as there
+# are rounds, and its 95% interval (noise.py) is wider than the effects it shows.
+QUICK = Plan(3, ("-p", "1", "-n", "3"), ("-p", "1", "-n", "3"), 6.0, 2.0)
+FULL = Plan(5, ("-p", "1", "-n", "3"), ("-p", "1", "-n", "5"), 30.0, 5.0)
 
 
 # === Workloads and modes ===
@@ -345,18 +349,26 @@ def preflight(tools: Tools, maxrss: Path, pairs: list[tuple[Workload, Mode]],
 
 def bench_phase() -> int:
     """Inside a pyperf run: bench_command every pair listed in --pairs."""
-    runner = pyperf.Runner(add_cmdline_args=lambda cmd, args: cmd.extend(
-        ["--phase", "bench", "--pairs", str(args.pairs)]))
+    def forward(cmd: list[str], args: argparse.Namespace) -> None:
+        cmd.extend(["--phase", "bench", "--pairs", str(args.pairs)])
+        if args.round is not None:
+            cmd.extend(["--round", str(args.round)])
+
+    runner = pyperf.Runner(add_cmdline_args=forward)
     runner.argparser.add_argument("--phase")
     runner.argparser.add_argument("--pairs", type=Path)
+    runner.argparser.add_argument("--round", type=int)
     args = runner.parse_args()
+    if args.round is not None:  # report.py pairs values of the same round
+        runner.metadata[ROUND_KEY] = args.round
     pairs = json.loads(args.pairs.read_text())
     for name, cmd in pairs.items():
         runner.bench_command(name, cmd)
     return 0
 
 
-def pyperf_run(pairs: dict[str, list[str]], out: Path, pyperf_args: list[str]) -> None:
+def pyperf_run(pairs: dict[str, list[str]], out: Path, pyperf_args: list[str],
+               rnd: int | None = None) -> None:
     if not pairs:
         return
     pairs_file = out.with_suffix(".pairs.json")
@@ -364,15 +376,19 @@ def pyperf_run(pairs: dict[str, list[str]], out: Path, pyperf_args: list[str]) -
     out.unlink(missing_ok=True)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--phase", "bench",
            "--pairs", str(pairs_file), "--quiet", "-o", str(out), *pyperf_args]
+    if rnd is not None:
+        cmd += ["--round", str(rnd)]
     log.info("pyperf: %d benchmarks (%s)", len(pairs), " ".join(pyperf_args))
     subprocess.run(cmd, check=True)
     pairs_file.unlink()
 
 
-def merge(parts: list[Path], out: Path) -> None:
-    """One benchmark per pair, with the runs of every round."""
+def merge(parts: list[Path], out: Path, snap: machine.Machine) -> None:
+    """One benchmark per pair, with the runs of every round, stamped with the machine."""
     merged = merge_rounds(parts)
+    out.unlink(missing_ok=True)
     if merged:
+        machine.stamp_benchmarks(merged.values(), snap)
         pyperf.BenchmarkSuite(list(merged.values())).dump(str(out), replace=True)
 
 
@@ -393,7 +409,7 @@ def main() -> int:
         return bench_phase()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
-                        help="a representative subset, about 5 minutes on 2 cores")
+                        help="a representative subset, about 15 minutes on 2 cores")
     parser.add_argument("--lib", type=Path, help="libkfence.so (default: kfence-py lib-path)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
     parser.add_argument("--no-setup", action="store_true", help="do not run setup.sh")
@@ -422,6 +438,9 @@ def main() -> int:
 
     setup(args)
     lib = (args.lib or find_libkfence()).resolve()
+    snap = machine.snapshot(lib)
+    log.info("kfence_py commit %s at %s; load average %s", snap.short_commit(),
+             snap.kfence_py, snap.load_avg)
     bins = build_micro(out / "build")
     inputs = generate(out / "inputs")
     tools = find_tools(out / "build", lib)
@@ -439,7 +458,8 @@ def main() -> int:
     started = time.monotonic()
     outcomes = preflight(tools, bins["maxrss"], pairs, limits)
     (out / "preflight.json").write_text(json.dumps(
-        {k: asdict(v) for k, v in outcomes.items()}, indent=1))
+        {"machine": snap.as_dict(), "outcomes": {k: asdict(v) for k, v in outcomes.items()}},
+        indent=1))
     glibc = {o.workload: o.seconds for o in outcomes.values() if o.mode == "glibc"}
     fast: dict[str, list[str]] = {}
     slow: dict[str, list[str]] = {}
@@ -460,19 +480,20 @@ def main() -> int:
         if rnd % 2:
             order.reverse()
         part = out / f"programs.round{rnd}.json"
-        pyperf_run(dict(order), part, [*plan.pyperf_values, *common])
+        pyperf_run(dict(order), part, [*plan.pyperf_values, *common], rnd)
         parts.append(part)
     part = out / "programs.slow.json"
-    pyperf_run(slow, part, ["-p", "1", "-n", "1", *common])
+    pyperf_run(slow, part, [*plan.slow_values, *common])
     parts.append(part)
-    merge(parts, out / "programs.json")
+    merge(parts, out / "programs.json", snap)
     log.info("programs measured in %.0f s", time.monotonic() - started)
 
+    py_out = out / "python_api.json"
+    py_out.unlink(missing_ok=True)  # never a previous run's, read back as this one's
     if not args.no_python:
-        py_out = out / "python_api.json"
-        py_out.unlink(missing_ok=True)
-        subprocess.run([sys.executable, str(HERE / "py_bench.py"), "--quiet",
-                        "-o", str(py_out), *plan.python_pyperf], check=True)
+        subprocess.run([sys.executable, str(HERE / "py_bench.py"),
+                        *(["--quick"] if args.quick else []), "--json", str(py_out)],
+                       check=True)
 
     micro = args.micro if args.micro is not None else not args.quick
     if micro:
