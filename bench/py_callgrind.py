@@ -16,7 +16,7 @@ its first look and not again, so what is counted is the cost of the hooks on
 unsampled calls (the countdown, the pool test, the dispatch to the allocator
 below, a look at the gate every 256 calls).  The sampled path is paid per
 second (about 100 samples/s at the default 10 ms gate), which valgrind's
-slowdown would inflate 50-fold; py_bench.py --rounds measures it in wall time.
+slowdown would inflate 50-fold; py_bench.py --paired measures it in wall time.
 
 Only the measured loop is counted: callgrind dumps its counters when
 os.getppid() is called, just before and just after the loop.  hooks/enabled
