@@ -24,9 +24,6 @@ extern void *__libc_malloc(size_t);
 extern void *__libc_memalign(size_t, size_t);
 extern void __libc_free(void *);
 
-/* The new/delete pair is ours in this process: mismatches with it can be judged. */
-static bool kf_cxx_ours;
-
 typedef void (*kf_handler_fn)(void);
 
 /* std::get_new_handler(), from whichever C++ runtime the program has; NULL if none. */
@@ -155,11 +152,13 @@ static void kf_cxx_decide(void)
 	 * the nearest name: 21 of them were a tenth of every process's start-up.
 	 */
 	bool replaced = false;
-	for (int i = 0; i < KF_CXX_COUNT; i++) {
+	for (int i = 0; i < KF_CXX_COUNT && !replaced; i++) {
 		const char *f = dlsym(RTLD_DEFAULT, names[i]);
-		replaced |= f != NULL && (f < __ehdr_start || f >= _end);
-		kf_cxx_next[i] = dlsym(RTLD_NEXT, names[i]);
+		replaced = f != NULL && (f < __ehdr_start || f >= _end);
 	}
+	/* Only then the runtime's own: in a C program each lookup fails, and a failed dlsym() allocates its message. */
+	for (int i = 0; i < KF_CXX_COUNT && replaced; i++)
+		kf_cxx_next[i] = dlsym(RTLD_NEXT, names[i]);
 	/* Racing threads decide alike: the last store wins with the same answer. */
 	atomic_store_explicit(&kf_cxx_mode, replaced ? KF_CXX_FORWARD : KF_CXX_OURS,
 			      memory_order_release);
@@ -333,22 +332,15 @@ void _ZdaPvSt11align_val_tRKSt9nothrow_t(void *p, KF_ALIGN_T a, const struct kf_
 	kf_cxx_delete(p, KFENCE_FAMILY_NEW_ARRAY, 0, KF_CALLER);
 }
 
-void kf_cxx_resolve(void)
-{
-	/*
-	 * A program (or a library before us in the search order) that defines
-	 * its own operator new or delete pairs them its own way: its new may
-	 * call malloc, its delete free.  Judge the new/delete families only
-	 * when every operator of the process is ours.
-	 */
-	if (atomic_load_explicit(&kf_cxx_mode, memory_order_acquire) == KF_CXX_UNKNOWN)
-		kf_cxx_decide();
-	kf_cxx_ours = atomic_load_explicit(&kf_cxx_mode, memory_order_acquire) == KF_CXX_OURS;
-}
-
 bool kf_family_mismatch(int alloc, int dealloc)
 {
 	if (!kf_opt.alloc_dealloc_mismatch || alloc == dealloc)
 		return false;
-	return kf_cxx_ours;
+	/*
+	 * Judged only when the process's new/delete pair is ours.  Two families
+	 * differ only when an operator of ours was called, which decided this
+	 * (kf_cxx_forward): not at start-up, where its 21 dlsym() calls were a
+	 * tenth of every process's start.  Undecided: not judged.
+	 */
+	return atomic_load_explicit(&kf_cxx_mode, memory_order_acquire) == KF_CXX_OURS;
 }

@@ -265,7 +265,6 @@ static int kf_start(const char *options, const char *origin)
 
 	kf_stack_init();
 	kf_resolve_libc();
-	kf_cxx_resolve();
 	if (kf_opt.check_free)
 		kf_nonheap_init();
 	kf_libc_exit = (kf_exit_fn *)dlsym(RTLD_NEXT, "_exit");

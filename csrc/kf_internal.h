@@ -296,8 +296,6 @@ KF_HIDDEN bool kf_detect_interposing(void);
 KF_HIDDEN void kf_free_slow(void *p, uintptr_t caller, int family, size_t size);
 /* The free filter for the options in force, once the pool is up. */
 KF_HIDDEN void kf_free_filter_init(void);
-/* Whether the program's operator new and delete are ours (alloc_dealloc_mismatch), at start. */
-KF_HIDDEN void kf_cxx_resolve(void);
 /* An object of family alloc freed by family dealloc is a mismatch worth reporting. */
 KF_HIDDEN bool kf_family_mismatch(int alloc, int dealloc);
 
