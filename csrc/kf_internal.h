@@ -45,6 +45,7 @@
 #include <signal.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include <unwind.h>
 
 #include "kfence.h"
 
@@ -270,15 +271,41 @@ KF_HIDDEN bool kf_coverage_skip(const struct kfence_control *c, uintptr_t caller
 
 /* === Stacks (stack.c) === */
 
-/* Stack of the caller, our own frames left out (loading the unwinder if need be). */
-KF_HIDDEN void kf_capture_stack(struct kfence_stack *st);
-/* Up to max return addresses from here, ours included; 0 while the unwinder is not loaded. */
-KF_SIGSAFE KF_HIDDEN int kf_backtrace(uintptr_t *pcs, int max);
+/* One stack being taken: libgcc calls kf_trace_frame for each frame. */
+struct kf_trace {
+	uintptr_t *pc;
+	int n, max;
+	bool skip_self;  /* leave out the leading frames of this library */
+};
+/* libgcc's _Unwind_Backtrace once loaded; NULL before, or if it could not be. */
+KF_HIDDEN extern _Unwind_Reason_Code (*kf_gcc_backtrace)(_Unwind_Trace_Fn, void *);
+KF_SIGSAFE KF_HIDDEN _Unwind_Reason_Code kf_trace_frame(struct _Unwind_Context *ctx, void *arg);
+/* The n pcs taken into st, with the modules they are in. */
+KF_HIDDEN void kf_capture_done(struct kfence_stack *st, const uintptr_t *pcs, int n);
 /*
  * The unwinder is loaded (now, on the first call); false when an allocation
  * from caller must not be the one to load it (the dynamic loader's own).
  */
 KF_HIDDEN bool kf_unwinder_start(uintptr_t caller);
+
+/*
+ * Stack of the caller, our own frames left out (loading the unwinder if need
+ * be).  Inlined into its callers, always: libgcc unwinds every frame between
+ * the unwinder and the program, ours too (each a lookup of its FDE and a run
+ * of its CFI program, about 250 ns here), and this function and the one it
+ * called were two more frames on each of the two stacks of a sampled cycle.
+ */
+static inline __attribute__((always_inline)) void kf_capture_stack(struct kfence_stack *st)
+{
+	uintptr_t pcs[KFENCE_STACK_MAX];
+	struct kf_trace t = { pcs, 0, 0, true };
+	t.max = (int)(kf_opt.stack_depth < KFENCE_STACK_MAX ? kf_opt.stack_depth : KFENCE_STACK_MAX);
+	if (kf_unwinder_start(0) && kf_gcc_backtrace && t.max > 0)
+		kf_gcc_backtrace(kf_trace_frame, &t);
+	kf_capture_done(st, pcs, t.n);
+}
+/* Up to max return addresses from here, ours included; 0 while the unwinder is not loaded. */
+KF_SIGSAFE KF_HIDDEN int kf_backtrace(uintptr_t *pcs, int max);
 /* In a new process: a load another thread had begun will not finish. */
 KF_SIGSAFE KF_HIDDEN void kf_unwinder_atfork_child(void);
 /* False when code at pc may hold the unwinder's lock: do not unwind from there. */

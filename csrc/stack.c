@@ -59,7 +59,7 @@ enum kf_unwinder_state {
 	KF_UNWINDER_READY,    /* loaded (the functions may still be missing: no stacks then) */
 };
 static _Atomic int kf_unwinder_state;
-static _Unwind_Reason_Code (*kf_gcc_backtrace)(_Unwind_Trace_Fn, void *);
+_Unwind_Reason_Code (*kf_gcc_backtrace)(_Unwind_Trace_Fn, void *);
 static _Unwind_Ptr (*kf_gcc_get_ip)(struct _Unwind_Context *);
 
 struct kf_range_pair {
@@ -106,13 +106,7 @@ static int kf_find_ranges(struct dl_phdr_info *info, size_t size, void *data)
 	return 0;
 }
 
-struct kf_trace {
-	uintptr_t *pc;
-	int n, max;
-	bool skip_self;  /* leave out the leading frames of this library */
-};
-
-KF_SIGSAFE static _Unwind_Reason_Code kf_trace_frame(struct _Unwind_Context *ctx, void *arg)
+KF_SIGSAFE _Unwind_Reason_Code kf_trace_frame(struct _Unwind_Context *ctx, void *arg)
 {
 	struct kf_trace *t = arg;
 	uintptr_t pc = kf_gcc_get_ip(ctx);
@@ -190,12 +184,8 @@ KF_SIGSAFE void kf_unwinder_atfork_child(void)
 	atomic_compare_exchange_strong(&kf_unwinder_state, &loading, KF_UNWINDER_NONE);
 }
 
-void kf_capture_stack(struct kfence_stack *st)
+void kf_capture_done(struct kfence_stack *st, const uintptr_t *pcs, int n)
 {
-	uintptr_t pcs[KFENCE_STACK_MAX];
-	int max = (int)(kf_opt.stack_depth < KFENCE_STACK_MAX ? kf_opt.stack_depth : KFENCE_STACK_MAX);
-	kf_unwinder_start(0);
-	int n = kf_trace(pcs, max, true);
 	for (int i = 0; i < n; i++)
 		st->pc[i] = pcs[i];
 	st->depth = (uint32_t)n;
