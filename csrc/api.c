@@ -142,7 +142,7 @@ void *kfence_alloc(size_t size, size_t align, int placement, int zero, int cache
 		errno = EINVAL;
 		return NULL;
 	}
-	return kf_guarded_alloc(size, align, placement, cache, zero != 0);
+	return kf_guarded_alloc(size, align, placement, cache, zero != 0, -1);
 }
 
 void kfence_free(void *ptr)

@@ -112,7 +112,5 @@ void *kf_sample_alloc(int32_t *countdown, size_t size, size_t align, int cache, 
 		errno = saved;
 		return NULL;
 	}
-	void *p = kf_guarded_alloc(size, align, (int)kf_opt.placement, cache, zero);
-	errno = saved;
-	return p;
+	return kf_guarded_alloc(size, align, (int)kf_opt.placement, cache, zero, saved);
 }

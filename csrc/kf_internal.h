@@ -229,11 +229,14 @@ KF_SIGSAFE static inline uint8_t kf_canary(uintptr_t addr)
 }
 
 /*
- * A guarded object whatever the sampling decision; NULL with errno set.
+ * A guarded object whatever the sampling decision; NULL with errno set
+ * (keep_errno < 0), or with errno set to keep_errno on every path, the caller
+ * then falling back to glibc.  The sampling path calls it last, as a tail
+ * call: one frame less for the unwinder to walk through.
  * align: right-placed objects start at a multiple of it (0: the align option).
  */
-KF_HIDDEN void *kf_guarded_alloc(size_t size, size_t align, int placement,
-				 int cache, bool zero);
+KF_HIDDEN void *kf_guarded_alloc(size_t size, size_t align, int placement, int cache, bool zero,
+				 int keep_errno);
 /*
  * Free of a pool pointer (guarded path); reports invalid frees.  caller as
  * above; family is the deallocator's (enum kfence_family), size what a sized

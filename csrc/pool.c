@@ -122,29 +122,33 @@ static long kf_freelist_pop(void)
 	return slot;
 }
 
-void *kf_guarded_alloc(size_t size, size_t align, int placement, int cache, bool zero)
+/* A guarded allocation that did not happen: errno as kf_guarded_alloc promises. */
+static void *kf_alloc_failed(int keep_errno, int err)
+{
+	errno = keep_errno >= 0 ? keep_errno : err;
+	return NULL;
+}
+
+void *kf_guarded_alloc(size_t size, size_t align, int placement, int cache, bool zero,
+		       int keep_errno)
 {
 	if (!kf_ready()) {
-		errno = ENOMEM;
-		return NULL;
+		return kf_alloc_failed(keep_errno, ENOMEM);
 	}
 	kf_check_owner();
 	if (size > kf_page) {
 		kf_count(KFENCE_COUNTER_SKIP_TOO_LARGE, 1);
-		errno = ENOMEM;
-		return NULL;
+		return kf_alloc_failed(keep_errno, ENOMEM);
 	}
 	if (align > kf_page) {
 		kf_count(KFENCE_COUNTER_SKIP_ALIGNMENT, 1);
-		errno = EINVAL;
-		return NULL;
+		return kf_alloc_failed(keep_errno, EINVAL);
 	}
 	KF_ENTER();
 	long slot = kf_freelist_pop();
 	if (slot < 0) {
 		kf_count(KFENCE_COUNTER_SKIP_CAPACITY, 1);
-		errno = ENOSPC;
-		return NULL;
+		return kf_alloc_failed(keep_errno, ENOSPC);
 	}
 	bool backed = kf_slot_backed[slot];
 	if (!backed) {
@@ -155,8 +159,7 @@ void *kf_guarded_alloc(size_t size, size_t align, int placement, int cache, bool
 	if (!backed) {
 		/* No room for its metadata in the state file: the slot is not used again. */
 		kf_count(KFENCE_COUNTER_SKIP_MAP_FAILED, 1);
-		errno = ENOMEM;
-		return NULL;
+		return kf_alloc_failed(keep_errno, ENOMEM);
 	}
 	struct kfence_slot *m = &kf_slots[slot];
 	uint32_t prev_state = atomic_exchange((_Atomic uint32_t *)&m->state, KFENCE_SLOT_BUSY);
@@ -179,8 +182,7 @@ void *kf_guarded_alloc(size_t size, size_t align, int placement, int cache, bool
 		kf_count(KFENCE_COUNTER_SKIP_MAP_FAILED, 1);
 		atomic_store((_Atomic uint32_t *)&m->state, prev_state);
 		kf_freelist_push((uint32_t)slot);
-		errno = ENOMEM;
-		return NULL;
+		return kf_alloc_failed(keep_errno, ENOMEM);
 	}
 	kf_close_guard((size_t)slot);
 	kf_close_guard((size_t)slot + 1);
@@ -213,6 +215,8 @@ void *kf_guarded_alloc(size_t size, size_t align, int placement, int cache, bool
 	kf_slot_publish((size_t)slot, KFENCE_SLOT_ALLOCATED);
 	kf_count(KFENCE_COUNTER_ALLOCS, 1);
 	kf_count(KFENCE_COUNTER_ALLOCATED, 1);
+	if (keep_errno >= 0)
+		errno = keep_errno;  /* as if glibc had served it */
 	return (void *)addr;
 }
 
