@@ -240,7 +240,7 @@ KF_HIDDEN void *kf_guarded_alloc(size_t size, size_t align, int placement, int c
 /*
  * Free of a pool pointer (guarded path); reports invalid frees.  caller as
  * above; family is the deallocator's (enum kfence_family), size what a sized
- * delete was given (0: none).
+ * delete was given (0: none).  Keeps errno.
  */
 KF_HIDDEN void kf_pool_free(void *p, uintptr_t caller, int family, size_t size);
 /* Every live object's canaries checked (a sweep), changed ones reported. */

@@ -110,11 +110,9 @@ void kf_free_filter_init(void)
 
 void kf_free_slow(void *p, uintptr_t caller, int family, size_t size)
 {
-	if (kf_is_pool_address(p)) {
-		int saved = errno;
+	if (kf_is_pool_address(p))
 		kf_pool_free(p, caller, family, size);
-		errno = saved;
-	} else if (p && !kf_nonheap_free(p, caller)) {
+	else if (p && !kf_nonheap_free(p, caller)) {
 		__libc_free(p);
 	}
 }

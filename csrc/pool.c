@@ -386,6 +386,8 @@ static bool kf_own_cxx_wrapper(const struct kfence_slot *m, int alloc)
 
 void kf_pool_free(void *p, uintptr_t caller, int family, size_t size)
 {
+	/* free() keeps errno; so does this, its callers' last call (one frame less to unwind). */
+	int saved = errno;
 	kf_check_owner();
 	KF_ENTER();
 	long slot = kf_addr_slot((uintptr_t)p);
@@ -393,6 +395,7 @@ void kf_pool_free(void *p, uintptr_t caller, int family, size_t size)
 	/* The CAS makes exactly one of two racing frees the real one. */
 	if (!kf_claim_live(m, (uintptr_t)p)) {
 		kf_report_invalid_free(p, caller);
+		errno = saved;
 		return;
 	}
 	m->free_tid = kf_tid();
@@ -424,6 +427,7 @@ void kf_pool_free(void *p, uintptr_t caller, int family, size_t size)
 	kf_count(KFENCE_COUNTER_FREES, 1);
 	kf_count(KFENCE_COUNTER_ALLOCATED, -1);
 	kf_freelist_push((uint32_t)slot);
+	errno = saved;
 }
 
 void kf_pool_sweep(void)
