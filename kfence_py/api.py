@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import logging
+import mmap
 import os
 import tracemalloc
 from collections.abc import Iterator, Mapping
@@ -22,6 +23,10 @@ from .options import format_options, option_specs, runtime_options
 from .state import ObjectInfo, ReportRecord, StateView, Stats
 
 log = logging.getLogger("kfence_py")
+
+# alloc() runs per buffer: what it checks against is computed once.
+_PAGE = mmap.PAGESIZE
+_PLACEMENT_INDEX = {name: i for i, name in enumerate(PLACEMENTS)}
 
 
 class KfenceError(Exception):
@@ -219,19 +224,19 @@ def alloc(size: int, *, placement: str = "right", zero: bool = True,
     """
     if isinstance(size, bool) or not isinstance(size, int):
         raise TypeError(f"size must be an int, not {type(size).__name__}")
-    page = os.sysconf("SC_PAGESIZE")
-    if not 1 <= size <= page:
-        raise ValueError(f"size must be 1..{page} (one page), not {size}")
-    if placement not in PLACEMENTS:
+    if not 1 <= size <= _PAGE:
+        raise ValueError(f"size must be 1..{_PAGE} (one page), not {size}")
+    index = _PLACEMENT_INDEX.get(placement) if isinstance(placement, str) else None
+    if index is None:
         raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}, not {placement!r}")
     if isinstance(align, bool) or not isinstance(align, int):
         raise TypeError(f"align must be an int, not {type(align).__name__}")
-    if align < 0 or align > page or align & (align - 1):
-        raise ValueError(f"align must be 0 or a power of two up to {page}, not {align}")
+    if align < 0 or align > _PAGE or align & (align - 1):
+        raise ValueError(f"align must be 0 or a power of two up to {_PAGE}, not {align}")
     if not lib.kfence_is_initialized():
         _start({})
     try:
-        return GuardedBuffer(size, PLACEMENTS.index(placement), align, bool(zero))
+        return GuardedBuffer(size, index, align, bool(zero))
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             slots = _view().header.num_slots
