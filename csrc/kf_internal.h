@@ -279,6 +279,7 @@ struct kf_trace {
 	uintptr_t *pc;
 	int n, max;
 	bool skip_self;  /* leave out the leading frames of this library */
+	int interpreter;  /* frames of the Python interpreter kept so far */
 };
 /* libgcc's _Unwind_Backtrace once loaded; NULL before, or if it could not be. */
 KF_HIDDEN extern _Unwind_Reason_Code (*kf_gcc_backtrace)(_Unwind_Trace_Fn, void *);
@@ -301,7 +302,7 @@ KF_HIDDEN bool kf_unwinder_start(uintptr_t caller);
 static inline __attribute__((always_inline)) void kf_capture_stack(struct kfence_stack *st)
 {
 	uintptr_t pcs[KFENCE_STACK_MAX];
-	struct kf_trace t = { pcs, 0, 0, true };
+	struct kf_trace t = { .pc = pcs, .skip_self = true };
 	t.max = (int)(kf_opt.stack_depth < KFENCE_STACK_MAX ? kf_opt.stack_depth : KFENCE_STACK_MAX);
 	if (kf_unwinder_start(0) && kf_gcc_backtrace && t.max > 0)
 		kf_gcc_backtrace(kf_trace_frame, &t);

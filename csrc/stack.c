@@ -106,6 +106,21 @@ static int kf_find_ranges(struct dl_phdr_info *info, size_t size, void *data)
 	return 0;
 }
 
+/*
+ * The Python interpreter's text (libpython, or the python executable when it
+ * is linked in), found at the first stack of a process that has one.  Under
+ * a Python program most of a native stack is the interpreter's: its eval loop
+ * and call machinery, several frames for every call from C back into Python,
+ * so a stack taken inside a test suite is 64 frames deep, most of them the
+ * interpreter's, each a step of libgcc's (250-450 ns here).  Reports fold
+ * those frames into one line anyway, and the Python traceback of the object
+ * says where the program was; so a stack stops after KF_INTERPRETER_FRAMES of
+ * them: the frames above them (the C extension's) and enough of the
+ * interpreter to tell which of its functions allocated.
+ */
+#define KF_INTERPRETER_FRAMES 8
+static struct kf_range_pair kf_interpreter;
+
 KF_SIGSAFE _Unwind_Reason_Code kf_trace_frame(struct _Unwind_Context *ctx, void *arg)
 {
 	struct kf_trace *t = arg;
@@ -116,12 +131,15 @@ KF_SIGSAFE _Unwind_Reason_Code kf_trace_frame(struct _Unwind_Context *ctx, void 
 		return _URC_NO_REASON;
 	t->skip_self = false;
 	t->pc[t->n++] = pc;
+	if (pc >= kf_interpreter.lo && pc < kf_interpreter.hi &&
+	    ++t->interpreter >= KF_INTERPRETER_FRAMES)
+		return _URC_END_OF_STACK;
 	return t->n < t->max ? _URC_NO_REASON : _URC_END_OF_STACK;
 }
 
 KF_SIGSAFE static int kf_trace(uintptr_t *pcs, int max, bool skip_self)
 {
-	struct kf_trace t = { pcs, 0, max, skip_self };
+	struct kf_trace t = { .pc = pcs, .max = max, .skip_self = skip_self };
 	if (max <= 0 ||
 	    atomic_load_explicit(&kf_unwinder_state, memory_order_acquire) != KF_UNWINDER_READY ||
 	    !kf_gcc_backtrace || !kf_gcc_get_ip)
@@ -135,6 +153,19 @@ KF_SIGSAFE int kf_backtrace(uintptr_t *pcs, int max)
 	return kf_trace(pcs, max, false);
 }
 
+/* The executable range of the module containing data[0], into data[1..2]. */
+static int kf_find_module(struct dl_phdr_info *info, size_t size, void *data)
+{
+	(void)size;
+	uintptr_t *range = data;
+	struct kf_range_pair text = kf_text_of(info);
+	if (range[0] < text.lo || range[0] >= text.hi)
+		return 0;
+	range[1] = text.lo;
+	range[2] = text.hi;
+	return 1;
+}
+
 /* Load libgcc_s and take one stack, so that its first-use work is done now. */
 static void kf_unwinder_load(void)
 {
@@ -144,6 +175,9 @@ static void kf_unwinder_load(void)
 		*(void **)&kf_gcc_get_ip = dlsym(gcc, "_Unwind_GetIP");
 	}
 	dl_iterate_phdr(kf_find_ranges, NULL);
+	uintptr_t python[3] = { (uintptr_t)dlsym(RTLD_DEFAULT, "PyObject_Malloc"), 0, 0 };
+	if (python[0] && dl_iterate_phdr(kf_find_module, python))
+		kf_interpreter = (struct kf_range_pair){ python[1], python[2] };
 	if (!kf_gcc_backtrace || !kf_gcc_get_ip) {
 		kf_gcc_backtrace = NULL;
 		kf_warn("cannot load ", LIBGCC_S_SO, "; objects are recorded without stacks", NULL);
@@ -192,18 +226,6 @@ void kf_capture_done(struct kfence_stack *st, const uintptr_t *pcs, int n)
 	kf_modules_note(st);  /* so that a reader can place these pcs after we exit */
 }
 
-/* The executable range of the module containing data[0], into data[1..2]. */
-static int kf_find_module(struct dl_phdr_info *info, size_t size, void *data)
-{
-	(void)size;
-	uintptr_t *range = data;
-	struct kf_range_pair text = kf_text_of(info);
-	if (range[0] < text.lo || range[0] >= text.hi)
-		return 0;
-	range[1] = text.lo;
-	range[2] = text.hi;
-	return 1;
-}
 
 int kfence_register_internal(const void *addr)
 {

@@ -357,3 +357,28 @@ def test_sampling_switched_off_then_on_resumes_at_once(run_python):
     # 1000 calls at 1 in 100: about 10 samples each time (not 0 for a rest of a long pause).
     on = [int(line.split()[1]) for line in lines if line.startswith("on")]
     assert len(on) == 4 and all(3 <= n <= 20 for n in on), run.stdout
+
+
+def test_a_stack_under_python_stops_after_eight_interpreter_frames(run_python):
+    """Deep Python fills a native stack with the eval loop's frames, which reports fold
+    into one line: the capture stops after 8 of them (it was 64 frames, 250-450 ns each)."""
+    run = run_python("""
+        import ctypes, functools, kfence_py
+        def deep(n):
+            # Each level is a call from C (functools.reduce) back into Python.
+            return functools.reduce(lambda a, b: deep(n - 1), [0, 1]) if n else kfence_py.alloc(16)
+        buf = deep(40)
+        (obj,) = [o for o in kfence_py.objects() if o.address == buf.address]
+        malloc = ctypes.cast(ctypes.pythonapi.PyObject_Malloc, ctypes.c_void_p).value
+        maps = [line.split() for line in open("/proc/self/maps")]
+        path = next(m[5] for m in maps if len(m) > 5
+                    and int(m[0].split("-")[0], 16) <= malloc < int(m[0].split("-")[1], 16))
+        text = [tuple(int(x, 16) for x in m[0].split("-")) for m in maps
+                if len(m) > 5 and m[5] == path and "x" in m[1]]
+        interp = sum(any(lo <= pc < hi for lo, hi in text) for pc in obj.alloc_stack)
+        print(len(obj.alloc_stack), interp)
+    """)
+    assert run.returncode == 0, run.stderr[-3000:]
+    depth, interpreter = map(int, run.stdout.split())
+    assert interpreter == 8, run.stdout
+    assert depth < 20, run.stdout  # 40 levels of reduce() would fill all 64 frames
