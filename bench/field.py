@@ -44,13 +44,11 @@ import json
 import logging
 import os
 import platform
-import re
 import shutil
 import statistics
 import subprocess
 import sys
 import time
-import tomllib
 import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -59,6 +57,7 @@ from pathlib import Path
 from typing import Any
 
 import sdist
+import tomllib
 
 log = logging.getLogger("field")
 
@@ -231,7 +230,7 @@ def classify(first: tuple[str, str], rerun: tuple[str | None, str | None]) -> st
     plain2, mode2 = rerun
     if plain2 is None or mode2 is None:
         return "unknown"
-    if plain2 == mode2 or plain2 == mode or mode2 == plain:
+    if plain2 in (mode2, mode) or mode2 == plain:
         return "flaky"
     return "persistent"
 

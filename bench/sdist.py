@@ -40,7 +40,9 @@ def download_sdist(name: str, version: str, directory: Path,
     found = find_sdist(directory, name, version)
     if found is not None:
         return found
-    subprocess.run([python, "-m", "pip", "download", "-q", "--no-binary", ":all:",
+    # The package's own sdist; its build requirements (for the metadata pip prepares
+    # on the way) may come as wheels: Cython built from source takes minutes.
+    subprocess.run([python, "-m", "pip", "download", "-q", "--no-binary", name,
                     "--no-deps", "-d", str(directory), f"{name}=={version}"],
                    check=True, capture_output=True, text=True)
     found = find_sdist(directory, name, version)
