@@ -67,6 +67,8 @@ PACKAGES = FIELD / "packages.toml"
 TRIAGE = FIELD / "triage.toml"
 RESULTS = FIELD / "results.json"
 TABLE = FIELD / "results.md"
+README = HERE.parent / "README.md"
+SUMMARY_BEGIN, SUMMARY_END = "<!-- field-summary:begin -->", "<!-- field-summary:end -->"
 DEFAULT_WORK = HERE / "results" / "field-work"
 CHECKOUT = HERE.parent / "kfence_py"
 
@@ -772,6 +774,12 @@ def render_summary(doc: dict[str, Any], triage: dict[str, dict[str, str]]) -> st
                       "|---|---|---|---|---|---|---|---|", *rows])
 
 
+def with_summary(readme: str, summary: str) -> str:
+    """README's text with the summary table between its two markers."""
+    begin, end = readme.index(SUMMARY_BEGIN), readme.index(SUMMARY_END)
+    return f"{readme[:begin]}{SUMMARY_BEGIN}\n{summary}\n{readme[end:]}"
+
+
 # === Setup ===
 
 def setup(packages: list[Package]) -> int:
@@ -833,6 +841,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="write the table again from --output, run nothing")
     parser.add_argument("--summary", action="store_true",
                         help="print the short table (README's) from --output, run nothing")
+    parser.add_argument("--readme", action="store_true",
+                        help="with --summary: also write it into README.md between its markers")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     with _logging(args.verbose):
@@ -845,7 +855,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.render:
                 args.table.write_text(render_table(doc, triage))
             if args.summary:
-                print(render_summary(doc, triage))
+                summary = render_summary(doc, triage)
+                print(summary)
+                if args.readme:
+                    README.write_text(with_summary(README.read_text(), summary))
             return 0
         modes = ["plain", *(m for m in args.modes.split(",") if m != "plain")]
         bad = set(modes) - set(MODES)

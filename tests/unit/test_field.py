@@ -201,3 +201,9 @@ def test_triage_verdicts_are_true_or_false(tmp_path):
     path.write_text('[bucket.abcd]\nverdict = "maybe"\n')
     with pytest.raises(ValueError, match="verdict"):
         field.load_triage(path)
+
+
+def test_the_summary_goes_between_readmes_markers():
+    readme = f"intro\n{field.SUMMARY_BEGIN}\nold table\n{field.SUMMARY_END}\nrest\n"
+    assert field.with_summary(readme, "| new |") == \
+        f"intro\n{field.SUMMARY_BEGIN}\n| new |\n{field.SUMMARY_END}\nrest\n"
