@@ -107,6 +107,7 @@ class Package:
     quick: bool = False
     seconds: float | None = None
     tests_count: int | None = None
+    build_seconds: float | None = None  # measured, informational
     # cpython only: regrtest's test modules
     modules: list[str] = field(default_factory=list)
 
