@@ -207,3 +207,46 @@ def test_the_summary_goes_between_readmes_markers():
     readme = f"intro\n{field.SUMMARY_BEGIN}\nold table\n{field.SUMMARY_END}\nrest\n"
     assert field.with_summary(readme, "| new |") == \
         f"intro\n{field.SUMMARY_BEGIN}\n| new |\n{field.SUMMARY_END}\nrest\n"
+
+
+def trial(tmp_path: Path, **kw) -> field.Trial:
+    pkg = field.Package(name=kw.pop("name", "pkg"), version="1", kind="parser",
+                        tests=["tests"], skip=["tests/test_a.py::test_net"], **kw)
+    return field.Trial(pkg, tmp_path, timeout=10)
+
+
+def test_each_mode_runs_pytest_with_junit_and_the_readmes_options(tmp_path):
+    t = trial(tmp_path)
+    plain = t.command("plain", tmp_path)
+    assert plain[1:3] == ["-m", "pytest"]
+    assert f"--junitxml={tmp_path / 'junit.xml'}" in plain
+    assert plain[-2:] == ["tests", "--deselect=tests/test_a.py::test_net"]
+    run = t.command("run", tmp_path)
+    assert run[1:6] == ["-m", "kfence_py", "run", "--sample-rate", "1"]
+    assert run[run.index("--json-reports") + 1] == str(tmp_path / "reports.jsonl")
+    assert run[run.index("--") + 1:] == plain
+    plugin = t.command("plugin", tmp_path)
+    options = plugin[plugin.index("--kfence-options") + 1]
+    assert "--kfence" in plugin
+    assert options == f"sample_rate=1:num_objects=4096:state_dir={tmp_path / 'state'}"
+    # A rerun names the tests instead of the package's paths.
+    assert t.command("plain", tmp_path, ["tests/test_a.py::test_x"])[-2] == \
+        "tests/test_a.py::test_x"
+
+
+def test_an_installed_package_is_tested_without_its_sources_first_on_the_path(tmp_path):
+    assert trial(tmp_path, build="install").command("plain", tmp_path)[1:4] == [
+        "-P", "-m", "pytest"]
+
+
+def test_cpython_runs_regrtest_and_samples_its_allocator_from_a_runner(tmp_path):
+    t = trial(tmp_path, name=field.CPYTHON, build="none", modules=["test_list", "test_dict"])
+    plain = t.command("plain", tmp_path)
+    assert plain == [sys.executable, "-m", "test", "--junit-xml", str(tmp_path / "junit.xml"),
+                     "test_list", "test_dict"]
+    sampled = t.command("plugin", tmp_path)
+    assert sampled[1] == str(tmp_path / "sampled.py")
+    runner = (tmp_path / "sampled.py").read_text()
+    assert "kfence_py.enable(python_allocator=True, **{'sample_rate': '1'" in runner
+    rerun = t.command("plain", tmp_path, ["test.test_dict.DictTest.test_x"])
+    assert rerun[-2:] == ["test_dict", "--match=test.test_dict.DictTest.test_x"]
