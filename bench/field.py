@@ -44,6 +44,7 @@ import json
 import logging
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -145,6 +146,38 @@ def load_triage(path: Path = TRIAGE) -> dict[str, dict[str, str]]:
             raise ValueError(f"{path}: bucket {bucket}: verdict is 'true' or 'false'")
         out[bucket] = {"verdict": entry["verdict"], "note": entry.get("note", "")}
     return out
+
+
+def package_blocks(text: str) -> list[tuple[str, str]]:
+    """Each ``[[package]]`` entry of a package list as (name, its text with comments)."""
+    blocks = []
+    parts = re.split(r"(?m)^(?=\[\[package\]\])", text)
+    for part in parts[1:]:
+        # Comment lines after the entry's last key introduce the next entry: left out.
+        lines = part.rstrip().splitlines()
+        while lines and lines[-1].lstrip().startswith("#"):
+            lines.pop()
+        body = "\n".join(lines) + "\n"
+        blocks.append((tomllib.loads(body)["package"][0]["name"], body))
+    return blocks
+
+
+def merge_candidates(listing: str, candidates: str, before: str = f'name = "{CPYTHON}"') -> str:
+    """listing with the candidates' entries it lacks (by name), as written there, put
+    before the entry holding ``before`` (CPython's, kept last)."""
+    have = {name for name, _ in package_blocks(listing)}
+    new = [body for name, body in package_blocks(candidates) if name not in have]
+    if not new:
+        return listing
+    at = listing.find(before)
+    at = listing.rfind("[[package]]", 0, at) if at >= 0 else len(listing)
+    # Keep the comment lines just above the entry with it.
+    head = listing[:at].rstrip("\n").split("\n")
+    tail_comments = []
+    while head and head[-1].startswith("#"):
+        tail_comments.insert(0, head.pop())
+    text = "\n".join(head).rstrip("\n") + "\n\n" + "\n".join(new)
+    return text + "\n" + "\n".join([*tail_comments, listing[at:]]).lstrip("\n")
 
 
 # === JUnit XML: every test id's outcome ===
@@ -838,6 +871,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--triage", type=Path, default=TRIAGE, help="verdicts by bucket")
     parser.add_argument("--output", type=Path, default=RESULTS, help="results (JSON)")
     parser.add_argument("--table", type=Path, default=TABLE, help="the full table (markdown)")
+    parser.add_argument("--merge", type=Path, metavar="FILE",
+                        help="add the entries of another package list (vetted candidates) that "
+                        "--packages lacks, as written there, then stop")
     parser.add_argument("--render", action="store_true",
                         help="write the table again from --output, run nothing")
     parser.add_argument("--summary", action="store_true",
@@ -851,6 +887,11 @@ def main(argv: list[str] | None = None) -> int:
         triage = load_triage(args.triage)
         if args.setup:
             return setup(packages)
+        if args.merge:
+            merged = merge_candidates(args.packages.read_text(), args.merge.read_text())
+            args.packages.write_text(merged)
+            load_packages(args.packages)
+            return 0
         if args.render or args.summary:
             doc = load_results(args.output)
             if args.render:

@@ -250,3 +250,45 @@ def test_cpython_runs_regrtest_and_samples_its_allocator_from_a_runner(tmp_path)
     assert "kfence_py.enable(python_allocator=True, **{'sample_rate': '1'" in runner
     rerun = t.command("plain", tmp_path, ["test.test_dict.DictTest.test_x"])
     assert rerun[-2:] == ["test_dict", "--match=test.test_dict.DictTest.test_x"]
+
+
+LISTING = '''# head
+[[package]]
+name = "a"
+version = "1"
+kind = "text"
+tests = []
+
+# CPython, last
+[[package]]
+name = "cpython"
+version = "3.11.7"
+kind = "interpreter"
+tests = []
+'''
+
+CANDIDATES = '''# vetted
+[[package]]
+name = "a"
+version = "9"
+kind = "text"
+tests = []
+
+[[package]]
+name = "b"
+version = "2"
+kind = "parser"            # a comment kept
+tests = ["t"]
+build_seconds = 3
+'''
+
+
+def test_candidates_are_merged_once_before_cpython(tmp_path):
+    merged = field.merge_candidates(LISTING, CANDIDATES)
+    path = tmp_path / "p.toml"
+    path.write_text(merged)
+    assert [(p.name, p.version) for p in field.load_packages(path)] == [
+        ("a", "1"), ("b", "2"), ("cpython", "3.11.7")]
+    assert 'kind = "parser"            # a comment kept' in merged
+    assert merged.index('name = "b"') < merged.index("# CPython, last")
+    assert field.merge_candidates(merged, CANDIDATES) == merged
