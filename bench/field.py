@@ -247,6 +247,16 @@ def count_outcomes(outcomes: dict[str, str]) -> dict[str, int]:
     return {o: counted.get(o, 0) for o in OUTCOMES}
 
 
+def per_module(outcomes: dict[str, str]) -> dict[str, dict[str, int]]:
+    """regrtest's outcomes counted by test module (``test.test_x....`` ids)."""
+    by: dict[str, dict[str, str]] = {}
+    for test_id, outcome in outcomes.items():
+        parts = test_id.split(".")
+        module = parts[1] if len(parts) > 1 and parts[0] == "test" else parts[0]
+        by.setdefault(module, {})[test_id] = outcome
+    return {m: count_outcomes(o) for m, o in sorted(by.items())}
+
+
 def differences(plain: dict[str, str], other: dict[str, str]) -> dict[str, tuple[str, str]]:
     """Test ids whose outcome is not the same in both: {id: (plain's, other's)};
     a test run by one only is "absent" in the other."""
@@ -369,6 +379,7 @@ class ModeResult:
     groups: list[dict[str, Any]] = field(default_factory=list)
     failure_texts: dict[str, str] = field(default_factory=dict)  # plugin: junit text
     summary: list[str] = field(default_factory=list)  # kfence-py run's closing lines
+    per_module: dict[str, dict[str, int]] = field(default_factory=dict)  # cpython's
     error: str | None = None  # the run made no results (timeout, no junit file)
 
 
@@ -518,6 +529,8 @@ class Trial:
         result.counts = count_outcomes(outcomes)
         result.tests_run = len(outcomes)
         (out / "outcomes.json").write_text(json.dumps(outcomes, indent=0))
+        if self.package.name == CPYTHON:
+            result.per_module = per_module(outcomes)
         if mode == "plain":
             return result
         result.summary = [ln for ln in stderr.splitlines() if ln.startswith("kfence-py: ")]

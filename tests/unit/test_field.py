@@ -292,3 +292,12 @@ def test_candidates_are_merged_once_before_cpython(tmp_path):
     assert 'kind = "parser"            # a comment kept' in merged
     assert merged.index('name = "b"') < merged.index("# CPython, last")
     assert field.merge_candidates(merged, CANDIDATES) == merged
+
+
+def test_regrtest_outcomes_are_counted_by_module():
+    outcomes = {"test.test_list.ListTest.test_a": "passed",
+                "test.test_list.ListTest.test_b": "failed",
+                "test.test_ctypes.test_x.T.test_c": "skipped"}
+    assert field.per_module(outcomes) == {
+        "test_ctypes": {"passed": 0, "failed": 0, "skipped": 1, "error": 0},
+        "test_list": {"passed": 1, "failed": 1, "skipped": 0, "error": 0}}
