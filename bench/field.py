@@ -705,6 +705,11 @@ def _fmt_counts(counts: dict[str, int]) -> str:
     return "/".join(str(counts.get(o, 0)) for o in OUTCOMES)
 
 
+def _fmt_skipped(skipped: dict[str, int]) -> str:
+    return ", ".join(f"{n} {why.replace('_', ' ')}" for why, n in
+                     sorted(skipped.items(), key=lambda kv: -kv[1]) if n) or "0"
+
+
 def _ratio(mode: dict[str, Any] | None) -> str:
     if not mode or mode.get("ratio") is None:
         return "-"
@@ -726,15 +731,18 @@ def render_table(doc: dict[str, Any], triage: dict[str, dict[str, str]]) -> str:
              "for cpython, `kfence_py.enable(python_allocator=True, sample_rate=1)` before "
              "regrtest). Differences: tests whose outcome is not plain's (flaky: a rerun "
              "gave the other outcome). Sites: distinct allocation call sites among the pool "
-             "slots' last objects at exit (a lower bound).", "",
+             "slots' last objects at exit (a lower bound). Skipped allocations: not guarded, by "
+             "reason (covered: its site already had a live guarded object once the pool was "
+             "75% full; capacity: the pool was full; too large: over a page).", "",
              "| package | kind | mode | tests p/f/s/e | differences | wall s | vs plain "
-             "| processes | guarded allocations | sites | unique reports |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| processes | guarded allocations | skipped allocations | sites "
+             "| unique reports |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for pkg in sorted(doc.get("packages", []), key=lambda p: p["name"]):
         label = f"{pkg['name']} {pkg['version']}"
         if pkg.get("build_error"):
             lines.append(f"| {label} | {pkg['kind']} | build failed | - | - | - | - | - | - "
-                         "| - | - |")
+                         "| - | - | - |")
             continue
         for mode in MODES:
             r = pkg["modes"].get(mode)
@@ -742,7 +750,7 @@ def render_table(doc: dict[str, Any], triage: dict[str, dict[str, str]]) -> str:
                 continue
             if r.get("error") and not r.get("counts"):
                 lines.append(f"| {label} | {pkg['kind']} | {mode} | {r['error']} | - | "
-                             f"{r['seconds']:.1f} | - | - | - | - | - |")
+                             f"{r['seconds']:.1f} | - | - | - | - | - | - |")
                 continue
             diffs = r.get("differences", [])
             dtext = "-" if mode == "plain" else str(len(diffs)) + (
@@ -753,6 +761,7 @@ def render_table(doc: dict[str, Any], triage: dict[str, dict[str, str]]) -> str:
                 f"| {label} | {pkg['kind']} | {mode} | {_fmt_counts(r['counts'])} | {dtext} "
                 f"| {r['seconds']:.1f} | {_ratio(r) if not own else '1.00x'} "
                 f"| {'-' if own else r['processes']} | {'-' if own else r['guarded']} "
+                f"| {'-' if own else _fmt_skipped(r.get('skipped', {}))} "
                 f"| {'-' if own else r['sites']} | {'-' if own else len(r['groups'])} |")
     lines += ["", "## Reports", ""]
     rows = report_rows(doc, triage)

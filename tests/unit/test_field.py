@@ -169,7 +169,7 @@ def test_the_table_shows_each_mode_and_report_with_its_verdict():
                "function": "g", "count": 1, "processes": 1}]
     triage = {"aaaa": {"verdict": "true", "note": "a real one"}}
     text = field.render_table(doc_with(groups), triage)
-    assert "| pkg 1 | parser | run | 3/0/1/0 | 0 | 4.0 | 2.00x | 2 | 100 | 7 | 2 |" in text
+    assert "| pkg 1 | parser | run | 3/0/1/0 | 0 | 4.0 | 2.00x | 2 | 100 | 0 | 7 | 2 |" in text
     assert "| broken 2 | text | build failed |" in text
     assert "| pkg | run | use-after-free read | f | `aaaa` | 3 | true | a real one |" in text
     assert "| pkg | run | invalid free | g | `bbbb` | 1 | untriaged |  |" in text
