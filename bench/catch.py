@@ -43,6 +43,7 @@ import time
 from pathlib import Path
 
 import machine
+import sdist
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "catch.json"
@@ -207,13 +208,9 @@ def build(work: Path) -> tuple[Path, Path]:
 
 def build_package(work: Path) -> Path:
     """The package's sdist, built in place with debug info; its source directory."""
-    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-binary", ":all:",
-                    "--no-deps", "-d", str(work), PACKAGE], check=True)
-    sdist = next(work.glob("simplejson-*.tar.gz"))
-    subprocess.run(["tar", "xzf", str(sdist), "-C", str(work)], check=True)
-    src = next(p for p in work.glob("simplejson-*") if p.is_dir())
-    subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=src,
-                   env={**os.environ, "CFLAGS": "-g -O2"}, check=True, capture_output=True)
+    name, version = PACKAGE.split("==")
+    src = sdist.unpack(sdist.download_sdist(name, version, work), work)
+    sdist.build_inplace(src, cflags="-g -O2")
     return src
 
 
