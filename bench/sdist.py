@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import sysconfig
 import tarfile
 import zipfile
 from pathlib import Path
@@ -67,14 +68,18 @@ def unpack(sdist: Path, directory: Path) -> Path:
 
 
 def debug_env(cflags: str = "-g", base: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment of a build with debug info: cflags after the package's own flags.
+    """The environment of a build with debug info: the package's own flags, then cflags.
 
-    setuptools appends CFLAGS to Python's own (which hold the -O level), so the
-    package keeps its optimisation and gains -g.
+    setuptools before 80 appends CFLAGS to the interpreter's own (which hold the
+    -O level and -DNDEBUG); later ones use CFLAGS instead of them, which built
+    every extension at -O0 with its asserts on (pyppmd then failed an assert
+    its release build never checks).  So the interpreter's flags are written
+    out first: the package keeps its optimisation with either, and gains -g.
     """
     env = dict(os.environ if base is None else base)
+    own = sysconfig.get_config_var("CFLAGS") or ""
     for var in ("CFLAGS", "CXXFLAGS"):
-        env[var] = " ".join(filter(None, [env.get(var, ""), cflags]))
+        env[var] = " ".join(filter(None, [own, env.get(var, ""), cflags]))
     return env
 
 

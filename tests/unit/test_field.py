@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -143,9 +144,13 @@ def test_sdists_are_found_whatever_the_spelling(tmp_path):
     assert sdist.find_sdist(tmp_path, "pyyaml", "6.0.2") is None
 
 
-def test_debug_flags_go_after_the_packages_own():
+def test_debug_flags_go_after_the_interpreters_and_the_packages_own():
+    # setuptools >= 80 uses CFLAGS instead of the interpreter's flags (its -O level):
+    # they are written out first, so the build keeps -O and -DNDEBUG with any setuptools.
+    own = sysconfig.get_config_var("CFLAGS")
     env = sdist.debug_env("-g", {"CFLAGS": "-DX", "PATH": "/bin"})
-    assert env["CFLAGS"] == "-DX -g" and env["CXXFLAGS"] == "-g" and env["PATH"] == "/bin"
+    assert env["CFLAGS"] == f"{own} -DX -g" and env["CXXFLAGS"] == f"{own} -g"
+    assert "-O" in env["CFLAGS"].replace("-g", "") and env["PATH"] == "/bin"
 
 
 def doc_with(groups: list[dict], ratio: float = 2.0) -> dict:
