@@ -21,11 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
-from elftools.elf.sections import NoteSection
-from elftools.elf.segments import InterpSegment, NoteSegment
-
 log = logging.getLogger("kfence_py")
 
 ELF_MAGIC = b"\x7fELF"
@@ -60,6 +55,12 @@ def elf_info(path: str | os.PathLike[str]) -> ElfInfo:
 @functools.lru_cache(maxsize=128)
 def _elf_info(path: str, inode: int, mtime_ns: int) -> ElfInfo:
     del inode, mtime_ns  # cache keys only: a rebuilt file is read again
+    # pyelftools is imported where it is used: importing kfence_py (which the pytest
+    # plugin's entry point does in every session) would otherwise cost ~100 ms.
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.elffile import ELFFile
+    from elftools.elf.segments import InterpSegment
+
     try:
         with open(path, "rb") as f:
             if f.read(4) != ELF_MAGIC:
@@ -97,6 +98,11 @@ def build_id(path: str | os.PathLike[str]) -> str | None:
 
 @functools.lru_cache(maxsize=512)
 def _build_id(key: tuple[str, int, int, int]) -> str | None:
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.elffile import ELFFile
+    from elftools.elf.sections import NoteSection
+    from elftools.elf.segments import NoteSegment
+
     try:
         with open(key[0], "rb") as f:
             if f.read(4) != ELF_MAGIC:
@@ -125,6 +131,9 @@ def has_debug_info(path: str | os.PathLike[str]) -> bool:
 
 @functools.lru_cache(maxsize=512)
 def _has_debug_info(key: tuple[str, int, int, int]) -> bool:
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.elffile import ELFFile
+
     try:
         with open(key[0], "rb") as f:
             if f.read(4) != ELF_MAGIC:
