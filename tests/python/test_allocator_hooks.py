@@ -354,9 +354,11 @@ def test_sampling_switched_off_then_on_resumes_at_once(run_python):
     assert run.returncode == 0, run.stderr[-3000:]
     lines = run.stdout.splitlines()
     assert [line for line in lines if line.startswith("off")] == ["off 0 0"] * 4, run.stdout
-    # 1000 calls at 1 in 100: about 10 samples each time (not 0 for a rest of a long pause).
+    # 1000 calls at 1 in 100: about 10 samples each time (not 0 for a rest of a long pause),
+    # plus those of kfence_py.stats() itself, whose Python objects are made inside the
+    # window: 16 to 21 samples a window in one CI run, so the upper bound is loose.
     on = [int(line.split()[1]) for line in lines if line.startswith("on")]
-    assert len(on) == 4 and all(3 <= n <= 20 for n in on), run.stdout
+    assert len(on) == 4 and all(3 <= n <= 40 for n in on), run.stdout
 
 
 def test_a_stack_under_python_stops_after_eight_interpreter_frames(run_python):
