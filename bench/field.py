@@ -17,8 +17,9 @@ outcome is known:
 
 One more entry, ``cpython``, runs a slice of CPython's own regression suite
 (``python -m test``, in-process, no resources) the same three ways; its third
-mode is a small runner that calls ``kfence_py.enable(python_allocator=True,
-sample_rate=1)`` and then regrtest's main.
+mode is a small runner that starts the library with the plugin's options and
+samples CPython's allocator inside each unittest test (``kfence_py.sampling()``
+around ``TestCase.run``), as the plugin does inside each pytest test.
 
 Per package and mode it records the tests passed / failed / skipped / errors, the
 test ids whose outcome differs from the plain run (rerun once, both ways, to tell
@@ -80,11 +81,20 @@ RUN_OPTIONS = ["--sample-rate", "1"]
 PLUGIN_OPTIONS = "sample_rate=1:num_objects=4096"
 CPYTHON = "cpython"  # the entry of CPython's regression suite
 
-# A runner for CPython's allocator sampling under regrtest (which has no pytest).
+# A runner for CPython's allocator sampling under regrtest (which has no pytest): the
+# library starts with the plugin's options, and CPython's allocator is sampled inside each
+# unittest test, as the plugin samples inside each pytest test.  Sampling the whole run
+# instead filled the 4096 slots with the objects of the imports and regrtest's own, which
+# live to the end: 154M allocations were skipped for capacity and 223k guarded.
 REGRTEST_SAMPLED = """\
-import sys
+import unittest
 import kfence_py
-kfence_py.enable(python_allocator=True, **{options})
+kfence_py.enable(**{options})
+_run = unittest.TestCase.run
+def run(self, result=None):
+    with kfence_py.sampling(python_allocator=True):
+        return _run(self, result)
+unittest.TestCase.run = run
 from test.libregrtest.main import main
 main()
 """
@@ -715,7 +725,7 @@ def render_table(doc: dict[str, Any], triage: dict[str, dict[str, str]]) -> str:
              "Tests: passed/failed/skipped/errors (pytest's JUnit XML; regrtest's for cpython). "
              "`plain`: the tests alone; `run`: `kfence-py run --sample-rate 1` (the test-suite "
              "mode); `plugin`: CPython's allocator sampled in every test (`pytest --kfence`; "
-             "for cpython, `kfence_py.enable(python_allocator=True, sample_rate=1)` before "
+             "for cpython, `kfence_py.sampling()` around each unittest test under "
              "regrtest). Differences: tests whose outcome is not plain's (flaky: a rerun "
              "gave the other outcome). Sites: distinct allocation call sites among the pool "
              "slots' last objects at exit (a lower bound). Skipped allocations: not guarded, by "

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import sysconfig
 from pathlib import Path
@@ -252,7 +253,7 @@ def test_cpython_runs_regrtest_and_samples_its_allocator_from_a_runner(tmp_path)
     sampled = t.command("plugin", tmp_path)
     assert sampled[1] == str(tmp_path / "sampled.py")
     runner = (tmp_path / "sampled.py").read_text()
-    assert "kfence_py.enable(python_allocator=True, **{'sample_rate': '1'" in runner
+    assert "kfence_py.enable(**{'sample_rate': '1'" in runner
     rerun = t.command("plain", tmp_path, ["test.test_dict.DictTest.test_x"])
     assert rerun[-2:] == ["test_dict", "--match=test.test_dict.DictTest.test_x"]
 
@@ -306,3 +307,23 @@ def test_regrtest_outcomes_are_counted_by_module():
     assert field.per_module(outcomes) == {
         "test_ctypes": {"passed": 0, "failed": 0, "skipped": 1, "error": 0},
         "test_list": {"passed": 1, "failed": 1, "skipped": 0, "error": 0}}
+
+
+def test_the_regrtest_runner_samples_python_objects_inside_tests_only(tmp_path):
+    """Run for real on one small module: objects are guarded in its tests, none in the imports."""
+    t = trial(tmp_path, name=field.CPYTHON, build="none", modules=["test_bool"])
+    argv = t.command("plugin", tmp_path)
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    runner = tmp_path / "sampled.py"
+    # The same runner, told to stop before regrtest: what it guarded until then.
+    text = runner.read_text().replace("main()\n", "")
+    (tmp_path / "imports.py").write_text(
+        text + "import sys; print(kfence_py.stats().total_allocations, file=sys.stderr)\n")
+    before = subprocess.run([sys.executable, str(tmp_path / "imports.py")], capture_output=True,
+                            text=True, check=True)
+    assert before.stderr.split()[-1] == "0"
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    seen = field.read_state_dir(state)
+    assert seen.guarded > 1000, seen
