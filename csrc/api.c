@@ -142,7 +142,7 @@ void *kfence_alloc(size_t size, size_t align, int placement, int zero, int cache
 		errno = EINVAL;
 		return NULL;
 	}
-	return kf_guarded_alloc(size, align, placement, cache, zero != 0, -1);
+	return kf_guarded_alloc(size, align, placement, (unsigned)cache | (zero ? KF_ZERO : 0), 0, -1);
 }
 
 void kfence_free(void *ptr)
@@ -174,11 +174,12 @@ int kfence_is_pool_address(const void *ptr)
 	return kf_is_pool_address(ptr);
 }
 
-void *kfence_sample(int32_t *countdown, size_t size, size_t align, int cache, int zero)
+void *kfence_sample(int32_t *countdown, size_t size, size_t align, int cache, int zero,
+		    uintptr_t where)
 {
 	if (cache < 0 || cache >= KFENCE_CACHE_KINDS || (align & (align - 1)))
 		return NULL;
-	return kf_sample_alloc(countdown, size, align, cache, zero != 0, 0);
+	return kf_sample_alloc(countdown, size, align, cache, zero != 0, where);
 }
 
 int kfence_is_object_start(const void *ptr)

@@ -107,10 +107,12 @@ void *kf_sample_alloc(int32_t *countdown, size_t size, size_t align, int cache, 
 			return NULL;
 	}
 	int saved = errno;
+	uint32_t site = kf_site(caller);
 	/* The first object of the process loads the unwinder, then the caller is known. */
-	if (kf_coverage_skip(c, caller) || !kf_unwinder_start(caller) || !kf_unwind_safe(caller)) {
+	if (kf_coverage_skip(c, site) || !kf_unwinder_start(caller) || !kf_unwind_safe(caller)) {
 		errno = saved;
 		return NULL;
 	}
-	return kf_guarded_alloc(size, align, (int)kf_opt.placement, cache, zero, saved);
+	return kf_guarded_alloc(size, align, (int)kf_opt.placement,
+				(unsigned)cache | (zero ? KF_ZERO : 0), site, saved);
 }

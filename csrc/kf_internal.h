@@ -158,7 +158,11 @@ KF_SIGSAFE static inline void kf_leave(const bool *was)
 
 /*
  * The slow path behind every allocation entry point: NULL means "use glibc".
- * caller: the return address of the entry point (0 if unknown).
+ * caller: where the allocation is made, what the coverage filter keys on: the
+ * return address of the entry point, or for an interpreter's allocation
+ * (kfence_sample) the address of the instruction it runs (0 if unknown: never
+ * skipped as covered).  Only a return address can fall in the unwinder's or
+ * the loader's text, which the gate also checks it against.
  */
 KF_HIDDEN void *kf_sample_alloc(int32_t *countdown, size_t size, size_t align, int cache,
 				 bool zero, uintptr_t caller);
@@ -232,11 +236,18 @@ KF_SIGSAFE static inline uint8_t kf_canary(uintptr_t addr)
  * A guarded object whatever the sampling decision; NULL with errno set
  * (keep_errno < 0), or with errno set to keep_errno on every path, the caller
  * then falling back to glibc.  The sampling path calls it last, as a tail
- * call: one frame less for the unwinder to walk through.
+ * call: one frame less for the unwinder to walk through (which is why cache
+ * and zero share one argument: a seventh would go on the stack, and a call
+ * with stack arguments from a function that has none is no tail call).
  * align: right-placed objects start at a multiple of it (0: the align option).
+ * kind: an enum kfence_cache, | KF_ZERO for a zeroed object.
+ * site: kf_site() of where it is allocated, for the coverage filter (0: the
+ * first frame of its allocation stack).
  */
-KF_HIDDEN void *kf_guarded_alloc(size_t size, size_t align, int placement, int cache, bool zero,
-				 int keep_errno);
+#define KF_ZERO 0x100u
+_Static_assert(KFENCE_CACHE_KINDS < KF_ZERO, "a cache fits below KF_ZERO");
+KF_HIDDEN void *kf_guarded_alloc(size_t size, size_t align, int placement, unsigned kind,
+				 uint32_t site, int keep_errno);
 /*
  * Free of a pool pointer (guarded path); reports invalid frees.  caller as
  * above; family is the deallocator's (enum kfence_family), size what a sized
@@ -270,7 +281,7 @@ KF_SIGSAFE KF_HIDDEN uint32_t kf_site(uintptr_t caller);
 /* A live guarded object of site h comes (delta 1) or goes (-1); h 0 is no site. */
 KF_HIDDEN void kf_coverage_add(uint32_t h, int delta);
 /* True (and counted) when this allocation is to be skipped: pool pressed, site covered. */
-KF_HIDDEN bool kf_coverage_skip(const struct kfence_control *c, uintptr_t caller);
+KF_HIDDEN bool kf_coverage_skip(const struct kfence_control *c, uint32_t site);
 
 /* === Stacks (stack.c) === */
 

@@ -47,9 +47,15 @@ void *kfence_alloc(size_t size, size_t align, int placement, int zero,
  * (CPython's): keep a countdown starting at 0, decrement it at each
  * allocation, and call this when it is 0 or less.  It sets *countdown to
  * the allocations before asking again, and returns a guarded object if this
- * one is sampled, else NULL (use your allocator).
+ * one is sampled, else NULL (use your allocator).  where: the place the
+ * allocation is made, for the covered-site filter (skip_covered_thresh): a
+ * value equal for allocations from one place and different between places,
+ * e.g. the address of the interpreter's current bytecode instruction; 0 if
+ * unknown (such an allocation is never skipped as covered).  It must not be
+ * a code address of the unwinder or the loader.
  */
-void *kfence_sample(int32_t *countdown, size_t size, size_t align, int cache, int zero);
+void *kfence_sample(int32_t *countdown, size_t size, size_t align, int cache, int zero,
+		    uintptr_t where);
 
 /*
  * Leave the frames of the module containing addr out of recorded stacks, as

@@ -129,9 +129,10 @@ static void *kf_alloc_failed(int keep_errno, int err)
 	return NULL;
 }
 
-void *kf_guarded_alloc(size_t size, size_t align, int placement, int cache, bool zero,
+void *kf_guarded_alloc(size_t size, size_t align, int placement, unsigned kind, uint32_t site,
 		       int keep_errno)
 {
+	int cache = (int)(kind & (KF_ZERO - 1));
 	if (!kf_ready()) {
 		return kf_alloc_failed(keep_errno, ENOMEM);
 	}
@@ -195,7 +196,7 @@ void *kf_guarded_alloc(size_t size, size_t align, int placement, int cache, bool
 		addr = (page + kf_page - (size ? size : 1)) & ~(uintptr_t)(a - 1);
 	}
 	kf_canary_fill(page);
-	if (zero)
+	if (kind & KF_ZERO)
 		memset((void *)addr, 0, size);
 
 	m->addr = addr;
@@ -209,7 +210,9 @@ void *kf_guarded_alloc(size_t size, size_t align, int placement, int cache, bool
 	m->alloc_note[0] = '\0';
 	m->free_note[0] = '\0';
 	kf_capture_stack(&m->alloc_stack);
-	kf_shadow[slot].site = kf_site(m->alloc_stack.depth ? m->alloc_stack.pc[0] : 0);
+	if (!site)
+		site = kf_site(m->alloc_stack.depth ? m->alloc_stack.pc[0] : 0);
+	kf_shadow[slot].site = site;
 	kf_coverage_add(kf_shadow[slot].site, 1);
 	atomic_store_explicit((_Atomic uint32_t *)&m->reported, 0, memory_order_relaxed);
 	kf_slot_publish((size_t)slot, KFENCE_SLOT_ALLOCATED);

@@ -20,6 +20,15 @@
 
 #include "kfence.h"
 
+/* The interpreter's frames, read by kf_python_where (3.11 on: only the internal header has them). */
+#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030E0000
+#define Py_BUILD_CORE 1
+#include "internal/pycore_frame.h"
+#undef Py_BUILD_CORE
+#elif PY_VERSION_HEX < 0x030B0000
+#include <frameobject.h>
+#endif
+
 /* === Guarded buffers === */
 
 typedef struct {
@@ -374,6 +383,35 @@ static int kf_domain_lost(int d, PyMemAllocatorEx *cur)
 	return cur->ctx == NULL && kf_image_of((const void *)cur->malloc) == kf_cpython_image;
 }
 
+/*
+ * Where Python allocates, for the covered-site filter (coverage.c): the
+ * address of the innermost frame's current bytecode instruction, one value
+ * per instruction of each code object (3.9 and 3.10: the code object and the
+ * instruction's offset, mixed).  Read from the interpreter's own structures,
+ * as the public API would make a frame object (an allocation) to say it.
+ * Only with the GIL held (MEM and OBJ); 0 with no Python frame, and on a
+ * version whose frames this was not written for (its objects then have no
+ * site and are never skipped as covered).
+ */
+static uintptr_t kf_python_where(void)
+{
+	PyThreadState *ts = _PyThreadState_UncheckedGet();
+	if (!ts)
+		return 0;
+#if PY_VERSION_HEX >= 0x030E0000
+	return 0;
+#elif PY_VERSION_HEX >= 0x030D0000
+	const _PyInterpreterFrame *f = ts->current_frame;
+	return f ? (uintptr_t)f->instr_ptr : 0;
+#elif PY_VERSION_HEX >= 0x030B0000
+	const _PyInterpreterFrame *f = ts->cframe ? ts->cframe->current_frame : NULL;
+	return f ? (uintptr_t)f->prev_instr : 0;
+#else
+	const PyFrameObject *f = ts->frame;
+	return f ? (uintptr_t)f->f_code ^ ((uintptr_t)f->f_lasti << 48) : 0;
+#endif
+}
+
 static void *kf_hook_alloc(struct kf_domain *dd, int32_t *countdown, size_t size, int zero)
 {
 	/*
@@ -390,7 +428,8 @@ static void *kf_hook_alloc(struct kf_domain *dd, int32_t *countdown, size_t size
 	}
 	/* pymalloc's alignment guarantee is 16 bytes: ask for it whatever `align` says. */
 	int32_t gate = *countdown + 1;
-	void *p = kfence_sample(&gate, size, 16, KFENCE_CACHE_PYMEM, zero);
+	uintptr_t where = dd->domain == PYMEM_DOMAIN_RAW ? 0 : kf_python_where();
+	void *p = kfence_sample(&gate, size, 16, KFENCE_CACHE_PYMEM, zero, where);
 	*countdown = gate - 1;
 	if (p) {
 		kf_pool_filter_set();  /* before anyone can free p */

@@ -384,3 +384,35 @@ def test_a_stack_under_python_stops_after_eight_interpreter_frames(run_python):
     depth, interpreter = map(int, run.stdout.split())
     assert interpreter == 8, run.stdout
     assert depth < 20, run.stdout  # 40 levels of reduce() would fill all 64 frames
+
+
+def test_a_covered_python_line_leaves_the_pool_to_new_lines(run_python):
+    """The covered-site filter applies to CPython's allocator: a Python object's site is
+    the bytecode instruction that made it.  Past the threshold, a line that has a live
+    guarded object gets no more, and the slots left go to lines not seen yet (without a
+    site, one line filled the pool and nothing new was guarded after it)."""
+    run = run_python("""
+        import kfence_py
+        kfence_py.enable(python_allocator=True, sample_rate=1, num_objects=64,
+                         skip_covered_thresh=50)
+        def guarded(objs):  # bytes and bytearray are not tracked by the GC: id() is the block
+            starts = {o.address for o in kfence_py.objects()}
+            return sum(id(o) in starts for o in objs)
+        def covered():
+            return kfence_py.stats().as_dict()["skipped"]["covered"]
+        keep = [bytearray(100) for _ in range(3000)]
+        print("first", guarded(keep), covered())
+        more = [bytes(200) for _ in range(3000)]
+        print("second", guarded(keep), guarded(more), covered())
+    """)
+    assert run.returncode == 0, run.stderr[-3000:]
+    first, second = (line.split()[1:] for line in run.stdout.splitlines())
+    kept, covered = map(int, first)
+    # The first line stops at about half the pool, its other allocations skipped as covered.
+    assert 16 <= kept < 48, run.stdout
+    assert covered > 2000, run.stdout
+    # The second line, new, was still guarded, then covered in turn.
+    kept_after, more, covered_after = map(int, second)
+    assert kept_after == kept and more >= 1, run.stdout
+    assert covered_after - covered > 2000, run.stdout
+    assert run.reports == []
