@@ -408,8 +408,8 @@ def test_a_covered_python_line_leaves_the_pool_to_new_lines(run_python):
     assert run.returncode == 0, run.stderr[-3000:]
     first, second = (line.split()[1:] for line in run.stdout.splitlines())
     kept, covered = map(int, first)
-    # The first line stops at about half the pool (28 of its objects in one run: each is
-    # two blocks), its other allocations skipped as covered.  Without a site: 59 and 0.
+    # The first line stops short of the pool's size (28 of its objects guarded in one run),
+    # its other allocations skipped as covered.  Without a site: 59 and 0.
     assert 1 <= kept < 48, run.stdout
     assert covered > 2000, run.stdout
     # The second line, new, was still guarded, then covered in turn.
