@@ -403,8 +403,8 @@ def test_a_covered_python_line_leaves_the_pool_to_new_lines(run_python):
         keep = [bytearray(100) for _ in range(3000)]
         print("first", guarded(keep), covered())
         # Eight new sites (code objects of their own).  The filter is a counting Bloom
-        # filter: one new site alone may find its counters taken by live sites' (about
-        # 5% of the time at this size), eight all at once may not.
+        # filter: one new site alone may find its counters taken by live sites' (it
+        # happened once on 3.13), eight all at once may not.
         more = []
         for k in range(8):
             more += eval(compile("[bytes(200) for _ in range(400)]", f"<new {k}>", "eval"))
